@@ -1,0 +1,1 @@
+"""Built-in backbones. Each module registers its builders on import, without importing Keras."""

@@ -1,0 +1,15 @@
+"""Shell-completion callbacks. They run on every <TAB>: keep them import-light."""
+
+from __future__ import annotations
+
+
+def complete_backbone(incomplete: str) -> list[tuple[str, str]]:
+    """Backbone names (not aliases) that start with what was typed, with their description."""
+    from mritumor.registry import registry
+
+    prefix = incomplete.lower()
+    return [
+        (spec.name, spec.description or spec.source)
+        for spec in registry.list()
+        if spec.name.startswith(prefix)
+    ]

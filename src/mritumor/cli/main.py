@@ -1,0 +1,101 @@
+"""The root ``mritumor`` app: global options, error handling, and the sub-apps."""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from pathlib import Path
+from typing import Annotated, Any, TextIO
+
+import click
+import typer
+from rich.markup import escape
+from typer.core import TyperGroup
+
+from mritumor import __version__
+from mritumor.cli import backbones, config
+from mritumor.cli.state import AppState
+from mritumor.cli.ui import err_console
+from mritumor.environment import CONFIG_ENV_VAR, DEBUG_ENV_VAR, quiet_tensorflow
+from mritumor.errors import MritumorError
+
+
+class _ErrorHandlingGroup(TyperGroup):
+    """Turns a :class:`MritumorError` into one red line and its exit code.
+
+    The traceback is shown only with ``--debug`` or ``MRITUMOR_DEBUG=1``.
+    """
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except MritumorError as error:
+            state = ctx.find_object(AppState)
+            if state is not None and state.debug:
+                raise
+            err_console.print(f"[bold red]error:[/] {escape(str(error))}", soft_wrap=True)
+            raise typer.Exit(error.exit_code) from None
+
+
+app = typer.Typer(
+    name="mritumor",
+    cls=_ErrorHandlingGroup,
+    help="Brain-tumour MRI classification: train, evaluate, calibrate, adapt and explain.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.add_typer(config.app, name="config")
+app.add_typer(backbones.app, name="backbones")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"mritumor {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    config_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            "-c",
+            envvar=CONFIG_ENV_VAR,
+            help="YAML settings file (defaults < file < MRITUMOR_* env < flags).",
+            dir_okay=False,
+        ),
+    ] = None,
+    debug: Annotated[
+        bool,
+        typer.Option("--debug", envvar=DEBUG_ENV_VAR, help="Show tracebacks and TensorFlow logs."),
+    ] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Brain-tumour MRI classification: train, evaluate, calibrate, adapt and explain."""
+    ctx.obj = AppState(config_file=config_file, debug=debug)
+    quiet_tensorflow(debug)
+
+
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
+) -> None:
+    err_console.print(f"[yellow]warning:[/] {escape(str(message))}", soft_wrap=True)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    warnings.showwarning = _show_warning
+    sys.exit(app(prog_name="mritumor", standalone_mode=True))
