@@ -1,0 +1,1 @@
+"""Data: layouts, Kaggle fetch, synthetic phantoms, integrity checks and the input pipeline."""

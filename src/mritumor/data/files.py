@@ -1,0 +1,96 @@
+"""Image files: finding them, reading them, and the standard data layout.
+
+The standard layout every data command ends in::
+
+    <root>/train/<class>/*   <root>/val/<class>/*   <root>/test/<class>/*
+    <root>/external/<name>/{yes,no}/*
+
+Extensions are matched case-insensitively (the reference framework's
+case-sensitive globs silently dropped 74 of 253 external images). Files are
+decoded by content, not by name: a PNG saved as ``.jpg`` still loads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from numpy.typing import NDArray
+
+from mritumor.errors import MritumorError
+
+if TYPE_CHECKING:
+    from PIL.Image import Image as PILImage
+
+SPLITS = ("train", "val", "test")
+EXTERNAL_DIR = "external"
+TUMOUR_LABEL = "yes"
+NO_TUMOUR_LABEL = "no"
+BINARY_LABELS = (TUMOUR_LABEL, NO_TUMOUR_LABEL)
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"})
+
+
+class UnreadableImageError(MritumorError):
+    """A file that is not a decodable image (zero bytes, truncated, another format)."""
+
+
+def is_image_file(path: Path) -> bool:
+    """True for a regular, non-hidden file with an image extension, in any letter case."""
+    return (
+        path.suffix.lower() in IMAGE_EXTENSIONS
+        and not path.name.startswith(".")
+        and path.is_file()
+    )
+
+
+def iter_image_files(root: Path) -> Iterator[Path]:
+    """Every image file below ``root``, recursively, in a stable (sorted) order.
+
+    Hidden files and folders (``.DS_Store``, ``__MACOSX``-style debris starting
+    with a dot) are skipped; symlinked files are followed.
+    """
+    for path in sorted(root.rglob("*")):
+        relative = path.relative_to(root)
+        if any(part.startswith(".") or part == "__MACOSX" for part in relative.parts):
+            continue
+        if is_image_file(path):
+            yield path
+
+
+def read_image(path: Path, channels: int = 3) -> NDArray[np.uint8]:
+    """Decode ``path`` to a ``(height, width, channels)`` uint8 array.
+
+    Grayscale, RGB, RGBA (alpha composited on black, the MRI background),
+    palette and 16-bit images all load. Raises :class:`UnreadableImageError`
+    naming the file when it cannot be decoded.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, got {channels}")
+    try:
+        with Image.open(path) as image:
+            image.load()
+            pixels = _to_mode(image, "L" if channels == 1 else "RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise UnreadableImageError(f"cannot read image {path}: {error}") from None
+    array = np.asarray(pixels, dtype=np.uint8)
+    return array[..., np.newaxis] if channels == 1 else array
+
+
+def _to_mode(image: PILImage, mode: str) -> PILImage:
+    from PIL import Image
+
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        values = np.asarray(image, dtype=np.float64)
+        low, high = float(values.min()), float(values.max())
+        scaled = (values - low) / (high - low) * 255.0 if high > low else np.zeros_like(values)
+        image = Image.fromarray(scaled.astype(np.uint8), mode="L")
+    if image.mode == "P":
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA"):
+        background = Image.new("RGBA", image.size, (0, 0, 0, 255))
+        image = Image.alpha_composite(background, image.convert("RGBA"))
+    return image.convert(mode)
