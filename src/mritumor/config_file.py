@@ -26,7 +26,9 @@ TEMPLATE_HEADER = """\
 def template_yaml() -> str:
     """The default settings, each key preceded by its description."""
     defaults = Settings.model_construct().model_dump(mode="json")
-    return TEMPLATE_HEADER + "\n" + _render(Settings, defaults, prefix="", describe=True, origins={})
+    return (
+        TEMPLATE_HEADER + "\n" + _render(Settings, defaults, prefix="", describe=True, origins={})
+    )
 
 
 def resolved_yaml(loaded: LoadedSettings) -> str:
@@ -41,7 +43,9 @@ def resolved_yaml(loaded: LoadedSettings) -> str:
 
 def settings_yaml(settings: Settings) -> str:
     """Plain YAML of the settings, as stored beside a run."""
-    return _render(Settings, settings.model_dump(mode="json"), prefix="", describe=False, origins={})
+    return _render(
+        Settings, settings.model_dump(mode="json"), prefix="", describe=False, origins={}
+    )
 
 
 def _render(

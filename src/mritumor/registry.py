@@ -123,7 +123,7 @@ class BackboneRegistry:
             f"unknown backbone {name!r}{hint}; `mritumor backbones list` shows them all"
         )
 
-    def list(self, pattern: str | None = None) -> list[BackboneSpec]:
+    def specs(self, pattern: str | None = None) -> list[BackboneSpec]:
         """Specs in registration order, filtered by a glob over names and aliases."""
         self._ensure_loaded()
         specs = list(self._specs.values())
@@ -220,7 +220,7 @@ class BackboneRegistry:
 
 
 def _source_of_module(module: str) -> str:
-    top = module.split(".")[0]
+    top = module.split(".", maxsplit=1)[0]
     return BUILTIN_SOURCE if top == "mritumor" else top
 
 

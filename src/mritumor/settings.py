@@ -84,7 +84,8 @@ class DataSettings(Section):
         ),
     )
     cache: Literal["memory", "file", "none"] = Field(
-        "memory", description="Cache decoded images in memory, in a file under paths.cache_dir, or not."
+        "memory",
+        description="Cache decoded images in memory, in a file under paths.cache_dir, or not.",
     )
     oversample: bool = Field(False, description="Oversample minority classes to balance batches.")
 
@@ -134,7 +135,9 @@ class ModelSettings(Section):
         min_length=1,
         description="Backbone initialisation: imagenet, none, or a path to a .weights.h5 file.",
     )
-    pooling: Literal["avg", "max"] = Field("avg", description="Global pooling over the feature map.")
+    pooling: Literal["avg", "max"] = Field(
+        "avg", description="Global pooling over the feature map."
+    )
     dropout: float = Field(0.3, ge=0.0, lt=1.0, description="Dropout rate before the dense head.")
 
 
@@ -159,7 +162,9 @@ class TrainSettings(Section):
     momentum: float = Field(0.9, ge=0.0, lt=1.0, description="Momentum, for sgd.")
     weight_decay: float = Field(1e-4, ge=0.0, description="Decoupled weight decay (adamw, sgd).")
     cosine_decay: bool = Field(True, description="Cosine learning-rate decay within each stage.")
-    warmup_epochs: int = Field(1, ge=0, description="Linear warm-up epochs at the start of each stage.")
+    warmup_epochs: int = Field(
+        1, ge=0, description="Linear warm-up epochs at the start of each stage."
+    )
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0, description="Label smoothing.")
     use_class_weights: bool = Field(
         True, description="Weight the loss by w_c = N / (C * n_c) from the train split."
@@ -194,7 +199,9 @@ class TrainSettings(Section):
 class CalibrationSettings(Section):
     """Temperature scaling and its metrics."""
 
-    n_bins: int = Field(15, ge=2, le=1000, description="Equal-width confidence bins for ECE and MCE.")
+    n_bins: int = Field(
+        15, ge=2, le=1000, description="Equal-width confidence bins for ECE and MCE."
+    )
 
 
 class ThresholdSettings(Section):
@@ -235,7 +242,10 @@ class InferenceSettings(Section):
         None, ge=0.0, le=1.0, description="Decision threshold; null uses the bundle's."
     )
     triage_band: float = Field(
-        0.1, ge=0.0, le=0.5, description="Scores within this distance of the threshold go to review."
+        0.1,
+        ge=0.0,
+        le=0.5,
+        description="Scores within this distance of the threshold go to review.",
     )
     max_disagreement: float = Field(
         0.2, ge=0.0, le=1.0, description="Ensemble spread of the tumour score that sends to review."
@@ -255,7 +265,10 @@ class FinetuneSettings(Section):
         2.0, gt=0.0, description="Weight of tumour images in the binary loss (sensitivity)."
     )
     replay_fraction: float = Field(
-        0.5, ge=0.0, lt=1.0, description="Share of each batch replayed from the 4-class train split."
+        0.5,
+        ge=0.0,
+        lt=1.0,
+        description="Share of each batch replayed from the 4-class train split.",
     )
     val_size: float = Field(0.2, gt=0.0, lt=1.0, description="Share of the external set for val.")
     holdout_size: float = Field(
@@ -268,7 +281,9 @@ class FinetuneSettings(Section):
     @model_validator(mode="after")
     def _splits_leave_training_data(self) -> FinetuneSettings:
         if self.val_size + self.holdout_size >= 1.0:
-            raise ValueError("val_size + holdout_size must leave part of the external set to train on")
+            raise ValueError(
+                "val_size + holdout_size must leave part of the external set to train on"
+            )
         return self
 
 
@@ -277,7 +292,9 @@ class PathsSettings(Section):
 
     data_dir: Path = Field(Path("data"), description="Root of the standard data layout.")
     runs_dir: Path = Field(Path("runs"), description="Where run directories are created.")
-    cache_dir: Path = Field(Path(".mritumor-cache"), description="File caches of the input pipeline.")
+    cache_dir: Path = Field(
+        Path(".mritumor-cache"), description="File caches of the input pipeline."
+    )
 
 
 _config_file: ContextVar[Path | None] = ContextVar("mritumor_config_file", default=None)
@@ -424,9 +441,7 @@ def _reject_unknown_env_vars() -> None:
         top = upper[len(ENV_PREFIX) :].split(ENV_NESTED_DELIMITER)[0].lower()
         if top not in sections:
             known = [env_var_name(key) for key in valid_keys()] + sorted(CONTROL_ENV_VARS)
-            raise ConfigError(
-                f"unknown environment variable {name}{_suggestion(upper, known)}"
-            )
+            raise ConfigError(f"unknown environment variable {name}{_suggestion(upper, known)}")
 
 
 def _describe(error: ValidationError, origins: Mapping[str, str], config_file: Path | None) -> str:

@@ -68,4 +68,3 @@ for _variant in _VARIANTS:
         params=_variant.params,
         description=f"keras.applications.{_variant.keras_name}",
     )(_keras_application(_variant.keras_name))
-

@@ -9,7 +9,9 @@ import typer
 from mritumor.cli.completion import complete_backbone
 from mritumor.cli.ui import console
 
-app = typer.Typer(help="List the registered backbones (built-in and plugins).", no_args_is_help=True)
+app = typer.Typer(
+    help="List the registered backbones (built-in and plugins).", no_args_is_help=True
+)
 
 
 @app.command("list")
@@ -27,7 +29,7 @@ def list_backbones(
 
     from mritumor.registry import registry
 
-    specs = registry.list(pattern)
+    specs = registry.specs(pattern)
     if not specs:
         console.print(f"No backbone matches {pattern!r}.", soft_wrap=True, markup=False)
         raise typer.Exit(1)

@@ -10,6 +10,6 @@ def complete_backbone(incomplete: str) -> list[tuple[str, str]]:
     prefix = incomplete.lower()
     return [
         (spec.name, spec.description or spec.source)
-        for spec in registry.list()
+        for spec in registry.specs()
         if spec.name.startswith(prefix)
     ]

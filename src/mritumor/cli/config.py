@@ -10,7 +10,9 @@ import typer
 from mritumor.cli.state import resolve_settings
 from mritumor.cli.ui import console
 
-app = typer.Typer(help="Show the resolved settings or write a commented config file.", no_args_is_help=True)
+app = typer.Typer(
+    help="Show the resolved settings or write a commented config file.", no_args_is_help=True
+)
 
 SetOption = Annotated[
     list[str] | None,
@@ -47,8 +49,12 @@ def init(
     from mritumor.fsutil import atomic_write_text
 
     if path.is_dir():
-        raise UsageError(f"{path} is a directory; give a file name such as {path / 'mritumor.yaml'}")
+        raise UsageError(
+            f"{path} is a directory; give a file name such as {path / 'mritumor.yaml'}"
+        )
     if path.exists() and not force:
         raise UsageError(f"{path} already exists; use --force to replace it")
     atomic_write_text(path, template_yaml())
-    console.print(f"Wrote [bold]{path}[/]; use it with: mritumor --config {path} ...", soft_wrap=True)
+    console.print(
+        f"Wrote [bold]{path}[/]; use it with: mritumor --config {path} ...", soft_wrap=True
+    )

@@ -7,7 +7,6 @@ import warnings
 from pathlib import Path
 from typing import Annotated, Any, TextIO
 
-import click
 import typer
 from rich.markup import escape
 from typer.core import TyperGroup
@@ -26,7 +25,7 @@ class _ErrorHandlingGroup(TyperGroup):
     The traceback is shown only with ``--debug`` or ``MRITUMOR_DEBUG=1``.
     """
 
-    def invoke(self, ctx: click.Context) -> Any:
+    def invoke(self, ctx: Any) -> Any:  # typer vendors its own click Context class
         try:
             return super().invoke(ctx)
         except MritumorError as error:

@@ -26,7 +26,9 @@ def app_state(ctx: typer.Context) -> AppState:
     return state if state is not None else AppState()
 
 
-def resolve_settings(ctx: typer.Context, overrides: Mapping[str, Any] | None = None) -> LoadedSettings:
+def resolve_settings(
+    ctx: typer.Context, overrides: Mapping[str, Any] | None = None
+) -> LoadedSettings:
     """Settings from defaults, the global --config file, the environment and ``overrides``.
 
     ``overrides`` holds the command's own flags as dotted keys; flags left at

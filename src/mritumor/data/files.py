@@ -39,9 +39,7 @@ class UnreadableImageError(MritumorError):
 def is_image_file(path: Path) -> bool:
     """True for a regular, non-hidden file with an image extension, in any letter case."""
     return (
-        path.suffix.lower() in IMAGE_EXTENSIONS
-        and not path.name.startswith(".")
-        and path.is_file()
+        path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".") and path.is_file()
     )
 
 
