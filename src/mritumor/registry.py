@@ -143,7 +143,10 @@ class BackboneRegistry:
 
     def build(self, name: str, inputs: Any, weights: str | Path | None = "imagenet") -> Any:
         """Build the backbone on ``inputs``: ``imagenet``, ``none``/None, or a weights file."""
+        from mritumor.environment import import_tensorflow
+
         spec = self.get(name)
+        import_tensorflow()
         choice = _weights_choice(weights)
         if choice == "file":
             path = Path(str(weights))

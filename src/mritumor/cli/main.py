@@ -15,7 +15,7 @@ from mritumor import __version__
 from mritumor.cli import backbones, config
 from mritumor.cli.state import AppState
 from mritumor.cli.ui import err_console
-from mritumor.environment import CONFIG_ENV_VAR, DEBUG_ENV_VAR, quiet_tensorflow
+from mritumor.environment import CONFIG_ENV_VAR, DEBUG_ENV_VAR, configure
 from mritumor.errors import MritumorError
 
 
@@ -80,7 +80,7 @@ def root(
 ) -> None:
     """Brain-tumour MRI classification: train, evaluate, calibrate, adapt and explain."""
     ctx.obj = AppState(config_file=config_file, debug=debug)
-    quiet_tensorflow(debug)
+    configure(debug)
 
 
 def _show_warning(
