@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
-from types import ModuleType
+from typing import Any
 
 ENV_PREFIX = "MRITUMOR_"
 ENV_NESTED_DELIMITER = "__"
@@ -36,7 +36,7 @@ def configure(debug: bool) -> None:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
-def import_tensorflow() -> ModuleType:
+def import_tensorflow() -> Any:
     """Import TensorFlow, hiding the C++ lines it prints before its logging is set up.
 
     TensorFlow writes "oneDNN custom operations are on" and "Could not find
