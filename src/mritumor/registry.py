@@ -22,6 +22,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import importlib
+import os
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -64,6 +65,8 @@ class BackboneSpec:
     last_conv_layer: str
     params: int | None
     """Parameters of the backbone without a classification head, if declared."""
+    imagenet_weights: bool
+    """Whether the builder can load ImageNet weights."""
     source: str
     """``built-in`` or the name of the distribution that provides the plugin."""
     description: str = ""
@@ -87,6 +90,7 @@ class BackboneRegistry:
         input_size: int,
         last_conv_layer: str,
         params: int | None = None,
+        imagenet_weights: bool = True,
         description: str = "",
     ) -> Callable[[BackboneBuilder], BackboneBuilder]:
         """Decorator that records ``builder`` under ``name`` and ``aliases``."""
@@ -102,6 +106,7 @@ class BackboneRegistry:
                 input_size=input_size,
                 last_conv_layer=last_conv_layer,
                 params=params,
+                imagenet_weights=imagenet_weights,
                 source=self._loading_source or _source_of_module(module),
                 description=description,
             )
@@ -161,11 +166,16 @@ class BackboneRegistry:
                 ) from None
             return model
         if choice == "imagenet":
+            if not spec.imagenet_weights:
+                raise BackboneError(
+                    f"backbone {spec.name!r} has no ImageNet weights; set model.weights to none "
+                    "(or a .weights.h5 file)"
+                )
             channels = inputs.shape[-1]
             if channels != 3:
                 raise BackboneError(
                     f"ImageNet weights need 3 input channels, got {channels}; "
-                    "set data.channels to 3 or use --weights none"
+                    "set data.channels to 3 or model.weights to none"
                 )
             with _offline_message(spec.name):
                 return spec.builder(inputs, "imagenet")
@@ -244,10 +254,11 @@ def _offline_message(name: str) -> Iterator[None]:
         text = str(error)
         if "fetch failure" not in text and not isinstance(error, (OSError, ConnectionError)):
             raise
+        cache = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models"
         raise OfflineError(
             f"could not download ImageNet weights for {name!r} ({text.splitlines()[0]}); "
-            "offline, use --weights none, a local .weights.h5 file, or copy the file "
-            "into ~/.keras/models"
+            f"offline, set model.weights to none or to a local .weights.h5 file, or copy "
+            f"Keras's weights file into {cache}"
         ) from None
 
 

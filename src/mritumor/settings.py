@@ -27,6 +27,7 @@ from pydantic_settings import (
     EnvSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
     YamlConfigSettingsSource,
 )
 
@@ -360,7 +361,13 @@ def load_settings(
     flag_values = _nest(dict(overrides or {}))
     file_values = _read_yaml(config_file) if config_file is not None else {}
     _reject_unknown_env_vars()
-    env_values = EnvSettingsSource(Settings)()
+    try:
+        env_values = EnvSettingsSource(Settings)()
+    except SettingsError as error:
+        raise ConfigError(
+            f"{error}; list and mapping values in MRITUMOR_* variables are JSON, "
+            """e.g. MRITUMOR_DATA__CLASS_NAMES='["glioma", "no_tumor"]'"""
+        ) from None
 
     origins: dict[str, str] = {}
     for key in _leaf_keys(file_values):

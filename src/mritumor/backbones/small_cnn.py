@@ -16,15 +16,17 @@ LAST_CONV_LAYER = "last_conv"
     input_size=128,
     last_conv_layer=LAST_CONV_LAYER,
     params=98_160,
+    imagenet_weights=False,
     description="Four conv blocks (16-128 filters); trains on a CPU in minutes.",
 )
 def build_small_cnn(inputs: Any, weights: str | None) -> Any:
-    """Conv-BN-ReLU blocks with max pooling; pixel values 0-255 are rescaled inside."""
+    """Conv-BN-ReLU blocks with max pooling; pixel values 0-255 are rescaled inside.
+
+    There are no pretrained weights (the registry refuses ``imagenet``).
+    """
     import keras
     from keras import layers
 
-    if weights is not None:
-        raise ValueError("small_cnn has no pretrained weights; use --weights none")
     x = layers.Rescaling(1.0 / 255.0, name="rescale")(inputs)
     for index, filters in enumerate(FILTERS):
         last = index == len(FILTERS) - 1

@@ -22,7 +22,8 @@ from mritumor.errors import MritumorError
 class _ErrorHandlingGroup(TyperGroup):
     """Turns a :class:`MritumorError` into one red line and its exit code.
 
-    The traceback is shown only with ``--debug`` or ``MRITUMOR_DEBUG=1``.
+    The traceback is shown too, only with ``--debug`` or ``MRITUMOR_DEBUG=1``;
+    the exit code stays the same either way.
     """
 
     def invoke(self, ctx: Any) -> Any:  # typer vendors its own click Context class
@@ -31,7 +32,7 @@ class _ErrorHandlingGroup(TyperGroup):
         except MritumorError as error:
             state = ctx.find_object(AppState)
             if state is not None and state.debug:
-                raise
+                err_console.print_exception()
             err_console.print(f"[bold red]error:[/] {escape(str(error))}", soft_wrap=True)
             raise typer.Exit(error.exit_code) from None
 
