@@ -25,12 +25,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
+    InitSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     SettingsError,
-    YamlConfigSettingsSource,
 )
 
+from mritumor.data.files import CLASS_NAMES
 from mritumor.environment import (
     CONFIG_ENV_VAR,
     CONTROL_ENV_VARS,
@@ -38,8 +39,6 @@ from mritumor.environment import (
     ENV_PREFIX,
 )
 from mritumor.errors import ConfigError
-
-DEFAULT_CLASS_NAMES = ("glioma", "meningioma", "no_tumor", "pituitary")
 
 
 class Section(BaseModel):
@@ -58,7 +57,7 @@ class DataSettings(Section):
         3, description="1 for grayscale, 3 for RGB input (ImageNet weights need 3)."
     )
     class_names: list[str] = Field(
-        default_factory=lambda: list(DEFAULT_CLASS_NAMES),
+        default_factory=lambda: list(CLASS_NAMES),
         min_length=2,
         description="Class folder names, in the order of the model's outputs.",
     )
@@ -298,7 +297,7 @@ class PathsSettings(Section):
     )
 
 
-_config_file: ContextVar[Path | None] = ContextVar("mritumor_config_file", default=None)
+_file_values: ContextVar[dict[str, Any]] = ContextVar("mritumor_file_values")
 
 
 class Settings(BaseSettings):
@@ -332,12 +331,12 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        """Flags (init arguments) > environment > YAML file > defaults."""
-        return (
-            init_settings,
-            env_settings,
-            YamlConfigSettingsSource(settings_cls, yaml_file=_config_file.get()),
-        )
+        """Flags (init arguments) > environment > YAML file > defaults.
+
+        The YAML file arrives already parsed and checked by :func:`load_settings`.
+        """
+        file_values = InitSettingsSource(settings_cls, init_kwargs=_file_values.get({}))
+        return (init_settings, env_settings, file_values)
 
 
 @dataclass(frozen=True)
@@ -377,13 +376,13 @@ def load_settings(
     for key in _leaf_keys(flag_values):
         origins[key] = "flag"
 
-    token = _config_file.set(config_file)
+    token = _file_values.set(file_values)
     try:
         settings = Settings(**flag_values)
     except ValidationError as error:
         raise ConfigError(_describe(error, origins, config_file)) from None
     finally:
-        _config_file.reset(token)
+        _file_values.reset(token)
     return LoadedSettings(settings=settings, config_file=config_file, origins=origins)
 
 
@@ -435,7 +434,10 @@ def _read_yaml(path: Path) -> dict[str, Any]:
             f"{path}: expected a mapping of sections (data:, train:, ...), "
             f"found a {type(content).__name__}"
         )
-    return content
+    # A section whose keys were all deleted reads as `train:` -> None: use its defaults.
+    return {
+        key: {} if value is None and key in _sections() else value for key, value in content.items()
+    }
 
 
 def _reject_unknown_env_vars() -> None:

@@ -7,21 +7,12 @@ from typing import Annotated
 
 import typer
 
-from mritumor.cli.state import resolve_settings
+from mritumor.cli.state import SetOption, resolve_settings
 from mritumor.cli.ui import console
 
 app = typer.Typer(
     help="Show the resolved settings or write a commented config file.", no_args_is_help=True
 )
-
-SetOption = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--set",
-        metavar="KEY=VALUE",
-        help="Override one setting, as a flag would (repeatable), e.g. --set train.epochs=5.",
-    ),
-]
 
 
 @app.command("show")
@@ -29,10 +20,8 @@ def show(ctx: typer.Context, assignments: SetOption = None) -> None:
     """Print the resolved settings as YAML; explicitly set keys say where they came from."""
     from mritumor import __version__
     from mritumor.config_file import resolved_yaml
-    from mritumor.settings import parse_assignment
 
-    overrides = dict(parse_assignment(text) for text in assignments or [])
-    loaded = resolve_settings(ctx, overrides)
+    loaded = resolve_settings(ctx, assignments=assignments or ())
     source = loaded.config_file if loaded.config_file is not None else "none"
     typer.echo(f"# mritumor {__version__} resolved settings (config file: {source})")
     typer.echo(resolved_yaml(loaded), nl=False)

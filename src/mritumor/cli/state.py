@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -21,20 +21,34 @@ class AppState:
     debug: bool = False
 
 
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        metavar="KEY=VALUE",
+        help="Override any setting, as a flag would (repeatable), e.g. --set train.epochs=5.",
+    ),
+]
+
+
 def app_state(ctx: typer.Context) -> AppState:
     state = ctx.find_object(AppState)
     return state if state is not None else AppState()
 
 
 def resolve_settings(
-    ctx: typer.Context, overrides: Mapping[str, Any] | None = None
+    ctx: typer.Context,
+    flags: Mapping[str, Any] | None = None,
+    assignments: Sequence[str] = (),
 ) -> LoadedSettings:
-    """Settings from defaults, the global --config file, the environment and ``overrides``.
+    """Settings from defaults, the global --config file, the environment and the command line.
 
-    ``overrides`` holds the command's own flags as dotted keys; flags left at
-    None were not given and do not override anything.
+    ``flags`` holds the command's own options as dotted keys; those left at None
+    were not given and override nothing. ``assignments`` are ``--set KEY=VALUE``
+    strings, applied as given (``--set inference.threshold=null`` sets None).
     """
-    from mritumor.settings import load_settings
+    from mritumor.settings import load_settings, parse_assignment
 
-    given = {key: value for key, value in (overrides or {}).items() if value is not None}
-    return load_settings(app_state(ctx).config_file, given)
+    overrides = {key: value for key, value in (flags or {}).items() if value is not None}
+    overrides.update(parse_assignment(text) for text in assignments)
+    return load_settings(app_state(ctx).config_file, overrides)

@@ -24,6 +24,8 @@ from mritumor.errors import MritumorError
 if TYPE_CHECKING:
     from PIL.Image import Image as PILImage
 
+#: The four classes of the Kaggle brain-tumour sets, in the order of the model's outputs.
+CLASS_NAMES = ("glioma", "meningioma", "no_tumor", "pituitary")
 SPLITS = ("train", "val", "test")
 EXTERNAL_DIR = "external"
 TUMOUR_LABEL = "yes"

@@ -1,0 +1,113 @@
+"""Shared fixtures: a clean MRITUMOR_* environment, a CLI runner, YAML files, plugins."""
+
+from __future__ import annotations
+
+import os
+import sys
+import textwrap
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import mritumor.backbones
+import mritumor.registry
+from mritumor.environment import ENV_PREFIX
+
+
+@pytest.fixture(autouse=True)
+def _clean_mritumor_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No MRITUMOR_* variable from the developer's shell may leak into a test."""
+    for name in list(os.environ):
+        if name.upper().startswith(ENV_PREFIX):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+@pytest.fixture
+def write_yaml(tmp_path: Path) -> Callable[..., Path]:
+    """Write YAML text (dedented) to a file under tmp_path and return its path."""
+
+    def write(text: str, name: str = "config.yaml") -> Path:
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(text), encoding="utf-8")
+        return path
+
+    return write
+
+
+@pytest.fixture
+def fresh_registry(monkeypatch: pytest.MonkeyPatch) -> mritumor.registry.BackboneRegistry:
+    """A new global registry that loads built-ins and entry points from scratch.
+
+    Built-in modules and plugins register through the module-level
+    ``mritumor.registry.register_backbone``, so that name (and ``registry``, which
+    the CLI imports) is pointed at the new instance, and the built-in modules are
+    dropped from ``sys.modules`` so that importing them registers them again.
+    Everything is restored afterwards.
+    """
+    fresh = mritumor.registry.BackboneRegistry()
+    monkeypatch.setattr(mritumor.registry, "registry", fresh)
+    monkeypatch.setattr(mritumor.registry, "register_backbone", fresh.register)
+    monkeypatch.setattr(mritumor.registry, "get_backbone", fresh.get)
+    monkeypatch.setattr(mritumor.registry, "build_backbone", fresh.build)
+    for module in mritumor.registry.BUILTIN_MODULES:
+        monkeypatch.delitem(sys.modules, module, raising=False)
+        attribute = module.rsplit(".", 1)[-1]
+        if hasattr(mritumor.backbones, attribute):
+            monkeypatch.setattr(
+                mritumor.backbones, attribute, getattr(mritumor.backbones, attribute)
+            )
+    return fresh
+
+
+@pytest.fixture
+def make_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Path]]:
+    """Install a fake distribution with a ``mritumor.backbones`` entry point.
+
+    Creates ``<site>/<dist>-<version>.dist-info/{METADATA,entry_points.txt}`` and
+    ``<site>/<module>.py``, and puts ``<site>`` on sys.path, so that
+    ``importlib.metadata.entry_points()`` really discovers it.
+    """
+    modules: list[str] = []
+
+    def make(
+        module: str,
+        source: str,
+        *,
+        dist: str = "mritumor-fake-plugin",
+        entry_name: str = "fakenet",
+        version: str = "1.0",
+    ) -> Path:
+        site = tmp_path / f"site-{module}"
+        info = site / f"{dist.replace('-', '_')}-{version}.dist-info"
+        info.mkdir(parents=True)
+        (info / "METADATA").write_text(
+            f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n", encoding="utf-8"
+        )
+        (info / "entry_points.txt").write_text(
+            f"[mritumor.backbones]\n{entry_name} = {module}\n", encoding="utf-8"
+        )
+        (site / f"{module}.py").write_text(textwrap.dedent(source), encoding="utf-8")
+        assert module not in sys.modules
+        modules.append(module)
+        monkeypatch.syspath_prepend(str(site))
+        return site
+
+    yield make
+    for module in modules:
+        sys.modules.pop(module, None)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Third-party noise from Keras' TensorFlow backend under NumPy 2; not ours to fix.
+    config.addinivalue_line(
+        "filterwarnings",
+        "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning",
+    )

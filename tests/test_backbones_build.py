@@ -1,0 +1,50 @@
+"""Every built-in backbone builds, exposes its Grad-CAM layer and has the declared size."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mritumor.registry import registry
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", registry.names())
+def test_builtin_backbone_builds(name: str) -> None:
+    import keras
+
+    spec = registry.get(name)
+    keras.backend.clear_session()
+    inputs = keras.Input((32, 32, 3))
+    model = registry.build(name, inputs, weights=None)
+    try:
+        assert model.inputs[0] is inputs  # built on the given tensor, not a nested model
+        shape = tuple(model.output.shape)
+        assert len(shape) == 4
+        assert shape[0] is None
+        assert spec.last_conv_layer in [layer.name for layer in model.layers]
+        assert isinstance(model.get_layer(spec.last_conv_layer), keras.layers.Conv2D)
+        assert spec.params is not None
+        assert model.count_params() == spec.params
+    finally:
+        del model
+        keras.backend.clear_session()
+
+
+def test_small_cnn_saves_and_loads_safely(tmp_path: Path) -> None:
+    import keras
+    import numpy as np
+
+    keras.backend.clear_session()
+    model = registry.build("small_cnn", keras.Input((32, 32, 3)), weights=None)
+    path = tmp_path / "small cnn.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True)
+    images = np.random.default_rng(0).uniform(0, 255, size=(2, 32, 32, 3)).astype("float32")
+    expected = keras.ops.convert_to_numpy(model(images, training=False))
+    actual = keras.ops.convert_to_numpy(loaded(images, training=False))
+    assert expected.shape == (2, 4, 4, 128)
+    np.testing.assert_array_equal(actual, expected)
+    assert isinstance(loaded.get_layer("last_conv"), keras.layers.Conv2D)
+    assert loaded.count_params() == registry.get("small_cnn").params

@@ -1,0 +1,74 @@
+"""`mritumor --help` and shell completion must not import the heavy libraries.
+
+Only which modules load is asserted here; how long that takes belongs in benchmarks/.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+HEAVY = {"tensorflow", "keras", "matplotlib", "sklearn", "pydantic_settings"}
+
+
+def imported_modules(stderr: str) -> set[str]:
+    """Module names from ``-X importtime`` lines (the last column)."""
+    modules = set()
+    for line in stderr.splitlines():
+        if not line.startswith("import time:"):
+            continue
+        name = line.rsplit("|", 1)[-1].strip()
+        if name and name != "imported package":
+            modules.add(name)
+    return modules
+
+
+def run_mritumor(
+    args: list[str], cwd: Path, extra_env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COLUMNS": "120", **(extra_env or {})}
+    return subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "mritumor", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def heavy_imports(modules: set[str]) -> set[str]:
+    return {name for name in modules if name.split(".")[0] in HEAVY}
+
+
+def test_help_imports_no_heavy_library(tmp_path: Path) -> None:
+    result = run_mritumor(["--help"], tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "backbones" in result.stdout
+    modules = imported_modules(result.stderr)
+    assert {"typer", "mritumor.cli.main"} <= modules  # the parse found real lines
+    assert heavy_imports(modules) == set()
+
+
+def test_completion_imports_no_heavy_library(tmp_path: Path) -> None:
+    result = run_mritumor(
+        [],
+        tmp_path,
+        {
+            "_MRITUMOR_COMPLETE": "complete_bash",
+            "COMP_WORDS": "mritumor backbones list v2",
+            "COMP_CWORD": "3",
+        },
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    candidates = result.stdout.split()
+    assert "v2b0" in candidates
+    assert "v2b1" in candidates
+    assert "b3" not in candidates
+    assert set(candidates) == {"v2b0", "v2b1", "v2b2", "v2b3", "v2s", "v2m", "v2l"}
+    modules = imported_modules(result.stderr)
+    assert "mritumor.registry" in modules  # the completion callback really ran
+    assert heavy_imports(modules) == set()
