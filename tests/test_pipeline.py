@@ -11,7 +11,7 @@ from sklearn.utils.class_weight import compute_class_weight
 
 from mritumor.data.balance import class_weights, oversample_indices
 from mritumor.data.files import read_image
-from mritumor.data.splits import SplitFiles, load_split, write_manifest
+from mritumor.data.splits import SplitFiles, load_split
 from mritumor.environment import import_tensorflow
 from mritumor.errors import UsageError
 from mritumor.settings import AugmentSettings
@@ -82,12 +82,16 @@ def test_load_split_scans_layout_with_labels_in_class_order(tree: Path) -> None:
     )
 
 
-def test_manifest_round_trip_and_missing_file(tree: Path) -> None:
+def test_manifest_decides_the_files_over_the_folders(tree: Path) -> None:
+    manifest = tree / "manifests" / "train.csv"
+    manifest.parent.mkdir()
+    manifest.write_text(
+        "path,label,source\ntrain/glioma/scan0.png,glioma,x\ntrain/pituitary/scan 1.JPG,pituitary,y\n"
+    )
     split = load_split(tree, "train", CLASSES)
-    manifest = write_manifest(tree, split)
-    assert manifest == tree / "manifests" / "train.csv"
-    assert load_split(tree, "train", CLASSES) == split
-    split.paths[0].unlink()
+    assert split.paths == (tree / "train/glioma/scan0.png", tree / "train/pituitary/scan 1.JPG")
+    assert split.labels == (0, 3)
+    (tree / "train/glioma/scan0.png").unlink()
     with pytest.raises(UsageError, match="no longer exist"):
         load_split(tree, "train", CLASSES)
 

@@ -9,7 +9,6 @@ is scanned (case-insensitive extensions, via :func:`iter_image_files`).
 from __future__ import annotations
 
 import csv
-import io
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -46,20 +45,6 @@ def load_split(root: Path, split: str, class_names: Sequence[str]) -> SplitFiles
     else:
         pairs = _scan_split_folder(root, split)
     return _labelled(split, pairs, class_names)
-
-
-def write_manifest(root: Path, split: SplitFiles) -> Path:
-    """Persist ``split`` as ``<root>/manifests/<name>.csv`` with paths relative to ``root``."""
-    from mritumor.fsutil import atomic_write_text
-
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["path", "label"])
-    for path, label in zip(split.paths, split.labels, strict=True):
-        writer.writerow([path.relative_to(root).as_posix(), split.class_names[label]])
-    target = root / MANIFEST_DIR / f"{split.name}.csv"
-    atomic_write_text(target, buffer.getvalue())
-    return target
 
 
 def _read_manifest(root: Path, manifest: Path) -> list[tuple[Path, str]]:
