@@ -24,7 +24,11 @@ err_console = Console(stderr=True)
 
 @contextmanager
 def progress_bar(description: str) -> Iterator[ProgressCallback]:
-    """A rich progress bar on stderr, driven through the library's progress callback."""
+    """A rich progress bar on stderr, driven through the library's progress callback.
+
+    The bar appears at the first report of progress, so a command that fails
+    while still checking its input prints its one error line and nothing else.
+    """
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -34,33 +38,47 @@ def progress_bar(description: str) -> Iterator[ProgressCallback]:
         TimeRemainingColumn,
     )
 
-    columns = (
+    progress = Progress(
         TextColumn("[progress.description]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
+        console=err_console,
     )
-    with Progress(*columns, console=err_console) as progress:
-        task = progress.add_task(description, total=None)
+    task = progress.add_task(description, total=None)
 
-        def update(completed: int, total: int) -> None:
-            progress.update(task, completed=completed, total=total)
+    def update(completed: int, total: int) -> None:
+        if not progress.live.is_started:
+            progress.start()
+        progress.update(task, completed=completed, total=total)
 
+    try:
         yield update
+    finally:
+        if progress.live.is_started:
+            progress.stop()
 
 
-def counts_table(title: str, counts: Mapping[str, Mapping[str, int]]) -> Table:
-    """Images per split (rows) and class (columns), with totals."""
+def print_counts(title: str, counts: Mapping[str, Mapping[str, int]]) -> None:
+    """Images per split and class; external yes/no sets get a table of their own."""
+    internal = {split: per for split, per in counts.items() if "/" not in split}
+    external = {split: per for split, per in counts.items() if "/" in split}
+    for caption, rows in ((title, internal), ("External sets", external)):
+        if rows:
+            console.print(_counts_table(caption, rows))
+
+
+def _counts_table(title: str, counts: Mapping[str, Mapping[str, int]]) -> Table:
     from rich.table import Table
 
-    classes = sorted({name for per_class in counts.values() for name in per_class})
+    labels = list(dict.fromkeys(name for per_label in counts.values() for name in per_label))
     table = Table(title=title, title_justify="left")
     table.add_column("split", style="bold")
-    for name in classes:
+    for name in labels:
         table.add_column(name, justify="right")
     table.add_column("total", justify="right", style="bold")
-    for split, per_class in counts.items():
-        row = [per_class.get(name, 0) for name in classes]
+    for split, per_label in counts.items():
+        row = [per_label.get(name, 0) for name in labels]
         table.add_row(split, *(str(value) for value in row), str(sum(row)))
     return table

@@ -1,0 +1,312 @@
+"""``mritumor data``: fetch, prepare, synthesise and check datasets in the standard layout."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from mritumor.cli.state import SetOption, resolve_settings
+from mritumor.cli.ui import console, err_console, print_counts, progress_bar
+
+if TYPE_CHECKING:
+    from mritumor.data.check import CheckReport
+    from mritumor.data.prepare import PrepareSummary
+    from mritumor.settings import Settings
+
+app = typer.Typer(
+    help="Get data into the standard layout and check it: fetch, prepare, synth, check.",
+    no_args_is_help=True,
+)
+
+OutOption = Annotated[
+    Path | None,
+    typer.Option("--out", "-o", help="Root of the standard layout [default: paths.data_dir]."),
+]
+ForceOption = Annotated[
+    bool, typer.Option("--force", help="Replace the splits being written if they hold files.")
+]
+SeedOption = Annotated[int | None, typer.Option(help="Seed for carved splits [default: seed].")]
+ValSizeOption = Annotated[
+    float | None,
+    typer.Option(
+        help="Share of train carved into val when the source has none [default: data.val_size]."
+    ),
+]
+CopyOption = Annotated[
+    bool, typer.Option("--copy", help="Copy files instead of symlinking them into the layout.")
+]
+
+
+def _complete_dataset(incomplete: str) -> list[tuple[str, str]]:
+    from mritumor.data.fetch import KAGGLE_DATASETS
+
+    return [
+        (name, dataset.description)
+        for name, dataset in KAGGLE_DATASETS.items()
+        if name.startswith(incomplete.lower())
+    ]
+
+
+@app.command("fetch")
+def fetch(
+    ctx: typer.Context,
+    datasets: Annotated[
+        list[str],
+        typer.Argument(
+            help="Kaggle datasets: masoud, navoneel, sartaj.", autocompletion=_complete_dataset
+        ),
+    ],
+    out: OutOption = None,
+    version: Annotated[
+        int | None, typer.Option("--version", help="Pin a dataset version (one dataset only).")
+    ] = None,
+    copy: CopyOption = False,
+    val_size: ValSizeOption = None,
+    seed: SeedOption = None,
+    force: ForceOption = False,
+    assignments: SetOption = None,
+) -> None:
+    """Download Kaggle datasets with kagglehub and prepare them into the standard layout.
+
+    Without a network, a copy already in the kagglehub cache is used, and the
+    version it holds is reported. navoneel lands in external/navoneel.
+    """
+    from mritumor.data.fetch import fetch as fetch_dataset
+    from mritumor.data.fetch import kaggle_dataset
+    from mritumor.errors import UsageError
+
+    if version is not None and len(datasets) > 1:
+        raise UsageError("--version pins one dataset; fetch the datasets one at a time")
+    for name in datasets:
+        kaggle_dataset(name)  # reject an unknown name before downloading anything
+    settings = _settings(ctx, out, val_size, seed, assignments)
+    for name in datasets:
+        with progress_bar(f"Preparing {name}") as progress:
+            result = fetch_dataset(
+                name,
+                settings.paths.data_dir,
+                version=version,
+                copy=copy,
+                val_size=settings.data.val_size,
+                seed=settings.seed,
+                force=force,
+                progress=progress,
+            )
+        origin = "the kagglehub cache (offline)" if result.from_cache else "Kaggle"
+        shown = f"version {result.version}" if result.version is not None else "the latest version"
+        err_console.print(f"{result.dataset.handle}: {shown}, from {origin}", soft_wrap=True)
+        _report_prepared(result.summary)
+
+
+@app.command("prepare")
+def prepare(
+    ctx: typer.Context,
+    source: Annotated[Path, typer.Argument(help="A downloaded folder or .zip (never modified).")],
+    out: OutOption = None,
+    name: Annotated[
+        str | None,
+        typer.Option(help="Folder name under external/ for a yes/no set [default: the source's]."),
+    ] = None,
+    copy: CopyOption = False,
+    val_size: ValSizeOption = None,
+    seed: SeedOption = None,
+    force: ForceOption = False,
+    assignments: SetOption = None,
+) -> None:
+    """Normalise a local folder or .zip (Kaggle layouts, split/class, class-only, yes/no trees).
+
+    Class folders are mapped case-insensitively (notumor, "no tumor" -> no_tumor;
+    glioma_tumor -> glioma; ...). A stratified, seeded val split is carved when
+    the source has none; file lists are written to manifests/<split>.csv.
+    """
+    from mritumor.data.prepare import prepare as prepare_dataset
+
+    settings = _settings(ctx, out, val_size, seed, assignments)
+    with progress_bar(f"Preparing {source.name}") as progress:
+        summary = prepare_dataset(
+            source,
+            settings.paths.data_dir,
+            copy=copy,
+            val_size=settings.data.val_size,
+            seed=settings.seed,
+            force=force,
+            external_name=name,
+            progress=progress,
+        )
+    _report_prepared(summary)
+
+
+@app.command("synth")
+def synth(
+    ctx: typer.Context,
+    out: OutOption = None,
+    train: Annotated[int, typer.Option(min=0, help="Train images per class.")] = 200,
+    val: Annotated[int, typer.Option(min=0, help="Val images per class.")] = 40,
+    test: Annotated[int, typer.Option(min=0, help="Test images per class.")] = 60,
+    image_size: Annotated[int, typer.Option(help="Nominal image side in pixels.")] = 256,
+    external: Annotated[
+        int, typer.Option(min=0, help="Images per yes/no label of a shifted external domain.")
+    ] = 0,
+    external_name: Annotated[str, typer.Option(help="Folder name under external/.")] = "synthetic",
+    seed: SeedOption = None,
+    workers: Annotated[int | None, typer.Option(min=1, help="Processes [default: CPUs].")] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace a previous synthetic dataset in --out.")
+    ] = False,
+    assignments: SetOption = None,
+) -> None:
+    """Generate synthetic axial MRI slices with lesion masks (offline, deterministic by seed).
+
+    Glioma, meningioma, pituitary and no-tumour phantoms in the standard layout,
+    masks under masks/, and with --external a yes/no set in another domain.
+    """
+    from mritumor.data.synth import SynthConfig, write_synthetic_dataset
+    from mritumor.errors import UsageError
+
+    settings = _settings(ctx, out, None, seed, assignments)
+    try:
+        config = SynthConfig(
+            train=train,
+            val=val,
+            test=test,
+            image_size=image_size,
+            seed=settings.seed,
+            class_names=tuple(settings.data.class_names),
+            external=external,
+            external_name=external_name,
+        )
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    with progress_bar("Synthesising") as progress:
+        summary = write_synthetic_dataset(
+            settings.paths.data_dir, config, workers=workers, progress=progress, force=force
+        )
+    counts = dict(summary.counts)
+    if summary.external:
+        counts[f"external/{external_name}"] = summary.external
+    print_counts(f"Synthetic dataset in {summary.root}", counts)
+    console.print(f"{summary.total} images and masks in {summary.seconds:.1f} s", soft_wrap=True)
+
+
+@app.command("check")
+def check(
+    ctx: typer.Context,
+    root: Annotated[
+        Path | None, typer.Argument(help="Dataset root [default: paths.data_dir].")
+    ] = None,
+    radius: Annotated[
+        int | None,
+        typer.Option(min=0, max=64, help="Largest pHash Hamming distance called a near duplicate."),
+    ] = None,
+    report: Annotated[
+        Path | None, typer.Option(help="Where to write the JSON report [default: ROOT/check.json].")
+    ] = None,
+    fix: Annotated[
+        bool,
+        typer.Option(
+            "--fix", help="Move leaking val/test copies into ROOT/quarantine (never deletes)."
+        ),
+    ] = False,
+    strict: Annotated[
+        bool,
+        typer.Option("--strict", help="Exit 1 when leakage or unreadable files are found."),
+    ] = False,
+    workers: Annotated[int | None, typer.Option(min=1, help="Processes [default: CPUs].")] = None,
+    assignments: SetOption = None,
+) -> None:
+    """Find unreadable files, exact and near duplicates, label conflicts, leakage and imbalance.
+
+    A duplicate across splits is leakage: it is listed, written to the JSON
+    report, and with --fix the copy in val, test or external is moved to a
+    quarantine folder (undo log in quarantine/moves.json).
+    """
+    from mritumor.data.check import check_dataset, quarantine_leaks, write_report
+    from mritumor.data.hashing import DEFAULT_RADIUS
+
+    settings = _settings(ctx, root, None, None, assignments)
+    data_root = settings.paths.data_dir
+    with progress_bar("Hashing") as progress:
+        result = check_dataset(
+            data_root,
+            radius=DEFAULT_RADIUS if radius is None else radius,
+            workers=workers,
+            progress=progress,
+            negative_class=settings.data.negative_class,
+        )
+    report_path = report if report is not None else data_root / "check.json"
+    write_report(result, report_path)
+    _render_check(result)
+    console.print(f"Report: {report_path}", soft_wrap=True)
+    if fix and result.has_leakage:
+        moves = quarantine_leaks(result, data_root)
+        console.print(
+            f"Moved {len(moves)} leaking file(s) to quarantine; the log is "
+            f"{data_root / 'quarantine' / 'moves.json'}",
+            soft_wrap=True,
+        )
+    elif strict and (result.has_leakage or result.problems):
+        raise typer.Exit(1)
+
+
+def _settings(
+    ctx: typer.Context,
+    data_dir: Path | None,
+    val_size: float | None,
+    seed: int | None,
+    assignments: list[str] | None,
+) -> Settings:
+    flags = {"paths.data_dir": data_dir, "data.val_size": val_size, "seed": seed}
+    return resolve_settings(ctx, flags, assignments or ()).settings
+
+
+def _report_prepared(summary: PrepareSummary) -> None:
+    mode = "symlinks" if summary.linked else "copies"
+    print_counts(f"{summary.target} ({summary.kind} layout, {mode})", summary.counts)
+    if summary.carved:
+        console.print(f"Carved from train: {', '.join(summary.carved)} (stratified, seeded)")
+    if summary.duplicates:
+        shown = ", ".join(str(path) for path in summary.duplicates)
+        console.print(f"Left out duplicate copies of the tree: {shown}", soft_wrap=True)
+    if summary.skipped:
+        first = ", ".join(str(path) for path in summary.skipped[:5])
+        more = f" and {len(summary.skipped) - 5} more" if len(summary.skipped) > 5 else ""
+        console.print(
+            f"Skipped {len(summary.skipped)} non-image file(s): {first}{more}", soft_wrap=True
+        )
+
+
+def _render_check(report: CheckReport) -> None:
+    from rich.table import Table
+
+    print_counts(f"Usable images in {report.root}", report.class_counts)
+    if report.problems:
+        problems = Table(title="Unusable files", title_justify="left")
+        for column in ("kind", "file", "detail"):
+            problems.add_column(column)
+        for problem in report.problems:
+            problems.add_row(problem.kind, str(problem.path), problem.message)
+        console.print(problems)
+    if report.leaks:
+        leaks = Table(title="Leakage: the same image in two splits", title_justify="left")
+        for column in ("kind", "distance", "kept", "leaking copy"):
+            leaks.add_column(column)
+        for leak in report.leaks:
+            leaks.add_row(
+                leak.kind,
+                str(leak.distance),
+                f"{leak.a.split}/{leak.a.class_name}/{leak.a.path.name}",
+                f"{leak.b.split}/{leak.b.class_name}/{leak.b.path.name}",
+            )
+        console.print(leaks)
+    lines = [
+        f"exact duplicate groups: {len(report.exact_groups)}",
+        f"near duplicate groups: {len(report.near_groups)}",
+        f"label conflicts: {len(report.label_conflicts)}",
+        f"leaking pairs: {len(report.leaks)}",
+        "imbalance (largest/smallest class): "
+        + ", ".join(f"{split} {ratio:.2f}" for split, ratio in report.imbalance_ratios.items()),
+        "modes: " + ", ".join(f"{mode} {count}" for mode, count in report.modes.items()),
+    ]
+    console.print("\n".join(lines), soft_wrap=True)

@@ -1,0 +1,367 @@
+"""The data check on small generated datasets: problems, duplicates, leakage, quarantine."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from numpy.typing import NDArray
+from PIL import Image
+
+from mritumor.data import hashing
+from mritumor.data.check import (
+    CheckReport,
+    check_dataset,
+    class_folders,
+    quarantine_leaks,
+    restore_quarantine,
+    write_report,
+)
+from mritumor.data.hashing import DEFAULT_RADIUS
+from mritumor.errors import MritumorError, UsageError
+
+
+def smooth_image(seed: int, size: int = 48) -> NDArray[np.uint8]:
+    coarse = np.random.default_rng(seed).integers(0, 256, (6, 6), dtype=np.uint8)
+    gray = Image.fromarray(coarse).resize((size, size), Image.Resampling.BICUBIC)
+    return np.asarray(gray.convert("RGB"))
+
+
+def save(path: Path, pixels: NDArray[np.uint8], format: str = "PNG", **options: int) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path, format=format, **options)
+    return path
+
+
+class Dataset:
+    """A standard-layout tree under construction; every image gets its own seed."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._seed = 100
+
+    def image(self, relative: str, pixels: NDArray[np.uint8] | None = None) -> Path:
+        if pixels is None:
+            self._seed += 1
+            pixels = smooth_image(self._seed)
+        return save(self.root / relative, pixels)
+
+    def balanced(self, per_class: int = 2) -> Dataset:
+        for split in ("train", "val", "test"):
+            for name in ("glioma", "no_tumor"):
+                for index in range(per_class):
+                    self.image(f"{split}/{name}/{name} {index}.png")
+        return self
+
+    def check(self) -> CheckReport:
+        return check_dataset(self.root, workers=1)
+
+
+@pytest.fixture
+def dataset(tmp_path: Path) -> Dataset:
+    return Dataset(tmp_path / "data set").balanced()
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def relative_paths(report: CheckReport, paths: list[Path]) -> list[str]:
+    return [path.relative_to(report.root).as_posix() for path in paths]
+
+
+def test_a_clean_dataset_has_no_findings(dataset: Dataset) -> None:
+    report = dataset.check()
+
+    assert len(report.files) == 12
+    assert not report.problems and not report.groups and not report.leaks
+    assert not report.has_leakage
+    assert report.class_counts["train"] == {"glioma": 2, "no_tumor": 2}
+    assert report.imbalance_ratios == {"train": 1.0, "val": 1.0, "test": 1.0}
+    assert report.modes == {"RGB": 12}
+    assert report.widths is not None and report.widths.median == 48
+
+
+def test_an_exact_copy_in_test_of_a_train_image_is_leakage(dataset: Dataset) -> None:
+    pixels = smooth_image(1)
+    train = dataset.image("train/glioma/original.png", pixels)
+    test = dataset.image("test/glioma/copy.png", pixels)
+
+    report = dataset.check()
+
+    assert report.has_leakage
+    [leak] = report.leaks
+    assert (leak.kind, leak.distance) == ("exact", 0)
+    assert (leak.a.path, leak.a.split, leak.b.path, leak.b.split) == (train, "train", test, "test")
+    [group] = report.exact_groups
+    assert group.crosses_splits and group.splits == ("train", "test")
+
+
+def test_a_reencoded_copy_in_val_is_a_near_duplicate_and_leakage(dataset: Dataset) -> None:
+    pixels = smooth_image(2)
+    train = dataset.image("train/glioma/original.png", pixels)
+    val = save(dataset.root / "val/glioma/recompressed.jpg", pixels, "JPEG", quality=60)
+
+    report = dataset.check()
+
+    [leak] = report.leaks
+    assert leak.kind == "near" and leak.distance <= DEFAULT_RADIUS
+    assert (leak.a.path, leak.b.path) == (train, val)
+    assert [group.kind for group in report.groups] == ["near"]
+
+
+def test_a_brighter_copy_in_val_is_found(dataset: Dataset) -> None:
+    pixels = smooth_image(3)
+    dataset.image("train/glioma/original.png", pixels)
+    dataset.image("val/glioma/brighter.png", (pixels.astype(int) + 3).clip(0, 255).astype(np.uint8))
+
+    assert [leak.b.path.name for leak in dataset.check().leaks] == ["brighter.png"]
+
+
+def test_a_duplicate_within_one_split_is_reported_but_is_not_leakage(dataset: Dataset) -> None:
+    pixels = smooth_image(4)
+    dataset.image("train/glioma/a.png", pixels)
+    dataset.image("train/glioma/b.png", pixels)
+
+    report = dataset.check()
+
+    [group] = report.groups
+    assert group.kind == "exact" and not group.crosses_splits
+    assert not report.has_leakage and not report.label_conflicts
+
+
+def test_the_same_image_under_two_classes_is_a_label_conflict(dataset: Dataset) -> None:
+    pixels = smooth_image(5)
+    dataset.image("train/glioma/scan.png", pixels)
+    dataset.image("train/no_tumor/scan.png", pixels)
+
+    report = dataset.check()
+
+    [conflict] = report.label_conflicts
+    assert {file.class_name for file in conflict.files} == {"glioma", "no_tumor"}
+    assert not report.has_leakage
+
+
+def test_an_external_copy_is_leakage_and_compared_by_tumour_label(dataset: Dataset) -> None:
+    pixels = smooth_image(6)
+    dataset.image("test/no_tumor/scan.png", pixels)
+    external = dataset.image("external/hospital b/yes/scan.png", pixels)
+
+    report = dataset.check()
+
+    [leak] = report.leaks
+    assert (leak.a.split, leak.b.split, leak.b.path) == ("test", "external/hospital b", external)
+    assert len(report.label_conflicts) == 1  # no_tumor in test, "yes" in the external set
+
+
+def test_a_copy_shared_by_two_external_sets_is_not_leakage(dataset: Dataset) -> None:
+    pixels = smooth_image(7)
+    dataset.image("external/a/yes/scan.png", pixels)
+    dataset.image("external/b/yes/scan.png", pixels)
+
+    report = dataset.check()
+
+    assert len(report.groups) == 1 and not report.has_leakage
+
+
+def test_each_kind_of_problem_is_reported_and_png_named_jpg_is_not(dataset: Dataset) -> None:
+    folder = dataset.root / "train/glioma"
+    (folder / "empty.jpg").touch()
+    jpeg = io.BytesIO()
+    Image.fromarray(smooth_image(8, 128)).save(jpeg, format="JPEG")
+    (folder / "cut.jpg").write_bytes(jpeg.getvalue()[: len(jpeg.getvalue()) * 6 // 10])
+    (folder / "notes.jpg").write_text("not an image\n")
+    (folder / "Thumbs.db").write_bytes(bytes(range(256)))
+    (folder / ".DS_Store").write_bytes(b"hidden, skipped like the pipeline does")
+    save(folder / "png inside.jpg", smooth_image(9))
+
+    report = dataset.check()
+
+    kinds = {problem.path.name: problem.kind for problem in report.problems}
+    assert kinds == {
+        "empty.jpg": "zero_bytes",
+        "cut.jpg": "truncated",
+        "notes.jpg": "not_an_image",
+        "Thumbs.db": "not_an_image",
+    }
+    assert report.class_counts["train"]["glioma"] == 3  # two originals + the PNG named .jpg
+    assert report.to_json()["summary"]["problems"] == {
+        "unreadable": 0,
+        "truncated": 1,
+        "zero_bytes": 1,
+        "not_an_image": 2,
+    }
+
+
+def test_empty_files_are_not_duplicates_of_each_other(dataset: Dataset) -> None:
+    (dataset.root / "train/glioma/empty.png").touch()
+    (dataset.root / "test/glioma/empty.png").touch()
+
+    report = dataset.check()
+
+    assert not report.groups and not report.has_leakage
+
+
+def test_an_empty_class_folder_makes_the_imbalance_infinite(dataset: Dataset) -> None:
+    (dataset.root / "train/meningioma").mkdir()
+
+    report = dataset.check()
+
+    assert report.class_counts["train"]["meningioma"] == 0
+    assert report.imbalance_ratios["train"] == float("inf")
+    assert report.to_json()["imbalance_ratio"]["train"] is None
+
+
+def test_write_report_saves_the_leakage_table_as_json(dataset: Dataset, tmp_path: Path) -> None:
+    pixels = smooth_image(10)
+    dataset.image("train/glioma/a b.png", pixels)
+    dataset.image("val/glioma/c d.png", pixels)
+    report = dataset.check()
+
+    write_report(report, tmp_path / "out" / "check.json")
+
+    saved = json.loads((tmp_path / "out" / "check.json").read_text())
+    assert saved["summary"]["has_leakage"] is True
+    assert saved["leaks"] == [
+        {
+            "kind": "exact",
+            "distance": 0,
+            "path_a": "train/glioma/a b.png",
+            "split_a": "train",
+            "class_a": "glioma",
+            "path_b": "val/glioma/c d.png",
+            "split_b": "val",
+            "class_b": "glioma",
+        }
+    ]
+    assert len(saved["files"]) == 14
+    assert saved["groups"][0]["files"] == ["train/glioma/a b.png", "val/glioma/c d.png"]
+    assert len(saved["files"][0]["phash"]) == 16
+
+
+def test_quarantine_moves_only_the_leaking_copies_and_can_be_undone(dataset: Dataset) -> None:
+    pixels = smooth_image(11)
+    train = dataset.image("train/glioma/scan.png", pixels)
+    val = dataset.image("val/glioma/scan copy.png", pixels)
+    test = dataset.image("test/no_tumor/scan.png", pixels)
+    external = dataset.image("external/site/no/scan.png", pixels)
+    contents = {path: sha256(path) for path in (train, val, test, external)}
+    report = dataset.check()
+
+    moves = quarantine_leaks(report, dataset.root)
+
+    quarantine = dataset.root / "quarantine"
+    assert relative_paths(report, [move.destination for move in moves]) == [
+        "quarantine/val/glioma/scan copy.png",
+        "quarantine/test/no_tumor/scan.png",
+        "quarantine/external/site/no/scan.png",
+    ]
+    assert train.exists() and not val.exists() and not test.exists() and not external.exists()
+    for move in moves:
+        assert sha256(move.destination) == contents[move.source] == move.sha256
+        assert move.duplicate_of == train
+    log = json.loads((quarantine / "moves.json").read_text())
+    assert [entry["source"] for entry in log["moves"]] == [
+        "val/glioma/scan copy.png",
+        "test/no_tumor/scan.png",
+        "external/site/no/scan.png",
+    ]
+    assert not dataset.check().has_leakage
+
+    restored = restore_quarantine(dataset.root)
+
+    assert {move.source for move in restored} == {val, test, external}
+    assert all(sha256(path) == digest for path, digest in contents.items())
+    assert json.loads((quarantine / "moves.json").read_text())["moves"] == []
+    assert dataset.check().has_leakage
+
+
+def test_quarantine_keeps_names_unique_and_appends_to_the_log(dataset: Dataset) -> None:
+    pixels = smooth_image(12)
+    dataset.image("train/glioma/scan.png", pixels)
+    dataset.image("test/glioma/scan.png", pixels)
+    quarantine_leaks(dataset.check(), dataset.root)
+    dataset.image("test/glioma/scan.png", pixels)  # the same file turns up again
+
+    [move] = quarantine_leaks(dataset.check(), dataset.root)
+
+    assert move.destination.name == "scan_1.png"
+    log = json.loads((dataset.root / "quarantine/moves.json").read_text())
+    assert [entry["destination"] for entry in log["moves"]] == [
+        "quarantine/test/glioma/scan.png",
+        "quarantine/test/glioma/scan_1.png",
+    ]
+
+
+def test_quarantine_into_a_custom_folder(dataset: Dataset, tmp_path: Path) -> None:
+    pixels = smooth_image(13)
+    dataset.image("train/glioma/scan.png", pixels)
+    dataset.image("val/glioma/scan.png", pixels)
+    elsewhere = tmp_path / "held back"
+
+    [move] = quarantine_leaks(dataset.check(), dataset.root, elsewhere)
+
+    assert move.destination == elsewhere / "val/glioma/scan.png"
+    assert [restored.source for restored in restore_quarantine(dataset.root, elsewhere)] == [
+        dataset.root / "val/glioma/scan.png"
+    ]
+
+
+def test_quarantine_refuses_a_stale_report(dataset: Dataset) -> None:
+    pixels = smooth_image(14)
+    dataset.image("train/glioma/scan.png", pixels)
+    test = dataset.image("test/glioma/scan.png", pixels)
+    report = dataset.check()
+    test.write_bytes(b"changed since the check")
+
+    with pytest.raises(MritumorError, match="changed since the check"):
+        quarantine_leaks(report, dataset.root)
+    assert test.exists()
+
+
+@pytest.mark.parametrize("inside", ["test", "external/site"])
+def test_quarantine_refuses_a_folder_the_check_reads(dataset: Dataset, inside: str) -> None:
+    with pytest.raises(UsageError, match="quarantine folder"):
+        quarantine_leaks(dataset.check(), dataset.root, dataset.root / inside / "q")
+
+
+def test_quarantine_refuses_a_report_of_another_root(dataset: Dataset, tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="report was made for"):
+        quarantine_leaks(dataset.check(), tmp_path)
+
+
+def test_a_folder_without_the_layout_is_a_usage_error(tmp_path: Path) -> None:
+    (tmp_path / "Training" / "glioma").mkdir(parents=True)
+
+    with pytest.raises(UsageError, match="no train/"):
+        class_folders(tmp_path)
+
+
+def test_class_folders_include_external_sets_and_skip_hidden_ones(dataset: Dataset) -> None:
+    (dataset.root / "external/site/yes").mkdir(parents=True)
+    (dataset.root / "external/site/other").mkdir()
+    (dataset.root / "train/.cache").mkdir()
+
+    splits = {(folder.split, folder.class_name) for folder in class_folders(dataset.root)}
+
+    assert ("external/site", "yes") in splits
+    assert not any(name in {"other", ".cache"} for _, name in splits)
+    assert len(splits) == 7
+
+
+def test_check_reports_progress_and_runs_in_worker_processes(
+    dataset: Dataset, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(hashing, "CHUNK_SIZE", 5)
+    calls: list[tuple[int, int]] = []
+
+    report = check_dataset(
+        dataset.root, workers=2, progress=lambda done, total: calls.append((done, total))
+    )
+
+    assert calls == [(5, 12), (10, 12), (12, 12)]
+    assert report.group_ids == list(range(12))

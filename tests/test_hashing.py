@@ -1,0 +1,283 @@
+"""Fingerprints of single files, the vectorised pair search and duplicate grouping."""
+
+from __future__ import annotations
+
+import io
+import itertools
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from numpy.typing import NDArray
+from PIL import Image
+
+from mritumor.data import hashing
+from mritumor.data.hashing import (
+    DEFAULT_RADIUS,
+    ImageRecord,
+    ProblemKind,
+    duplicate_groups,
+    hamming_distance,
+    hamming_pairs,
+    hash_image,
+    image_hashes,
+    perceptual_hash,
+    popcount,
+    popcount_by_table,
+)
+
+
+def smooth_image(seed: int, size: int = 64) -> NDArray[np.uint8]:
+    """A random smooth RGB image: distinct seeds give unrelated low frequencies."""
+    coarse = np.random.default_rng(seed).integers(0, 256, (6, 6), dtype=np.uint8)
+    gray = Image.fromarray(coarse).resize((size, size), Image.Resampling.BICUBIC)
+    return np.asarray(gray.convert("RGB"))
+
+
+def save(path: Path, pixels: NDArray[np.uint8], format: str = "PNG", **options: int) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path, format=format, **options)
+    return path
+
+
+def jpeg_bytes(pixels: NDArray[np.uint8], quality: int = 90) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def test_a_png_is_fingerprinted_with_its_header_facts(tmp_path: Path) -> None:
+    record = hash_image(save(tmp_path / "scan.png", smooth_image(0, size=40)))
+
+    assert record.usable and record.problem is None
+    assert (record.format, record.mode, record.width, record.height) == ("PNG", "RGB", 40, 40)
+    assert record.size_bytes == (tmp_path / "scan.png").stat().st_size
+    assert record.phash is not None and 0 <= record.phash < 2**64
+
+
+def test_same_pixels_in_another_format_have_equal_pixel_and_perceptual_hashes(
+    tmp_path: Path,
+) -> None:
+    pixels = smooth_image(1)
+    png = hash_image(save(tmp_path / "a.png", pixels))
+    bmp = hash_image(save(tmp_path / "a.bmp", pixels, "BMP"))
+
+    assert png.sha256 != bmp.sha256
+    assert png.pixel_sha256 == bmp.pixel_sha256
+    assert png.phash == bmp.phash == perceptual_hash(pixels)
+
+
+def test_png_data_named_jpg_is_not_a_problem(tmp_path: Path) -> None:
+    record = hash_image(save(tmp_path / "actually png.jpg", smooth_image(2)))
+
+    assert record.problem is None
+    assert record.format == "PNG"
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "kind"),
+    [
+        ("empty.jpg", b"", "zero_bytes"),
+        ("notes.jpg", b"this is a text file, not a JPEG\n", "not_an_image"),
+        ("Thumbs.db", bytes(range(256)) * 4, "not_an_image"),
+    ],
+)
+def test_files_that_are_not_images_are_classified(
+    tmp_path: Path, name: str, content: bytes, kind: str
+) -> None:
+    path = tmp_path / name
+    path.write_bytes(content)
+
+    record = hash_image(path)
+
+    assert record.problem == kind
+    assert not record.usable
+    assert record.error
+
+
+def test_a_jpeg_cut_to_60_percent_is_truncated(tmp_path: Path) -> None:
+    data = jpeg_bytes(smooth_image(3, size=128))
+    path = tmp_path / "cut.jpg"
+    path.write_bytes(data[: len(data) * 6 // 10])
+
+    record = hash_image(path)
+
+    assert record.problem == "truncated"
+    assert record.format == "JPEG"  # the header was still readable
+    assert "truncated" in (record.error or "")
+
+
+def test_loading_truncated_images_stays_off_globally(tmp_path: Path) -> None:
+    from PIL import ImageFile
+
+    path = tmp_path / "cut.jpg"
+    data = jpeg_bytes(smooth_image(3, size=128))
+    path.write_bytes(data[: len(data) // 2])
+    hash_image(path)
+
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is False
+
+
+def test_an_image_with_a_non_image_extension_is_reported_but_fingerprinted(
+    tmp_path: Path,
+) -> None:
+    record = hash_image(save(tmp_path / "scan.txt", smooth_image(4), "PNG"))
+
+    assert record.problem == "not_an_image"
+    assert "PNG image named .txt" in (record.error or "")
+    assert record.phash is not None
+
+
+def test_perceptual_hash_reads_grayscale_in_any_shape() -> None:
+    gray = smooth_image(5)[..., 0]
+
+    assert (
+        perceptual_hash(gray)
+        == perceptual_hash(gray[..., np.newaxis])
+        == perceptual_hash(np.stack([gray] * 3, axis=-1))
+    )
+
+
+@pytest.mark.parametrize(
+    "transform",
+    [
+        pytest.param(lambda image: Image.open(io.BytesIO(jpeg_bytes(image, 70))), id="jpeg q70"),
+        pytest.param(lambda image: Image.fromarray(image).resize((60, 60)), id="resize 64->60"),
+        pytest.param(
+            lambda image: Image.fromarray(np.clip(image.astype(int) + 3, 0, 255).astype(np.uint8)),
+            id="brightness +3",
+        ),
+    ],
+)
+def test_near_copies_stay_within_the_default_radius(
+    transform: Callable[[NDArray[np.uint8]], Image.Image],
+) -> None:
+    original = smooth_image(6)
+    copy = np.asarray(transform(original).convert("RGB"))
+
+    distance = hamming_distance(perceptual_hash(original), perceptual_hash(copy))
+
+    assert distance <= DEFAULT_RADIUS
+
+
+def test_distinct_images_are_far_outside_the_default_radius() -> None:
+    hashes = [perceptual_hash(smooth_image(seed)) for seed in range(10, 16)]
+
+    distances = [hamming_distance(a, b) for a, b in itertools.combinations(hashes, 2)]
+
+    assert min(distances) > 2 * DEFAULT_RADIUS
+
+
+def test_popcount_table_agrees_with_numpy() -> None:
+    values = np.random.default_rng(0).integers(0, 2**63, 1000, dtype=np.uint64) * np.uint64(2)
+    values[:3] = [0, 2**64 - 1, 1 << 63]
+
+    assert np.array_equal(popcount_by_table(values), popcount(values))
+    assert popcount_by_table(values[:3]).tolist() == [0, 64, 1]
+
+
+def brute_force_pairs(hashes: list[int], radius: int) -> set[tuple[int, int, int]]:
+    return {
+        (i, j, hamming_distance(hashes[i], hashes[j]))
+        for i, j in itertools.combinations(range(len(hashes)), 2)
+        if hamming_distance(hashes[i], hashes[j]) <= radius
+    }
+
+
+def with_neighbours(count: int, seed: int) -> list[int]:
+    """Random hashes, each followed by a copy with a few bits flipped."""
+    rng = np.random.default_rng(seed)
+    hashes = []
+    for value in rng.integers(0, 2**63, count, dtype=np.uint64).tolist():
+        flips = rng.choice(64, size=int(rng.integers(0, 7)), replace=False)
+        hashes += [value, value ^ sum(1 << int(bit) for bit in flips)]
+    return hashes
+
+
+@pytest.mark.parametrize("block_elements", [1 << 22, 7, 150])
+def test_hamming_pairs_matches_a_brute_force_search(
+    block_elements: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(hashing, "PAIR_BLOCK_ELEMENTS", block_elements)
+    hashes = with_neighbours(40, seed=block_elements)
+
+    i, j, d = hamming_pairs(np.array(hashes, dtype=np.uint64), 4)
+
+    assert set(zip(i.tolist(), j.tolist(), d.tolist(), strict=True)) == brute_force_pairs(hashes, 4)
+
+
+def test_hamming_pairs_of_nothing_is_empty() -> None:
+    i, j, d = hamming_pairs(np.empty(0, dtype=np.uint64), 4)
+
+    assert len(i) == len(j) == len(d) == 0
+
+
+@pytest.mark.parametrize("radius", [-1, 65])
+def test_a_radius_outside_the_hash_is_refused(radius: int) -> None:
+    with pytest.raises(ValueError, match="radius"):
+        hamming_pairs(np.zeros(2, dtype=np.uint64), radius)
+
+
+def record(name: str, phash: int | None, problem: ProblemKind | None = None) -> ImageRecord:
+    return ImageRecord(Path(name), 1, "sha", pixel_sha256=name, phash=phash, problem=problem)
+
+
+def test_duplicate_groups_are_transitive() -> None:
+    a = 0
+    b = a ^ 0b1111  # 4 bits from a
+    c = b ^ 0b11110000  # 4 bits from b, 8 from a
+    records = [
+        record("a", a),
+        record("far", 2**64 - 1),
+        record("c", c),
+        record("b", b),
+        record("broken", None, "truncated"),
+        record("a again", a),
+    ]
+
+    groups = duplicate_groups(records, radius=4)
+
+    assert groups[0] == groups[2] == groups[3] == groups[5]
+    assert len({groups[0], groups[1], groups[4]}) == 3
+    assert groups == [0, 1, 0, 0, 2, 0]  # numbered by first appearance
+
+
+def test_image_hashes_in_worker_processes_equal_hashing_in_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(hashing, "CHUNK_SIZE", 2)
+    paths = [save(tmp_path / f"image {seed}.png", smooth_image(seed, 32)) for seed in range(5)]
+    (tmp_path / "empty.png").touch()
+    paths.append(tmp_path / "empty.png")
+    calls: list[tuple[int, int]] = []
+
+    parallel = image_hashes(
+        paths, workers=2, progress=lambda done, total: calls.append((done, total))
+    )
+
+    assert parallel == image_hashes(paths, workers=1)
+    assert [record.path for record in parallel] == paths
+    assert calls == [(2, 6), (4, 6), (6, 6)]
+
+
+def test_workers_must_be_positive(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="workers"):
+        image_hashes([tmp_path / "x.png"], workers=0)
+
+
+def test_a_corrupted_image_is_unreadable(tmp_path: Path) -> None:
+    buffer = io.BytesIO()
+    Image.fromarray(smooth_image(7)).save(buffer, format="PNG")
+    data = bytearray(buffer.getvalue())
+    data[100:140] = bytes(40)
+    path = tmp_path / "corrupted.png"
+    path.write_bytes(bytes(data))
+
+    assert hash_image(path).problem == "unreadable"
+
+
+def test_a_file_that_cannot_be_read_is_unreadable(tmp_path: Path) -> None:
+    record = hash_image(tmp_path)  # a folder: reading its bytes fails
+
+    assert (record.problem, record.sha256) == ("unreadable", None)
