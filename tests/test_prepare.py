@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import csv
+import shutil
 import zipfile
+import zlib
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
+from typer.testing import CliRunner
 
 from fixtures_kaggle import (
     MASOUD_TEST,
@@ -23,9 +29,11 @@ from fixtures_kaggle import (
     write_image,
     zip_folder,
 )
-from mritumor.data.files import read_image
+from mritumor.cli.main import app
+from mritumor.data.files import iter_image_files, read_image
+from mritumor.data.hashing import duplicate_groups, image_hashes
 from mritumor.data.layout import CLASS_NAMES, normalise_class_name
-from mritumor.data.prepare import carve_splits, prepare
+from mritumor.data.prepare import FilesByLabel, carve_splits, prepare
 from mritumor.data.splits import load_split
 from mritumor.errors import UsageError
 
@@ -33,10 +41,32 @@ MASOUD_TRAIN_COUNTS = {normalise_class_name(k): v for k, v in MASOUD_TRAIN.items
 MASOUD_TEST_COUNTS = {normalise_class_name(k): v for k, v in MASOUD_TEST.items()}
 
 
+def write_distinct_tree(
+    root: Path, counts: Mapping[str, int], name: str = "img_{:03d}.jpg", first: int = 0
+) -> Path:
+    """:func:`write_class_tree` with a different picture in every file.
+
+    ``write_class_tree`` draws picture ``n`` for file ``n`` of every folder, so its
+    classes share their pictures: to a duplicate-aware carve those are label
+    conflicts (test_a_picture_under_several_classes_stays_in_train).
+    """
+    for offset, (folder, count) in enumerate(counts.items()):
+        for number in range(count):
+            write_image(root / folder / name.format(number), index=first + 100 * offset + number)
+    return root
+
+
+def build_distinct_masoud(root: Path) -> Path:
+    """:func:`build_masoud` with a different picture in every file."""
+    write_distinct_tree(root / "Training", MASOUD_TRAIN, "Tr-{:04d}.jpg")
+    write_distinct_tree(root / "Testing", MASOUD_TEST, "Te-{:04d}.jpg", first=1000)
+    return root
+
+
 @pytest.fixture(scope="module")
 def masoud(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Built once: prepare never writes to its source (test_source_is_left_untouched)."""
-    return build_masoud(tmp_path_factory.mktemp("source") / "masoud")
+    return build_distinct_masoud(tmp_path_factory.mktemp("source") / "masoud")
 
 
 def manifest(target: Path, split: str) -> list[dict[str, str]]:
@@ -125,7 +155,7 @@ def test_same_seed_same_split_other_seed_other_split(masoud: Path, tmp_path: Pat
 
 def test_class_only_tree_gets_val_and_test(tmp_path: Path) -> None:
     counts = {"glioma": 20, "meningioma": 13, "notumor": 7, "pituitary": 4}
-    source = write_class_tree(tmp_path / "flat", counts)
+    source = write_distinct_tree(tmp_path / "flat", counts)
     summary = prepare(source, tmp_path / "data", val_size=0.2)
     assert summary.kind == "class_only"
     assert summary.carved == ("val", "test")
@@ -249,10 +279,28 @@ def test_clashing_names_are_made_unique(tmp_path: Path) -> None:
     assert_manifests_match_disk(tmp_path / "data", ["train", "val"])
 
 
-def test_progress_counts_every_file(masoud: Path, tmp_path: Path) -> None:
+def test_progress_counts_hashing_then_placing(masoud: Path, tmp_path: Path) -> None:
     calls: list[tuple[int, int]] = []
     summary = prepare(
         masoud, tmp_path / "data", progress=lambda done, total: calls.append((done, total))
+    )
+    assert summary.grouping is not None
+    hashed = summary.grouping.hashed
+    assert hashed == sum(MASOUD_TRAIN.values()) + sum(MASOUD_TEST.values())
+    total = hashed + summary.total
+    assert {t for _, t in calls} == {total}
+    done = [d for d, _ in calls]
+    assert done == sorted(done) and done[-1] == total
+    assert done[-summary.total :] == list(range(hashed + 1, total + 1))
+
+
+def test_progress_without_grouping_counts_every_placed_file(masoud: Path, tmp_path: Path) -> None:
+    calls: list[tuple[int, int]] = []
+    summary = prepare(
+        masoud,
+        tmp_path / "data",
+        group_duplicates=False,
+        progress=lambda done, total: calls.append((done, total)),
     )
     assert calls == [(n, summary.total) for n in range(1, summary.total + 1)]
 
@@ -298,3 +346,353 @@ def test_a_broken_zip_is_refused(tmp_path: Path) -> None:
 def test_missing_source(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="does not exist"):
         prepare(tmp_path / "nowhere", tmp_path / "data")
+
+
+# --- Duplicate-aware carving -------------------------------------------------------------
+
+SCAN_COUNTS = {"glioma": 14, "meningioma": 12, "notumor": 10, "pituitary": 8}
+
+
+def write_scan(path: Path, index: int, quality: int = 95) -> Path:
+    """A 64 px grayscale JPEG of smooth structure (16x16 noise, upsampled), picture ``index``.
+
+    Unlike the fixtures' pixel noise, its perceptual hash survives re-encoding:
+    quality 95 and 60 of one picture lie at most 2 bits apart, two pictures at
+    least 14 (measured over 300 pictures), well either side of the 4-bit radius.
+    """
+    coarse = np.random.default_rng([7, index]).integers(0, 256, (16, 16), dtype=np.uint8)
+    image = Image.fromarray(coarse, "L").resize((64, 64), Image.Resampling.BICUBIC)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path, format="JPEG", quality=quality)
+    return path
+
+
+def scan_index(folder: str, number: int, first: int = 0) -> int:
+    return first + 100 * list(SCAN_COUNTS).index(folder) + number
+
+
+def write_scan_tree(root: Path, first: int = 0) -> Path:
+    """``root/<class>/scan_NNN.jpg``, :data:`SCAN_COUNTS` of them, every one a different picture."""
+    for folder, count in SCAN_COUNTS.items():
+        for number in range(count):
+            write_scan(root / folder / f"scan_{number:03d}.jpg", scan_index(folder, number, first))
+    return root
+
+
+def plant_duplicates(root: Path, classes: Path) -> list[set[str]]:
+    """Exact copies and JPEG re-saves next to scans under ``classes``; the groups, relative to root."""
+
+    def exact(folder: str, number: int, name: str) -> Path:
+        return Path(
+            shutil.copyfile(classes / folder / f"scan_{number:03d}.jpg", classes / folder / name)
+        )
+
+    def resaved(folder: str, number: int, name: str) -> Path:
+        return write_scan(classes / folder / name, scan_index(folder, number), quality=60)
+
+    planted = [
+        [exact("glioma", 3, "scan_003 copy.jpg")],
+        [resaved("glioma", 10, "scan_010 q60.jpg")],
+        [exact("meningioma", 5, "scan_005 (1).jpg"), resaved("meningioma", 5, "q60.jpg")],
+        [resaved("notumor", 2, "again.jpg")],
+        [exact("pituitary", 1, "scan_001.JPG.jpg")],
+    ]
+    originals = [("glioma", 3), ("glioma", 10), ("meningioma", 5), ("notumor", 2), ("pituitary", 1)]
+    return [
+        {(classes / f / f"scan_{n:03d}.jpg").relative_to(root).as_posix()}
+        | {copy.relative_to(root).as_posix() for copy in copies}
+        for (f, n), copies in zip(originals, planted, strict=True)
+    ]
+
+
+def placement(target: Path, source: Path) -> dict[str, str]:
+    """Each source file, relative to ``source`` (POSIX), with the split it was placed in."""
+    return {
+        Path(row["source"]).relative_to(source).as_posix(): split
+        for split in ("train", "val", "test")
+        if (target / "manifests" / f"{split}.csv").is_file()
+        for row in manifest(target, split)
+    }
+
+
+def plain_carve(
+    files_by_label: Mapping[str, Sequence[Path]],
+    held_out: Sequence[str],
+    fraction: float,
+    seed: int,
+) -> dict[str, FilesByLabel]:
+    """The file-by-file carve as it was before duplicate grouping: the reference for the opt-out."""
+    splits: dict[str, FilesByLabel] = {split: {} for split in ("train", *held_out)}
+    for label, files in files_by_label.items():
+        ordered = sorted(files)
+        rng = np.random.default_rng([seed, zlib.crc32(label.encode())])
+        shuffled = [ordered[i] for i in rng.permutation(len(ordered))]
+        size = int(len(ordered) * fraction + 0.5)
+        for index, split in enumerate(held_out):
+            splits[split][label] = sorted(shuffled[index * size : (index + 1) * size])
+        splits["train"][label] = sorted(shuffled[len(held_out) * size :])
+    return splits
+
+
+def as_placement(splits: Mapping[str, FilesByLabel], root: Path) -> dict[str, str]:
+    return {
+        path.relative_to(root).as_posix(): split
+        for split, by_label in splits.items()
+        for files in by_label.values()
+        for path in files
+    }
+
+
+@pytest.fixture(scope="module")
+def planted_flat(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[set[str]]]:
+    """A class-only tree of scans with five planted duplicate groups (exact and re-saved)."""
+    root = write_scan_tree(tmp_path_factory.mktemp("planted") / "flat")
+    return root, plant_duplicates(root, root)
+
+
+@pytest.fixture(scope="module")
+def planted_split(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[set[str]]]:
+    """Training/ with the planted groups, Testing/ with one copy of a Training scan."""
+    root = tmp_path_factory.mktemp("planted") / "split"
+    write_scan_tree(root / "Training")
+    groups = plant_duplicates(root, root / "Training")
+    for number, folder in enumerate(SCAN_COUNTS):
+        write_scan(root / "Testing" / folder / f"te_{number}.jpg", 5000 + number)
+    shutil.copyfile(root / "Training/glioma/scan_004.jpg", root / "Testing/glioma/leaked.jpg")
+    return root, groups
+
+
+def test_planted_copies_are_duplicates_to_the_hasher(
+    planted_flat: tuple[Path, list[set[str]]],
+) -> None:
+    root, groups = planted_flat
+    paths = sorted(iter_image_files(root))
+    ids = duplicate_groups(image_hashes(paths, workers=1))
+    group_of = {
+        path.relative_to(root).as_posix(): group for path, group in zip(paths, ids, strict=True)
+    }
+    for planted in groups:
+        assert len({group_of[name] for name in planted}) == 1
+    assert len(set(ids)) == len(paths) - sum(len(planted) - 1 for planted in groups)
+
+
+@pytest.mark.parametrize("layout", ["class_only", "split_class"])
+def test_duplicates_land_in_one_split_for_every_seed(
+    planted_flat: tuple[Path, list[set[str]]],
+    planted_split: tuple[Path, list[set[str]]],
+    tmp_path: Path,
+    layout: str,
+) -> None:
+    source, groups = planted_flat if layout == "class_only" else planted_split
+    held_out = ("val", "test") if layout == "class_only" else ("val",)
+    for seed in range(10):
+        summary = prepare(source, tmp_path / str(seed), seed=seed)
+        where = placement(tmp_path / str(seed), source)
+        for planted in groups:
+            assert len({where[name] for name in planted}) == 1, (seed, planted)
+        assert summary.grouping is not None
+        assert summary.grouping.kept_together == len(groups)
+        assert summary.grouping.grouped_images == sum(map(len, groups))
+        assert summary.grouping.label_conflicts == ()
+        for label in summary.counts["train"]:
+            total = sum(summary.counts[split][label] for split in ("train", *held_out))
+            for split in held_out:  # stratified: singletons fill the share exactly
+                assert summary.counts[split][label] == int(total * 0.15 + 0.5)
+
+
+def test_without_grouping_duplicates_straddle_splits_as_before(
+    planted_flat: tuple[Path, list[set[str]]], tmp_path: Path
+) -> None:
+    source, groups = planted_flat
+    by_label = {
+        normalise_class_name(folder.name) or "": sorted(iter_image_files(folder))
+        for folder in sorted(source.iterdir())
+    }
+    straddling = 0
+    for seed in range(10):
+        summary = prepare(source, tmp_path / str(seed), seed=seed, group_duplicates=False)
+        assert summary.grouping is None
+        where = placement(tmp_path / str(seed), source)
+        assert where == as_placement(plain_carve(by_label, ("val", "test"), 0.15, seed), source)
+        straddling += sum(len({where[name] for name in planted}) > 1 for planted in groups)
+    assert straddling > 0
+
+
+def test_without_duplicates_the_grouped_carve_is_the_plain_carve(
+    masoud: Path, tmp_path: Path
+) -> None:
+    for seed in (0, 1, 42):
+        grouped = prepare(masoud, tmp_path / f"g{seed}", seed=seed)
+        prepare(masoud, tmp_path / f"p{seed}", seed=seed, group_duplicates=False)
+        assert grouped.grouping is not None and grouped.grouping.kept_together == 0
+        assert placement(tmp_path / f"g{seed}", masoud) == placement(tmp_path / f"p{seed}", masoud)
+
+
+def test_grouped_carve_is_reproducible_and_independent_of_the_path(
+    planted_flat: tuple[Path, list[set[str]]], tmp_path: Path
+) -> None:
+    source, _ = planted_flat
+    moved = shutil.copytree(source, tmp_path / "elsewhere" / "other name")
+    archive = zip_folder(source, tmp_path / "scans.zip", prefix="download/")
+    prepare(source, tmp_path / "a", seed=3)
+    prepare(source, tmp_path / "b", seed=3)
+    prepare(moved, tmp_path / "c", seed=3)
+    prepare(archive, tmp_path / "d", seed=3)
+    prepare(source, tmp_path / "e", seed=4)
+    first = placement(tmp_path / "a", source)
+    assert placement(tmp_path / "b", source) == first
+    assert placement(tmp_path / "c", moved) == first
+    assert placement(tmp_path / "d", archive / "download") == first
+    assert placement(tmp_path / "e", source) != first
+
+
+def test_a_class_split_survives_changes_to_other_classes(
+    planted_flat: tuple[Path, list[set[str]]], tmp_path: Path
+) -> None:
+    source, _ = planted_flat
+    changed = shutil.copytree(source, tmp_path / "changed")
+    write_scan(changed / "pituitary" / "new.jpg", 9000)
+    (changed / "notumor" / "scan_000.jpg").unlink()
+    prepare(source, tmp_path / "a")
+    prepare(changed, tmp_path / "b")
+    before, after = placement(tmp_path / "a", source), placement(tmp_path / "b", changed)
+    for folder in ("glioma", "meningioma"):
+        assert {k: v for k, v in before.items() if k.startswith(folder)} == {
+            k: v for k, v in after.items() if k.startswith(folder)
+        }
+
+
+def test_a_label_conflict_stays_in_train_and_is_reported(tmp_path: Path) -> None:
+    source = write_scan_tree(tmp_path / "flat")
+    shutil.copyfile(source / "glioma/scan_001.jpg", source / "meningioma/looks like glioma.jpg")
+    write_scan(source / "pituitary" / "same scan.jpg", scan_index("glioma", 1), quality=60)
+    conflict = (
+        source / "glioma/scan_001.jpg",
+        source / "meningioma/looks like glioma.jpg",
+        source / "pituitary/same scan.jpg",
+    )
+    for seed in range(8):
+        summary = prepare(source, tmp_path / str(seed), seed=seed)
+        assert summary.grouping is not None
+        assert summary.grouping.label_conflicts == (conflict,)
+        assert summary.grouping.kept_together == 0
+        where = placement(tmp_path / str(seed), source)
+        assert {where[path.relative_to(source).as_posix()] for path in conflict} == {"train"}
+    archive = zip_folder(source, tmp_path / "flat.zip")
+    from_zip = prepare(archive, tmp_path / "zip")
+    assert from_zip.grouping is not None
+    assert from_zip.grouping.label_conflicts == (
+        tuple(archive / path.relative_to(source) for path in conflict),
+    )
+
+
+def test_a_picture_under_several_classes_stays_in_train(tmp_path: Path) -> None:
+    """fixtures_kaggle's masoud reuses picture n in every class and in Testing."""
+    source = build_masoud(tmp_path / "masoud")
+    summary = prepare(source, tmp_path / "data")
+    assert summary.grouping is not None
+    shared = [
+        n
+        for n in range(max(MASOUD_TRAIN.values()))
+        if sum(count > n for count in MASOUD_TRAIN.values()) > 1
+    ]
+    assert len(summary.grouping.label_conflicts) == len(shared)
+    where = placement(tmp_path / "data", source)
+    for group in summary.grouping.label_conflicts:
+        assert len({path.name for path in group}) == 1
+        assert {where[path.relative_to(source).as_posix()] for path in group} == {"train"}
+    # Testing's pictures 0..2 are Training's too: groups across the source's own splits.
+    assert summary.grouping.cross_split_groups == max(MASOUD_TEST.values())
+
+
+def test_duplicates_across_the_source_splits_are_counted(
+    planted_split: tuple[Path, list[set[str]]], tmp_path: Path
+) -> None:
+    source, _ = planted_split
+    summary = prepare(source, tmp_path / "data")
+    assert summary.grouping is not None
+    assert summary.grouping.cross_split_groups == 1
+    assert summary.grouping.hashed == len(list(iter_image_files(source)))
+    assert prepare(source, tmp_path / "plain", group_duplicates=False).grouping is None
+
+
+def test_nothing_is_hashed_when_nothing_is_carved(tmp_path: Path) -> None:
+    summary = prepare(build_navoneel(tmp_path / "navoneel"), tmp_path / "data")
+    assert summary.grouping is None
+
+
+def test_carve_splits_keeps_groups_whole_and_stratified(tmp_path: Path) -> None:
+    files = {
+        "glioma": [tmp_path / f"g{i:02d}.jpg" for i in range(40)],
+        "pituitary": [tmp_path / f"p{i:02d}.jpg" for i in range(20)],
+    }
+    groups: dict[Path, int] = {}
+    for group, members in enumerate(
+        [
+            files["glioma"][0:2],
+            files["glioma"][5:8],
+            files["glioma"][30:32],
+            files["pituitary"][3:5],
+        ]
+    ):
+        groups.update(dict.fromkeys(members, group))
+    conflict = [files["glioma"][20], files["pituitary"][10]]
+    groups.update(dict.fromkeys(conflict, 99))
+    for seed in range(50):
+        splits = carve_splits(files, ("val", "test"), 0.15, seed, groups=groups)
+        where = {path: split for split, by in splits.items() for f in by.values() for path in f}
+        assert len(where) == sum(map(len, files.values()))
+        for group in set(groups.values()):
+            assert len({where[path] for path, g in groups.items() if g == group}) == 1
+        assert {where[path] for path in conflict} == {"train"}
+        for label, members in files.items():
+            for split in ("val", "test"):
+                assert len(splits[split][label]) == int(len(members) * 0.15 + 0.5)
+
+
+def test_carve_splits_without_duplicates_is_the_plain_carve(tmp_path: Path) -> None:
+    files = {
+        label: [tmp_path / f"{label}{i}.jpg" for i in range(n)]
+        for label, n in (("glioma", 33), ("pituitary", 9), ("no_tumor", 1))
+    }
+    singletons = {
+        path: index for index, path in enumerate(path for paths in files.values() for path in paths)
+    }
+    for seed in range(20):
+        expected = plain_carve(files, ("val", "test"), 0.15, seed)
+        assert carve_splits(files, ("val", "test"), 0.15, seed) == expected
+        assert carve_splits(files, ("val", "test"), 0.15, seed, groups=singletons) == expected
+
+
+def test_carve_splits_comes_as_close_as_groups_allow(tmp_path: Path) -> None:
+    files = [tmp_path / f"{i}.jpg" for i in range(10)]
+    pairs = {path: index // 2 for index, path in enumerate(files)}
+    splits = carve_splits({"glioma": files}, ("val", "test"), 0.15, 0, groups=pairs)
+    assert [len(splits[s]["glioma"]) for s in ("train", "val", "test")] == [6, 2, 2]
+    # Two triples and a target of 2: no group fits, one triple (3) is closer than none (0).
+    triples = {path: index // 3 for index, path in enumerate(files[:6])}
+    splits = carve_splits({"glioma": files[:6]}, ("val",), 0.3, 0, groups=triples)
+    assert [len(splits[s]["glioma"]) for s in ("train", "val")] == [3, 3]
+
+
+def test_cli_reports_the_grouping_and_can_turn_it_off(runner: CliRunner, tmp_path: Path) -> None:
+    source = build_masoud(tmp_path / "masoud")
+    env = {"COLUMNS": "300"}
+    result = runner.invoke(
+        app, ["data", "prepare", str(source), "--out", str(tmp_path / "a")], env=env
+    )
+    assert result.exit_code == 0, result.output
+    assert (
+        "Kept 0 duplicate group(s) (0 images) whole in one split; hashed 59 images" in result.stdout
+    )
+    assert (
+        "Label conflicts (one image under several classes), kept in train: 14 group(s)"
+        in result.stdout
+    )
+    assert "3 duplicate group(s) span the splits the source gave" in result.stdout
+    assert "--fix" in result.stdout
+    args = ["data", "prepare", str(source), "--out", str(tmp_path / "b"), "--no-group-duplicates"]
+    result = runner.invoke(app, args, env=env)
+    assert result.exit_code == 0, result.output
+    assert "Duplicates were not grouped" in result.stdout
+    assert "hashed" not in result.stdout

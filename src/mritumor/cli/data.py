@@ -113,13 +113,22 @@ def prepare(
     val_size: ValSizeOption = None,
     seed: SeedOption = None,
     force: ForceOption = False,
+    group_duplicates: Annotated[
+        bool,
+        typer.Option(
+            "--group-duplicates/--no-group-duplicates",
+            help="Hash the images to carve and keep exact and near duplicates in one split; "
+            "--no-group-duplicates skips the hashing (copies may then straddle train and val).",
+        ),
+    ] = True,
     assignments: SetOption = None,
 ) -> None:
     """Normalise a local folder or .zip (Kaggle layouts, split/class, class-only, yes/no trees).
 
     Class folders are mapped case-insensitively (notumor, "no tumor" -> no_tumor;
     glioma_tumor -> glioma; ...). A stratified, seeded val split is carved when
-    the source has none; file lists are written to manifests/<split>.csv.
+    the source has none, with duplicate images kept in one split; file lists are
+    written to manifests/<split>.csv.
     """
     from mritumor.data.prepare import prepare as prepare_dataset
 
@@ -133,6 +142,7 @@ def prepare(
             seed=settings.seed,
             force=force,
             external_name=name,
+            group_duplicates=group_duplicates,
             progress=progress,
         )
     _report_prepared(summary)
@@ -266,6 +276,36 @@ def _report_prepared(summary: PrepareSummary) -> None:
     print_counts(f"{summary.target} ({summary.kind} layout, {mode})", summary.counts)
     if summary.carved:
         console.print(f"Carved from train: {', '.join(summary.carved)} (stratified, seeded)")
+    grouping = summary.grouping
+    if summary.carved and grouping is None:
+        console.print(
+            "Duplicates were not grouped: copies of one scan may straddle the carved splits "
+            f"(find them with `mritumor data check {summary.target}`)",
+            soft_wrap=True,
+        )
+    if grouping is not None:
+        console.print(
+            f"Kept {grouping.kept_together} duplicate group(s) ({grouping.grouped_images} "
+            f"images) whole in one split; hashed {grouping.hashed} images in "
+            f"{grouping.seconds:.1f} s",
+            soft_wrap=True,
+        )
+        conflicts = grouping.label_conflicts
+        if conflicts:
+            shown = "; ".join(", ".join(str(path) for path in group) for group in conflicts[:3])
+            more = f" and {len(conflicts) - 3} more" if len(conflicts) > 3 else ""
+            console.print(
+                f"Label conflicts (one image under several classes), kept in train: "
+                f"{len(conflicts)} group(s): {shown}{more}",
+                soft_wrap=True,
+            )
+        if grouping.cross_split_groups:
+            console.print(
+                f"{grouping.cross_split_groups} duplicate group(s) span the splits the source "
+                f"gave (such as Training and Testing): `mritumor data check {summary.target} "
+                "--fix` moves the copies out of val and test",
+                soft_wrap=True,
+            )
     if summary.duplicates:
         shown = ", ".join(str(path) for path in summary.duplicates)
         console.print(f"Left out duplicate copies of the tree: {shown}", soft_wrap=True)

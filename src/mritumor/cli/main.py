@@ -12,7 +12,7 @@ from rich.markup import escape
 from typer.core import TyperGroup
 
 from mritumor import __version__
-from mritumor.cli import backbones, config, data
+from mritumor.cli import backbones, config, data, train
 from mritumor.cli.state import AppState
 from mritumor.cli.ui import err_console
 from mritumor.environment import CONFIG_ENV_VAR, DEBUG_ENV_VAR, configure
@@ -46,6 +46,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 app.add_typer(data.app, name="data")
+app.command("train")(train.train)
 app.add_typer(config.app, name="config")
 app.add_typer(backbones.app, name="backbones")
 

@@ -25,16 +25,21 @@ import math
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import tensorflow as tf
 from numpy.typing import NDArray
 
 from mritumor.data.balance import class_weights, oversample_indices
 from mritumor.data.files import UnreadableImageError, read_image
 from mritumor.data.splits import SplitFiles
+from mritumor.environment import import_tensorflow
 from mritumor.settings import AugmentSettings, Settings
+
+if TYPE_CHECKING:
+    import tensorflow as tf
+else:
+    tf = import_tensorflow()
 
 CACHE_FORMAT_VERSION = 1
 ResizeMode = Literal["plain", "pad"]

@@ -1,0 +1,274 @@
+"""``mritumor train``: two-stage training into a new run directory, or ``--resume`` one."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from mritumor.cli.completion import complete_backbone
+from mritumor.cli.state import SetOption, app_state, resolve_settings
+from mritumor.cli.ui import console, err_console
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
+
+    from mritumor.settings import Settings
+    from mritumor.training import Stage, TrainResult
+
+EXIT_INTERRUPTED = 130
+
+
+def train(
+    ctx: typer.Context,
+    backbone: Annotated[
+        str | None,
+        typer.Option(
+            help="Backbone name or alias [default: model.backbone].",
+            autocompletion=complete_backbone,
+        ),
+    ] = None,
+    weights: Annotated[
+        str | None,
+        typer.Option(help="imagenet, none, or a .weights.h5 file [default: model.weights]."),
+    ] = None,
+    epochs: Annotated[
+        int | None, typer.Option(min=1, help="Total epochs [default: train.epochs].")
+    ] = None,
+    freeze_epochs: Annotated[
+        int | None,
+        typer.Option(
+            min=0, help="Epochs with the backbone frozen [default: train.freeze_backbone_epochs]."
+        ),
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(min=1, help="[default: train.batch_size]")
+    ] = None,
+    lr: Annotated[
+        float | None, typer.Option(help="Learning rate of the frozen stage [default: train.lr].")
+    ] = None,
+    image_size: Annotated[int | None, typer.Option(help="[default: data.image_size]")] = None,
+    precision: Annotated[
+        str | None,
+        typer.Option(
+            help="auto, float32, mixed_float16 or mixed_bfloat16 [default: train.precision]."
+        ),
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="[default: seed]")] = None,
+    deterministic: Annotated[
+        bool | None,
+        typer.Option("--deterministic/--no-deterministic", help="Deterministic ops (slower)."),
+    ] = None,
+    xla: Annotated[
+        bool | None, typer.Option("--xla/--no-xla", help="Compile the step with XLA.")
+    ] = None,
+    data: Annotated[Path | None, typer.Option(help="Data root [default: paths.data_dir].")] = None,
+    name: Annotated[
+        str | None,
+        typer.Option(help="Run directory name under paths.runs_dir [default: train-<n>]."),
+    ] = None,
+    exist_ok: Annotated[
+        bool, typer.Option("--exist-ok", help="Allow --name to reuse an existing run directory.")
+    ] = False,
+    resume: Annotated[
+        Path | None,
+        typer.Option(help="Continue this run from its last.keras, with its own settings."),
+    ] = None,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No progress display; the summary only.")
+    ] = False,
+    assignments: SetOption = None,
+) -> None:
+    """Train a classifier: the backbone frozen first, then the whole network at a lower rate.
+
+    Writes a new run directory (runs/train-<n>) with model.keras (best on
+    train.monitor), last.keras, bundle.json, config.yaml, splits/, history and
+    curves. Ctrl-C saves last.keras and prints how to resume.
+    """
+    flags = {
+        "model.backbone": backbone,
+        "model.weights": weights,
+        "train.epochs": epochs,
+        "train.freeze_backbone_epochs": freeze_epochs,
+        "train.batch_size": batch_size,
+        "train.lr": lr,
+        "data.image_size": image_size,
+        "train.precision": precision,
+        "seed": seed,
+        "train.deterministic": deterministic,
+        "train.xla": xla,
+        "paths.data_dir": data,
+    }
+    if resume is not None:
+        settings, run_dir = _resumed(ctx, resume, flags, assignments, epochs)
+    else:
+        settings = resolve_settings(ctx, flags, assignments or ()).settings
+        run_dir = _new_run(settings, name, exist_ok)
+    result = _fit(settings, run_dir, resume=resume is not None, quiet=quiet)
+    _report(result)
+
+
+def _resumed(
+    ctx: typer.Context,
+    run_dir: Path,
+    flags: Mapping[str, Any],
+    assignments: list[str] | None,
+    epochs: int | None,
+) -> tuple[Settings, Path]:
+    """The run's own config.yaml; only --epochs may change (to extend a finished run)."""
+    from mritumor.bundle import CONFIG_FILE, read_bundle
+    from mritumor.errors import UsageError
+    from mritumor.settings import load_settings
+
+    given = sorted(
+        key for key, value in flags.items() if value is not None and key != "train.epochs"
+    )
+    if given or assignments or app_state(ctx).config_file is not None:
+        raise UsageError(
+            "--resume continues a run with the settings it started with; "
+            f"drop {', '.join(given) or '--set/--config'} (only --epochs may extend it)"
+        )
+    read_bundle(run_dir)
+    overrides = {"train.epochs": epochs} if epochs is not None else {}
+    return load_settings(run_dir / CONFIG_FILE, overrides).settings, run_dir
+
+
+def _new_run(settings: Settings, name: str | None, exist_ok: bool) -> Path:
+    from mritumor.bundle import new_run_dir
+
+    return new_run_dir(settings.paths.runs_dir, "train", name=name, exist_ok=exist_ok)
+
+
+def _fit(settings: Settings, run_dir: Path, *, resume: bool, quiet: bool) -> TrainResult:
+    from mritumor.training import train as train_model
+
+    with _removed_unless_started(run_dir, keep=resume), _observer(quiet) as observer:
+        return train_model(settings, run_dir, resume=resume, observer=observer)
+
+
+@contextmanager
+def _removed_unless_started(run_dir: Path, *, keep: bool) -> Iterator[None]:
+    """A new run directory that failed before its bundle was written is removed again."""
+    import shutil
+
+    from mritumor.bundle import BUNDLE_FILE
+
+    try:
+        yield
+    except BaseException:
+        if not keep and not (run_dir / BUNDLE_FILE).exists():
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+
+
+@contextmanager
+def _observer(quiet: bool) -> Iterator[Any]:
+    if quiet:
+        yield None
+        return
+    observer = RichTrainingObserver()
+    try:
+        yield observer
+    finally:
+        observer.close()
+
+
+class RichTrainingObserver:
+    """An epoch bar and a step bar with images/s and live metrics, on stderr.
+
+    Each finished epoch is also printed as one line, which is what a non-TTY
+    log (CI) keeps.
+    """
+
+    def __init__(self) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        self.progress: Progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[status]}"),
+            console=err_console,
+        )
+        self.epochs: TaskID | None = None
+        self.steps: TaskID | None = None
+        self.total_epochs = 0
+
+    def on_stage_begin(self, stage: Stage, total_epochs: int) -> None:
+        if self.epochs is None:
+            self.progress.start()
+            self.total_epochs = total_epochs
+            self.epochs = self.progress.add_task("epochs", total=total_epochs, status="")
+            self.steps = self.progress.add_task("steps", total=None, status="")
+        self.progress.update(self.epochs, completed=stage.start, status=f"stage {stage.name}")
+
+    def on_epoch_begin(self, epoch: int, steps: int) -> None:
+        assert self.steps is not None
+        self.progress.reset(self.steps, total=steps, status="")
+
+    def on_batch_end(self, step: int, images_per_second: float, logs: Mapping[str, float]) -> None:
+        assert self.steps is not None
+        metrics = "  ".join(
+            f"{key} {value:.4f}" for key, value in logs.items() if key in ("loss", "accuracy")
+        )
+        self.progress.update(
+            self.steps, completed=step + 1, status=f"{images_per_second:.0f} img/s  {metrics}"
+        )
+
+    def on_epoch_end(self, row: Mapping[str, Any]) -> None:
+        assert self.epochs is not None
+        self.progress.update(self.epochs, completed=row["epoch"])
+        self.progress.console.print(
+            format_epoch(row, self.total_epochs), soft_wrap=True, markup=False, highlight=False
+        )
+
+    def on_warning(self, message: str) -> None:
+        self.progress.console.print(f"[yellow]warning:[/] {message}", soft_wrap=True, markup=True)
+
+    def close(self) -> None:
+        if self.epochs is not None:
+            self.progress.stop()
+
+
+def format_epoch(row: Mapping[str, Any], total_epochs: int) -> str:
+    """``epoch 3/10 [full] loss 0.8123 accuracy 0.7100 val_loss ... lr 1.0e-04``."""
+    parts = [f"epoch {row['epoch']}/{total_epochs} [{row['stage']}]"]
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        if key in row:
+            parts.append(f"{key} {float(row[key]):.4f}")
+    parts.append(f"lr {float(row['lr']):.1e}")
+    return " ".join(parts)
+
+
+def _report(result: TrainResult) -> None:
+    from rich.table import Table
+
+    from mritumor.bundle import LAST_FILE, MODEL_FILE
+
+    for path, reason in result.decode_failures.items():
+        err_console.print(f"[yellow]warning:[/] skipped {path}: {reason}", soft_wrap=True)
+    if result.interrupted:
+        console.print(
+            f"Interrupted after {result.epochs_completed} complete epoch(s); the state is in "
+            f"{result.run_dir / LAST_FILE}. Resume with:\n  mritumor train --resume {result.run_dir}",
+            soft_wrap=True,
+        )
+        raise typer.Exit(EXIT_INTERRUPTED)
+    table = Table(title=f"Run {result.run_dir}", title_justify="left", show_header=False)
+    table.add_row("epochs completed", str(result.epochs_completed))
+    table.add_row("best epoch", str(result.best_epoch))
+    table.add_row(
+        "best monitor value", f"{result.best_value:.4f}" if result.best_value is not None else "-"
+    )
+    table.add_row("model", str(result.run_dir / MODEL_FILE))
+    console.print(table)

@@ -1,0 +1,452 @@
+"""Fit orchestration: two stages, checkpoints, history, resume and Ctrl-C.
+
+Stage ``frozen`` trains the head with the backbone frozen (its BatchNorm in
+inference mode) at ``train.lr``; stage ``full`` trains the whole network at
+``train.finetune_lr`` (or at ``train.lr`` when there was no frozen stage).
+Each stage gets a fresh optimizer whose warm-up + cosine schedule spans that
+stage. Early stopping ends the stage it fires in.
+
+After every epoch, in this order: ``last.keras`` (weights and optimizer state)
+is written atomically, ``model.keras`` too when the monitored value improved,
+then the history files and ``bundle.json``. So ``epochs_completed`` in the
+bundle never runs ahead of ``last.keras``, and ``--resume`` continues from the
+next epoch with the optimizer's step counter, hence the schedule position.
+
+Ctrl-C stops after the current batch: ``last.keras`` is saved with the state
+reached, the interrupted epoch is not counted (a resumed run repeats it), and
+a second Ctrl-C quits at once.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+from mritumor.environment import import_tensorflow
+
+if TYPE_CHECKING:
+    import tensorflow as tf
+else:
+    tf = import_tensorflow()
+
+import keras
+
+from mritumor import bundle as bundles
+from mritumor.data.pipeline import InputPipeline, PipelineOptions, build_pipeline
+from mritumor.data.splits import SplitFiles, load_split
+from mritumor.errors import ConfigError, MritumorError, UsageError
+from mritumor.losses import make_loss, make_optimizer
+from mritumor.model import build_classifier, load_model, set_backbone_trainable
+from mritumor.registry import registry
+from mritumor.settings import Settings, TrainSettings
+
+StageName = Literal["frozen", "full"]
+UNFREEZE_KEY = "unfreeze_epoch"
+BEST_VALUE_KEY = "best_value"
+
+
+@dataclass(frozen=True)
+class Stage:
+    """Epochs ``[start, end)`` (0-based) trained with one optimizer and one trainable state."""
+
+    name: StageName
+    start: int
+    end: int
+    peak_lr: float
+
+    @property
+    def backbone_trainable(self) -> bool:
+        return self.name == "full"
+
+
+def plan_stages(train: TrainSettings) -> list[Stage]:
+    """The frozen stage (if any) then the full stage (if any epochs remain)."""
+    frozen_epochs = min(train.freeze_backbone_epochs, train.epochs)
+    stages = []
+    if frozen_epochs:
+        stages.append(Stage("frozen", 0, frozen_epochs, train.lr))
+    if frozen_epochs < train.epochs:
+        full_lr = train.finetune_lr if frozen_epochs else train.lr
+        stages.append(Stage("full", frozen_epochs, train.epochs, full_lr))
+    return stages
+
+
+class TrainingObserver(Protocol):
+    """What the CLI's progress display hears about; library code never imports rich."""
+
+    def on_stage_begin(self, stage: Stage, total_epochs: int) -> None: ...
+
+    def on_epoch_begin(self, epoch: int, steps: int) -> None: ...
+
+    def on_batch_end(
+        self, step: int, images_per_second: float, logs: Mapping[str, float]
+    ) -> None: ...
+
+    def on_epoch_end(self, row: Mapping[str, Any]) -> None: ...
+
+    def on_warning(self, message: str) -> None: ...
+
+
+class TrainingInterruptedError(MritumorError):
+    """Ctrl-C during training; ``last.keras`` holds the state reached."""
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    epochs_completed: int
+    best_epoch: int | None
+    best_value: float | None
+    interrupted: bool
+    decode_failures: dict[str, str] = field(default_factory=dict)
+
+
+def train(
+    settings: Settings,
+    run_dir: Path,
+    *,
+    resume: bool = False,
+    observer: TrainingObserver | None = None,
+) -> TrainResult:
+    """Train into ``run_dir`` (fresh: an empty new run directory; resume: an existing run)."""
+    _check_compatible(settings.train)
+    _configure_runtime(settings)
+    train_split, val_split = _splits(settings, run_dir, resume=resume)
+    if not resume:
+        _start_run(settings, run_dir, (train_split, val_split))
+    book = _Bookkeeping(run_dir, settings.train.monitor, resume=resume)
+    train_data = build_pipeline(train_split, PipelineOptions.from_settings(settings, training=True))
+    val_data = build_pipeline(val_split, PipelineOptions.from_settings(settings, training=False))
+    if resume:
+        model = load_model(run_dir / bundles.LAST_FILE, compile=True)
+        compiled_for: StageName | None = book.stage_of_saved_model()
+    else:
+        model, compiled_for = build_classifier(settings), None
+    interrupted = False
+    with _stop_on_sigint() as stop_requested:
+        try:
+            for stage in _remaining_stages(settings.train, book):
+                if stage.name != compiled_for:
+                    _compile_for(stage, model, settings, train_data.steps_per_epoch)
+                    compiled_for = stage.name
+                _run_stage(
+                    stage, model, settings, train_data, val_data, book, stop_requested, observer
+                )
+                if book.stopped_early and stage.name == "full":
+                    break
+        except TrainingInterruptedError:
+            interrupted = True
+            book.save_last(model)
+    _write_curves(run_dir, book)
+    return TrainResult(
+        run_dir=run_dir,
+        epochs_completed=len(book.history),
+        best_epoch=book.best_epoch,
+        best_value=book.best_value,
+        interrupted=interrupted,
+        decode_failures={**train_data.failures.items(), **val_data.failures.items()},
+    )
+
+
+def _check_compatible(train: TrainSettings) -> None:
+    if train.reduce_lr_on_plateau and train.cosine_decay:
+        raise ConfigError(
+            "train.reduce_lr_on_plateau needs a constant learning rate: "
+            "set train.cosine_decay to false, or turn reduce_lr_on_plateau off"
+        )
+
+
+def _configure_runtime(settings: Settings) -> None:
+    keras.utils.set_random_seed(settings.seed)
+    if settings.train.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    keras.mixed_precision.set_global_policy(resolve_precision(settings.train.precision))
+
+
+def resolve_precision(precision: str) -> str:
+    """``auto``: mixed_float16 when a GPU is visible, float32 otherwise."""
+    if precision != "auto":
+        return precision
+    return "mixed_float16" if tf.config.list_physical_devices("GPU") else "float32"
+
+
+def _splits(settings: Settings, run_dir: Path, *, resume: bool) -> tuple[SplitFiles, SplitFiles]:
+    """Fresh runs read the data root; a resumed run reuses its persisted splits."""
+    names = settings.data.class_names
+    if resume:
+        return (
+            bundles.read_split(run_dir, "train", names),
+            bundles.read_split(run_dir, "val", names),
+        )
+    root = settings.paths.data_dir
+    train_split = load_split(root, "train", names)
+    try:
+        val_split = load_split(root, "val", names)
+    except UsageError as error:
+        raise UsageError(
+            f"{error}; training selects its checkpoint on a val split "
+            "(`mritumor data prepare` carves one)"
+        ) from None
+    return train_split, val_split
+
+
+def _start_run(settings: Settings, run_dir: Path, splits: tuple[SplitFiles, ...]) -> None:
+    spec = registry.get(settings.model.backbone)
+    bundles.write_config(run_dir, settings)
+    bundles.write_splits(run_dir, settings.paths.data_dir, splits)
+    bundles.write_bundle(
+        run_dir,
+        bundles.Bundle(
+            command="train",
+            class_names=list(settings.data.class_names),
+            negative_class=settings.data.negative_class,
+            image_size=settings.data.image_size,
+            channels=settings.data.channels,
+            resize=settings.data.resize,
+            backbone=spec.name,
+            dataset_fingerprint=bundles.dataset_fingerprint(splits),
+            monitor=settings.train.monitor,
+        ),
+    )
+
+
+def _remaining_stages(train: TrainSettings, book: _Bookkeeping) -> Iterator[Stage]:
+    """The stages still to run, each starting at the first epoch not yet completed.
+
+    Evaluated lazily, so a frozen stage that stopped early hands over to the
+    full stage at the epoch it stopped.
+    """
+    for stage in plan_stages(train):
+        if stage.name == "frozen" and book.unfrozen_at is not None:
+            continue
+        start = len(book.history)
+        if start < stage.end:
+            yield Stage(stage.name, start, stage.end, stage.peak_lr)
+
+
+def _compile_for(stage: Stage, model: Any, settings: Settings, steps_per_epoch: int) -> None:
+    """A fresh optimizer for the stage; its schedule spans the stage's remaining epochs."""
+    set_backbone_trainable(model, stage.backbone_trainable)
+    model.compile(
+        optimizer=make_optimizer(
+            settings.train, stage.peak_lr, steps_per_epoch, stage.end - stage.start
+        ),
+        loss=make_loss(settings.train, len(settings.data.class_names)),
+        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
+        jit_compile=settings.train.xla,
+    )
+
+
+def _run_stage(
+    stage: Stage,
+    model: Any,
+    settings: Settings,
+    train_data: InputPipeline,
+    val_data: InputPipeline,
+    book: _Bookkeeping,
+    stop_requested: Callable[[], bool],
+    observer: TrainingObserver | None,
+) -> None:
+    book.begin_stage(stage)
+    if observer is not None:
+        observer.on_stage_begin(stage, settings.train.epochs)
+    model.fit(
+        train_data.dataset,
+        validation_data=val_data.dataset,
+        initial_epoch=stage.start,
+        epochs=stage.end,
+        callbacks=_callbacks(settings, train_data, book, stop_requested, observer),
+        shuffle=False,  # the input pipeline shuffles, seeded
+        verbose=0,
+    )
+
+
+def _callbacks(
+    settings: Settings,
+    train_data: InputPipeline,
+    book: _Bookkeeping,
+    stop_requested: Callable[[], bool],
+    observer: TrainingObserver | None,
+) -> list[Any]:
+    callbacks: list[Any] = [_StopOnRequest(stop_requested), _EpochEnd(book)]
+    patience = settings.train.early_stopping_patience
+    if patience:
+        callbacks.append(_early_stopping(settings.train.monitor, patience, book))
+    if settings.train.reduce_lr_on_plateau:
+        callbacks.append(
+            keras.callbacks.ReduceLROnPlateau(
+                monitor=settings.train.monitor, factor=0.5, patience=max(patience // 2, 1)
+            )
+        )
+    if settings.train.tensorboard:
+        callbacks.append(keras.callbacks.TensorBoard(log_dir=str(book.run_dir / "tensorboard")))
+    if observer is not None:
+        callbacks.append(_Observe(observer, settings.train.batch_size, train_data, book))
+    return callbacks
+
+
+def _mode(monitor: str) -> Literal["min", "max"]:
+    return "min" if monitor.endswith("loss") else "max"
+
+
+class _Bookkeeping:
+    """Checkpoints, history and bundle updates: the state that makes a run resumable."""
+
+    def __init__(self, run_dir: Path, monitor: str, *, resume: bool) -> None:
+        self.run_dir = run_dir
+        self.monitor = monitor
+        self.history: list[dict[str, Any]] = bundles.read_history(run_dir) if resume else []
+        self.bundle = bundles.read_bundle(run_dir)
+        self.stage: StageName = "frozen"
+        self.stopped_early = False
+        best = self.bundle.extra.get(BEST_VALUE_KEY)
+        self.best_value: float | None = float(best) if best is not None else None
+        self.best_epoch: int | None = self.bundle.best_epoch
+
+    @property
+    def unfrozen_at(self) -> int | None:
+        """The 0-based epoch the full stage began, or None while still frozen."""
+        value = self.bundle.extra.get(UNFREEZE_KEY)
+        return int(value) if value is not None else None
+
+    def stage_of_saved_model(self) -> StageName:
+        return "full" if self.unfrozen_at is not None else "frozen"
+
+    def begin_stage(self, stage: Stage) -> None:
+        self.stage = stage.name
+        self.stopped_early = False
+        if stage.name == "full" and self.unfrozen_at is None:
+            self._update(extra={**self.bundle.extra, UNFREEZE_KEY: stage.start})
+
+    def end_epoch(self, model: Any, epoch: int, logs: Mapping[str, float]) -> dict[str, Any]:
+        self.save_last(model)
+        value = logs.get(self.monitor)
+        if value is not None and self._improves(float(value)):
+            self.best_value, self.best_epoch = float(value), epoch + 1
+            _save_atomically(model, self.run_dir / bundles.MODEL_FILE)
+        row = {"epoch": epoch + 1, "stage": self.stage, "lr": _current_lr(model), **logs}
+        self.history.append(row)
+        bundles.write_history(self.run_dir, self.history)
+        self._update(
+            epochs_completed=len(self.history),
+            best_epoch=self.best_epoch,
+            extra={**self.bundle.extra, BEST_VALUE_KEY: self.best_value},
+        )
+        return row
+
+    def save_last(self, model: Any) -> None:
+        _save_atomically(model, self.run_dir / bundles.LAST_FILE)
+
+    def _improves(self, value: float) -> bool:
+        if self.best_value is None:
+            return True
+        if _mode(self.monitor) == "min":
+            return value < self.best_value
+        return value > self.best_value
+
+    def _update(self, **changes: Any) -> None:
+        self.bundle = bundles.update_bundle(self.run_dir, **changes)
+
+
+def _save_atomically(model: Any, path: Path) -> None:
+    temporary = path.with_name(f".{path.stem}.partial.keras")
+    model.save(temporary)
+    temporary.replace(path)
+
+
+def _current_lr(model: Any) -> float:
+    optimizer = model.optimizer
+    rate = optimizer.learning_rate
+    return float(rate.numpy() if hasattr(rate, "numpy") else rate)
+
+
+def _early_stopping(monitor: str, patience: int, book: _Bookkeeping) -> Any:
+    class _EarlyStopping(keras.callbacks.EarlyStopping):  # type: ignore[misc]
+        def on_train_end(self, logs: Mapping[str, float] | None = None) -> None:
+            super().on_train_end(logs)
+            book.stopped_early = self.stopped_epoch > 0
+
+    return _EarlyStopping(monitor=monitor, patience=patience, mode=_mode(monitor))
+
+
+class _EpochEnd(keras.callbacks.Callback):  # type: ignore[misc]
+    def __init__(self, book: _Bookkeeping) -> None:
+        super().__init__()
+        self.book = book
+
+    def on_epoch_end(self, epoch: int, logs: Mapping[str, float] | None = None) -> None:
+        self.book.end_epoch(self.model, epoch, dict(logs or {}))
+
+
+class _StopOnRequest(keras.callbacks.Callback):  # type: ignore[misc]
+    def __init__(self, stop_requested: Callable[[], bool]) -> None:
+        super().__init__()
+        self.stop_requested = stop_requested
+
+    def on_train_batch_end(self, batch: int, logs: Mapping[str, float] | None = None) -> None:
+        if self.stop_requested():
+            raise TrainingInterruptedError("training interrupted")
+
+
+class _Observe(keras.callbacks.Callback):  # type: ignore[misc]
+    """Forwards Keras events to the observer, with images per second."""
+
+    def __init__(
+        self, observer: TrainingObserver, batch_size: int, data: InputPipeline, book: _Bookkeeping
+    ) -> None:
+        super().__init__()
+        self.book = book
+        self.observer = observer
+        self.batch_size = batch_size
+        self.steps = data.steps_per_epoch
+        self.seen: set[str] = set()
+        self.failures = data.failures
+        self.started = time.perf_counter()
+
+    def on_epoch_begin(self, epoch: int, logs: Mapping[str, float] | None = None) -> None:
+        self.started = time.perf_counter()
+        self.observer.on_epoch_begin(epoch, self.steps)
+
+    def on_train_batch_end(self, batch: int, logs: Mapping[str, float] | None = None) -> None:
+        elapsed = max(time.perf_counter() - self.started, 1e-9)
+        rate = (batch + 1) * self.batch_size / elapsed
+        self.observer.on_batch_end(batch, rate, dict(logs or {}))
+
+    def on_epoch_end(self, epoch: int, logs: Mapping[str, float] | None = None) -> None:
+        self.observer.on_epoch_end(self.book.history[-1])
+        for path, reason in self.failures.items().items():
+            if path not in self.seen:
+                self.seen.add(path)
+                self.observer.on_warning(f"skipped unreadable image: {reason}")
+
+
+@contextmanager
+def _stop_on_sigint() -> Iterator[Callable[[], bool]]:
+    """A first Ctrl-C asks training to stop after the batch; a second one quits at once."""
+    requested = False
+
+    def handle(signum: int, frame: FrameType | None) -> None:
+        nonlocal requested
+        requested = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    previous = signal.signal(signal.SIGINT, handle)
+    try:
+        yield lambda: requested
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _write_curves(run_dir: Path, book: _Bookkeeping) -> None:
+    from mritumor.plots import plot_training_curves
+
+    if book.history:
+        plot_training_curves(
+            book.history, run_dir / bundles.REPORTS_DIR, unfreeze_epoch=book.unfrozen_at or None
+        )
