@@ -34,6 +34,14 @@ ValSizeOption = Annotated[
         help="Share of train carved into val when the source has none [default: data.val_size]."
     ),
 ]
+GroupDuplicatesOption = Annotated[
+    bool,
+    typer.Option(
+        "--group-duplicates/--no-group-duplicates",
+        help="Hash the images to carve and keep exact and near duplicates in one split; "
+        "--no-group-duplicates skips the hashing (copies may then straddle train and val).",
+    ),
+]
 CopyOption = Annotated[
     bool, typer.Option("--copy", help="Copy files instead of symlinking them into the layout.")
 ]
@@ -66,6 +74,7 @@ def fetch(
     val_size: ValSizeOption = None,
     seed: SeedOption = None,
     force: ForceOption = False,
+    group_duplicates: GroupDuplicatesOption = True,
     assignments: SetOption = None,
 ) -> None:
     """Download Kaggle datasets with kagglehub and prepare them into the standard layout.
@@ -92,6 +101,7 @@ def fetch(
                 val_size=settings.data.val_size,
                 seed=settings.seed,
                 force=force,
+                group_duplicates=group_duplicates,
                 progress=progress,
             )
         origin = "the kagglehub cache (offline)" if result.from_cache else "Kaggle"
@@ -113,14 +123,7 @@ def prepare(
     val_size: ValSizeOption = None,
     seed: SeedOption = None,
     force: ForceOption = False,
-    group_duplicates: Annotated[
-        bool,
-        typer.Option(
-            "--group-duplicates/--no-group-duplicates",
-            help="Hash the images to carve and keep exact and near duplicates in one split; "
-            "--no-group-duplicates skips the hashing (copies may then straddle train and val).",
-        ),
-    ] = True,
+    group_duplicates: GroupDuplicatesOption = True,
     assignments: SetOption = None,
 ) -> None:
     """Normalise a local folder or .zip (Kaggle layouts, split/class, class-only, yes/no trees).

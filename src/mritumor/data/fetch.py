@@ -103,6 +103,7 @@ def fetch(
     val_size: float = 0.15,
     seed: int = 42,
     force: bool = False,
+    group_duplicates: bool = True,
     progress: ProgressCallback | None = None,
 ) -> FetchResult:
     """Download the Kaggle dataset ``name`` (a key of :data:`KAGGLE_DATASETS`) and prepare it.
@@ -124,6 +125,7 @@ def fetch(
         val_size=val_size,
         seed=seed,
         force=force,
+        group_duplicates=group_duplicates,
         external_name=dataset.name,
         progress=progress,
     )
