@@ -179,3 +179,18 @@ def test_check_fix_quarantines_the_test_copy(runner: CliRunner, leaky: Path) -> 
     assert (leaky / "quarantine" / "test" / "glioma" / "copy of shared.png").exists()
     again = invoke(runner, "data", "check", str(leaky), "--workers", "1", "--strict")
     assert again.exit_code == 0, again.output
+
+
+def test_fetch_passes_the_grouping_choice_to_prepare(
+    runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KAGGLEHUB_CACHE", str(tmp_path / "cache"))
+    download = build_masoud(tmp_path / "download")
+    monkeypatch.setattr(kagglehub, "dataset_download", lambda handle: str(download))
+    out = tmp_path / "data"
+    result = invoke(runner, "data", "fetch", "masoud", "--out", str(out), "--no-group-duplicates")
+    assert result.exit_code == 0, result.output
+    assert "Duplicates were not grouped" in result.output
+    grouped = invoke(runner, "data", "fetch", "masoud", "--out", str(out), "--force")
+    assert grouped.exit_code == 0, grouped.output
+    assert "hashed" in grouped.output
