@@ -1,18 +1,20 @@
-"""How fast `mritumor data check` hashes files and pairs hashes, and how the radius was chosen.
+"""How fast `mritumor data check` hashes files and pairs hashes; how radius and threshold were chosen.
 
     python benchmarks/check_speed.py                      # speed table (20,000 tiny files)
     python benchmarks/check_speed.py --files 5000 --pairs 20000
-    python benchmarks/check_speed.py --radius-study DIR   # pHash distances on real scans
+    python benchmarks/check_speed.py --radius-study DIR   # near duplicates: copies vs distinct
 
 The speed run writes tiny synthetic PNGs into a temporary standard-layout tree
 (2% of them exact or re-encoded copies), times :func:`image_hashes` with one
 and with all workers, the full :func:`check_dataset`, and the near-duplicate
-pair search on random 64-bit hashes of several sizes.
+search (candidate pairs plus the detail check) on random 64-bit hashes.
 
-The radius study hashes every image below DIR, prints how far common
-re-encodings move a pHash (the distances a near duplicate shows) and how many
-pairs of the distinct files fall within each radius (the false matches, once
-the true duplicates among them are removed by eye).
+The radius study reads every image below DIR (real scans) and prints three tables:
+how far common edits move a copy's pHash and how similar its detail stays (what a
+near duplicate looks like); how many pairs of the files are candidates within each
+radius and how many the detail check confirms, with the most similar pairs listed
+for inspection by eye; and the same for every pair of ``--synthetic`` distinct
+phantoms written by :func:`write_synthetic_dataset`, none of which may be confirmed.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import os
 import tempfile
 import timeit
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,13 +37,20 @@ from mritumor.data.check import check_dataset
 from mritumor.data.files import iter_image_files, read_image
 from mritumor.data.hashing import (
     DEFAULT_RADIUS,
+    HASH_BITS,
+    MIN_SIMILARITY,
+    THUMBNAIL_SHAPE,
     ImageRecord,
+    detail_vectors,
     duplicate_groups,
     hamming_distance,
     hamming_pairs,
     image_hashes,
-    perceptual_hash,
+    popcount,
+    thumbnail,
+    thumbnail_hash,
 )
+from mritumor.data.synth import SynthConfig, write_synthetic_dataset
 
 CLASSES = ("glioma", "meningioma", "no_tumor", "pituitary")
 Transform = Callable[[Image.Image], Image.Image]
@@ -52,10 +62,17 @@ def main() -> None:
     parser.add_argument("--pairs", default="20000,50000,100000", help="hash counts to pair")
     parser.add_argument("--radius", type=int, default=DEFAULT_RADIUS)
     parser.add_argument("--repeat", type=int, default=1, help="report the best of N runs")
+    parser.add_argument("--min-similarity", type=float, default=MIN_SIMILARITY)
     parser.add_argument("--radius-study", type=Path, metavar="DIR", help="folder of real scans")
+    parser.add_argument("--synthetic", type=int, default=1000, help="phantoms for the study")
     arguments = parser.parse_args()
     if arguments.radius_study is not None:
-        radius_study(arguments.radius_study)
+        radius_study(
+            arguments.radius_study,
+            arguments.synthetic,
+            arguments.radius,
+            arguments.min_similarity,
+        )
         return
     counts = [int(count) for count in arguments.pairs.split(",")]
     rows = hashing_rows(arguments.files, arguments.radius, arguments.repeat)
@@ -117,16 +134,22 @@ def smooth_image(rng: np.random.Generator, size: int = 32) -> NDArray[np.uint8]:
 def pairing_rows(counts: list[int], radius: int, repeat: int) -> list[tuple[str, int, float]]:
     rows = []
     for count in counts:
-        hashes = np.random.default_rng(count).integers(0, 2**63, count, dtype=np.uint64) * 2
+        rng = np.random.default_rng(count)
+        hashes = rng.integers(0, 2**63, count, dtype=np.uint64) * 2
+        small = rng.integers(0, 256, THUMBNAIL_SHAPE, dtype=np.uint8).tobytes()
         records = [
-            ImageRecord(Path(str(index)), 1, "", pixel_sha256=str(index), phash=int(value))
-            for index, value in enumerate(hashes.tolist())
+            ImageRecord(Path(str(i)), 1, "", pixel_sha256=str(i), phash=int(value), thumbnail=small)
+            for i, value in enumerate(hashes.tolist())
         ]
         rows.append(
             ("hamming_pairs (XOR + popcount blocks)", count, timed_pairs(hashes, radius, repeat))
         )
         rows.append(
-            ("duplicate_groups (pairs + components)", count, timed_groups(records, radius, repeat))
+            (
+                "duplicate_groups (pairs + detail check + groups)",
+                count,
+                timed_groups(records, radius, repeat),
+            )
         )
     python_count = 3_000
     hashes = np.random.default_rng(1).integers(0, 2**63, python_count, dtype=np.uint64).tolist()
@@ -168,6 +191,12 @@ def pointwise(image: Image.Image, function: Callable[[NDArray[np.float64]], obje
     return Image.fromarray(np.clip(values, 0, 255).astype(np.uint8))
 
 
+def cropped(image: Image.Image, share: float) -> Image.Image:
+    left, top = round(image.width * share), round(image.height * share)
+    return image.crop((left, top, image.width - left, image.height - top))
+
+
+#: Edits a copy of a scan may have gone through; those above the line must be found.
 TRANSFORMS: dict[str, Transform] = {
     "JPEG quality 90": lambda image: reencode(image, 90),
     "JPEG quality 75": lambda image: reencode(image, 75),
@@ -180,42 +209,127 @@ TRANSFORMS: dict[str, Transform] = {
     "contrast x1.2": lambda image: pointwise(image, lambda v: v * 1.2),
     "gamma 0.8": lambda image: pointwise(image, lambda v: 255 * (v / 255) ** 0.8),
     "Gaussian blur, radius 1": lambda image: image.filter(ImageFilter.GaussianBlur(1)),
-    "crop 2% of each border": lambda image: image.crop(
-        (image.width // 50, image.height // 50, image.width * 49 // 50, image.height * 49 // 50)
-    ),
+}
+#: Stronger edits, to show where detection ends.
+STRONGER_TRANSFORMS: dict[str, Transform] = {
+    "JPEG quality 20": lambda image: reencode(image, 20),
+    "resize to 25%": lambda image: scaled(image, 0.25),
+    "brightness +25": lambda image: pointwise(image, lambda v: v + 25),
+    "contrast x1.5": lambda image: pointwise(image, lambda v: v * 1.5),
+    "gamma 0.6": lambda image: pointwise(image, lambda v: 255 * (v / 255) ** 0.6),
+    "gamma 1.5": lambda image: pointwise(image, lambda v: 255 * (v / 255) ** 1.5),
+    "Gaussian blur, radius 2": lambda image: image.filter(ImageFilter.GaussianBlur(2)),
+    "crop 2% of each border": lambda image: cropped(image, 0.02),
 }
 
 
-def radius_study(folder: Path) -> None:
-    """Distances of transformed copies, then counts of distinct pairs within each radius."""
+@dataclass(frozen=True)
+class Fingerprints:
+    """Thumbnails and pHashes of a set of images, and the detail similarity of every pair."""
+
+    names: list[str]
+    thumbnails: NDArray[np.uint8]
+    hashes: NDArray[np.uint64]
+
+    @classmethod
+    def of_pixels(cls, names: list[str], images: list[NDArray[np.uint8]]) -> Fingerprints:
+        thumbnails = np.stack([thumbnail(pixels) for pixels in images])
+        hashes = np.array([thumbnail_hash(small) for small in thumbnails], dtype=np.uint64)
+        return cls(names, thumbnails, hashes)
+
+    @classmethod
+    def of_records(cls, names: list[str], records: list[ImageRecord]) -> Fingerprints:
+        thumbnails = np.stack(
+            [np.frombuffer(record.thumbnail or b"", np.uint8) for record in records]
+        )
+        hashes = np.array([record.phash for record in records], dtype=np.uint64)
+        return cls(names, thumbnails.reshape(-1, *THUMBNAIL_SHAPE), hashes)
+
+    def all_pairs(
+        self,
+    ) -> tuple[NDArray[np.intp], NDArray[np.intp], NDArray[np.uint8], NDArray[np.float32]]:
+        """``(i, j, pHash distance, detail similarity)`` of every pair ``i < j``."""
+        first, second, distance = hamming_pairs(self.hashes, HASH_BITS)
+        vectors = detail_vectors(self.thumbnails)
+        return first, second, distance, (vectors @ vectors.T)[first, second]
+
+
+def radius_study(folder: Path, synthetic: int, radius: int, min_similarity: float) -> None:
+    """How copies of real scans score, and how distinct real scans and phantoms do."""
     paths = list(iter_image_files(folder))
     if len(paths) < 2:
         raise SystemExit(f"need at least two images below {folder} (symlinked folders are skipped)")
-    images = [Image.fromarray(read_image(path)) for path in paths]
-    originals = [perceptual_hash(np.asarray(image)) for image in images]
-    print(f"{len(paths)} images below {folder}\n")
-    print("| copy made by | median | p99 | max | share within 4 | share within 6 |")
+    images = [read_image(path) for path in paths]
+    scans = Fingerprints.of_pixels([path.relative_to(folder).as_posix() for path in paths], images)
+    print(f"{len(paths)} images below {folder}; radius {radius}, min similarity {min_similarity}\n")
+    copies_table(scans, images, radius, min_similarity)
+    pairs_table(scans, radius, min_similarity)
+    phantoms_table(synthetic, radius, min_similarity)
+
+
+def copies_table(
+    scans: Fingerprints, images: list[NDArray[np.uint8]], radius: int, min_similarity: float
+) -> None:
+    """pHash distance and detail similarity between each scan and an edited copy of it."""
+    originals = detail_vectors(scans.thumbnails)
+    print("| copy made by | distance: median | max | similarity: min | 1st percentile | found |")
     print("|---|---:|---:|---:|---:|---:|")
-    for name, transform in TRANSFORMS.items():
-        distances = np.array(
-            [
-                hamming_distance(original, perceptual_hash(np.asarray(transform(image))))
-                for original, image in zip(originals, images, strict=True)
-            ]
-        )
+    for name, transform in {**TRANSFORMS, **STRONGER_TRANSFORMS}.items():
+        copy = [np.asarray(transform(Image.fromarray(pixels)).convert("RGB")) for pixels in images]
+        copies = Fingerprints.of_pixels(scans.names, copy)
+        distance = popcount(scans.hashes ^ copies.hashes)
+        similarity = np.einsum("ij,ij->i", originals, detail_vectors(copies.thumbnails))
+        found = (distance <= radius) & (similarity >= min_similarity)
         print(
-            f"| {name} | {np.median(distances):.0f} | {np.percentile(distances, 99):.0f} "
-            f"| {distances.max()} | {np.mean(distances <= 4):.1%} | {np.mean(distances <= 6):.1%} |"
+            f"| {name} | {np.median(distance):.0f} | {distance.max()} | {similarity.min():.3f} "
+            f"| {np.percentile(similarity, 1):.3f} | {found.mean():.1%} |"
         )
-    first, second, distance = hamming_pairs(np.array(originals, dtype=np.uint64), 12)
-    total = len(paths) * (len(paths) - 1) // 2
-    print(f"\nPairs of files (of {total:,}) within each radius; inspect these by eye:")
-    for radius in range(0, 13, 2):
-        print(f"  radius {radius:2d}: {int(np.sum(distance <= radius)):5d}")
-    print("\nClosest pairs:")
-    for index in np.argsort(distance, kind="stable")[:30]:
-        a, b = paths[first[index]], paths[second[index]]
-        print(f"  {distance[index]:2d}  {a.relative_to(folder)}  {b.relative_to(folder)}")
+
+
+def pairs_table(scans: Fingerprints, radius: int, min_similarity: float) -> None:
+    """Pairs of the real scans: candidates and confirmed pairs per radius, then the closest."""
+    first, second, distance, similarity = scans.all_pairs()
+    confirmed = similarity >= min_similarity
+    print(f"\nPairs of files (of {len(first):,}): candidates within each radius, and confirmed")
+    print("| radius | candidates | confirmed |\n|---:|---:|---:|")
+    for bits in range(0, 13, 2):
+        within = distance <= bits
+        print(f"| {bits} | {int(within.sum())} | {int((within & confirmed).sum())} |")
+    print(
+        f"\nMost similar pairs at any distance (inspect by eye; * = confirmed at radius {radius}):"
+    )
+    for index in np.argsort(-similarity, kind="stable")[:25]:
+        mark = "*" if confirmed[index] and distance[index] <= radius else " "
+        print(
+            f"  {mark} {similarity[index]:.3f} {distance[index]:2d} bits  "
+            f"{scans.names[first[index]]}  {scans.names[second[index]]}"
+        )
+
+
+def phantoms_table(count: int, radius: int, min_similarity: float) -> None:
+    """Every pair of ``count`` distinct synthetic phantoms: none may be confirmed."""
+    with tempfile.TemporaryDirectory() as folder:
+        per_class = max(1, count // len(CLASSES))
+        config = SynthConfig(train=per_class, val=0, test=0, seed=2024)
+        write_synthetic_dataset(Path(folder), config, workers=os.cpu_count())
+        paths = sorted(path for path in Path(folder, "train").rglob("*") if path.is_file())
+        records = image_hashes(paths, workers=os.cpu_count())
+    phantoms = Fingerprints.of_records([path.parent.name for path in paths], records)
+    first, second, distance, similarity = phantoms.all_pairs()
+    same_class = np.array(phantoms.names)[first] == np.array(phantoms.names)[second]
+    print(f"\n{len(paths)} distinct synthetic phantoms ({per_class} per class, 256 px), all pairs:")
+    print(
+        "| pairs | count | similarity: max | 99.9th percentile | within radius | their max | confirmed |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for label, chosen in (("same class", same_class), ("different classes", ~same_class)):
+        scores, near = similarity[chosen], distance[chosen] <= radius
+        near_max = f"{scores[near].max():.3f}" if near.any() else "-"
+        confirmed = int((near & (scores >= min_similarity)).sum())
+        print(
+            f"| {label} | {len(scores):,} | {scores.max():.3f} | {np.percentile(scores, 99.9):.3f} "
+            f"| {int(near.sum())} | {near_max} | {confirmed} |"
+        )
 
 
 if __name__ == "__main__":

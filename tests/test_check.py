@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import io
 import json
@@ -21,7 +22,9 @@ from mritumor.data.check import (
     restore_quarantine,
     write_report,
 )
-from mritumor.data.hashing import DEFAULT_RADIUS
+from mritumor.data.hashing import DEFAULT_RADIUS, MIN_SIMILARITY
+from mritumor.data.splits import load_split
+from mritumor.data.synth import SynthConfig, render_slice, write_synthetic_dataset
 from mritumor.errors import MritumorError, UsageError
 
 
@@ -95,10 +98,11 @@ def test_an_exact_copy_in_test_of_a_train_image_is_leakage(dataset: Dataset) -> 
 
     assert report.has_leakage
     [leak] = report.leaks
-    assert (leak.kind, leak.distance) == ("exact", 0)
+    assert (leak.kind, leak.distance, leak.similarity) == ("exact", 0, 1.0)
     assert (leak.a.path, leak.a.split, leak.b.path, leak.b.split) == (train, "train", test, "test")
     [group] = report.exact_groups
     assert group.crosses_splits and group.splits == ("train", "test")
+    assert group.near_pairs == ()
 
 
 def test_a_reencoded_copy_in_val_is_a_near_duplicate_and_leakage(dataset: Dataset) -> None:
@@ -110,8 +114,12 @@ def test_a_reencoded_copy_in_val_is_a_near_duplicate_and_leakage(dataset: Datase
 
     [leak] = report.leaks
     assert leak.kind == "near" and leak.distance <= DEFAULT_RADIUS
+    assert MIN_SIMILARITY <= leak.similarity < 1.0
     assert (leak.a.path, leak.b.path) == (train, val)
-    assert [group.kind for group in report.groups] == ["near"]
+    [group] = report.groups
+    assert group.kind == "near"
+    [pair] = group.near_pairs
+    assert (pair.a.path, pair.b.path, pair.similarity) == (train, val, leak.similarity)
 
 
 def test_a_brighter_copy_in_val_is_found(dataset: Dataset) -> None:
@@ -230,6 +238,7 @@ def test_write_report_saves_the_leakage_table_as_json(dataset: Dataset, tmp_path
         {
             "kind": "exact",
             "distance": 0,
+            "similarity": 1.0,
             "path_a": "train/glioma/a b.png",
             "split_a": "train",
             "class_a": "glioma",
@@ -240,7 +249,66 @@ def test_write_report_saves_the_leakage_table_as_json(dataset: Dataset, tmp_path
     ]
     assert len(saved["files"]) == 14
     assert saved["groups"][0]["files"] == ["train/glioma/a b.png", "val/glioma/c d.png"]
+    assert saved["groups"][0]["near_pairs"] == []
+    assert (saved["radius"], saved["min_similarity"]) == (DEFAULT_RADIUS, MIN_SIMILARITY)
     assert len(saved["files"][0]["phash"]) == 16
+
+
+def test_the_json_report_says_what_confirmed_a_near_pair(dataset: Dataset, tmp_path: Path) -> None:
+    pixels = smooth_image(15)
+    dataset.image("train/glioma/scan.png", pixels)
+    save(dataset.root / "test/glioma/scan.jpg", pixels, "JPEG", quality=70)
+
+    write_report(dataset.check(), tmp_path / "check.json")
+
+    saved = json.loads((tmp_path / "check.json").read_text())
+    [leak] = saved["leaks"]
+    [pair] = saved["groups"][0]["near_pairs"]
+    assert pair["path_a"] == "train/glioma/scan.png" and pair["path_b"] == "test/glioma/scan.jpg"
+    assert (leak["distance"], leak["similarity"]) == (pair["distance"], pair["similarity"])
+    assert MIN_SIMILARITY <= pair["similarity"] < 1.0
+    assert saved["summary"]["near_pairs"] == 1
+    assert saved["summary"]["near_candidates"] >= 1
+
+
+def synthetic_dataset(root: Path) -> Path:
+    config = SynthConfig(train=8, val=3, test=3, external=4, image_size=128, seed=42)
+    write_synthetic_dataset(root, config, workers=1)
+    return root
+
+
+def test_distinct_synthetic_phantoms_are_neither_duplicates_nor_leakage(tmp_path: Path) -> None:
+    root = synthetic_dataset(tmp_path / "synthetic")
+
+    report = check_dataset(root, workers=1)
+    unconfirmed = check_dataset(root, workers=1, min_similarity=-1.0)  # the pHash alone
+
+    assert len(report.files) == 64 and report.near_candidates > 0
+    assert not report.groups and not report.leaks and not report.label_conflicts
+    assert unconfirmed.leaks and unconfirmed.label_conflicts
+
+
+def phantom(seed: int) -> NDArray[np.uint8]:
+    image, _ = render_slice(np.random.default_rng(seed), "meningioma", 256)
+    return np.round(image * 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize(
+    ("name", "format", "options"),
+    [("copy.jpg", "JPEG", {"quality": 50}), ("copy.png", "PNG", {}), ("copy.bmp", "BMP", {})],
+)
+def test_a_saved_again_phantom_in_test_leaks(
+    tmp_path: Path, name: str, format: str, options: dict[str, int]
+) -> None:
+    root = synthetic_dataset(tmp_path / "synthetic")
+    original = save(root / "train/meningioma/original.png", phantom(7))
+    resized = Image.fromarray(phantom(7)).resize((200, 200))
+    resized.save(root / "test/meningioma" / name, format=format, **options)
+
+    [leak] = check_dataset(root, workers=1).leaks
+
+    assert (leak.a.path, leak.b.path.name, leak.kind) == (original, name, "near")
+    assert leak.similarity >= MIN_SIMILARITY
 
 
 def test_quarantine_moves_only_the_leaking_copies_and_can_be_undone(dataset: Dataset) -> None:
@@ -264,6 +332,8 @@ def test_quarantine_moves_only_the_leaking_copies_and_can_be_undone(dataset: Dat
     for move in moves:
         assert sha256(move.destination) == contents[move.source] == move.sha256
         assert move.duplicate_of == train
+        assert move.manifest_rows is None  # this dataset has no manifests, and gets none
+    assert not (dataset.root / "manifests").exists()
     log = json.loads((quarantine / "moves.json").read_text())
     assert [entry["source"] for entry in log["moves"]] == [
         "val/glioma/scan copy.png",
@@ -365,3 +435,112 @@ def test_check_reports_progress_and_runs_in_worker_processes(
 
     assert calls == [(5, 12), (10, 12), (12, 12)]
     assert report.group_ids == list(range(12))
+
+
+CLASSES = ("glioma", "no_tumor")
+
+
+def write_manifests(root: Path) -> dict[str, str]:
+    """Manifests as ``data prepare`` writes them, rows in reverse file order; their text by split."""
+    texts = {}
+    for split in ("train", "val", "test", "external/site"):
+        files = sorted((root / split).glob("*/*"), reverse=True)
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(("path", "label", "source"))
+        writer.writerows(
+            (path.relative_to(root).as_posix(), path.parent.name, f"/downloads/{path.name}")
+            for path in files
+        )
+        manifest = root / "manifests" / f"{split}.csv"
+        manifest.parent.mkdir(parents=True, exist_ok=True)
+        manifest.write_text(buffer.getvalue(), encoding="utf-8")
+        texts[split] = buffer.getvalue()
+    return texts
+
+
+def manifest_text(root: Path, split: str) -> str:
+    return (root / "manifests" / f"{split}.csv").read_text(encoding="utf-8")
+
+
+def test_quarantine_drops_manifest_rows_and_restore_puts_them_back(dataset: Dataset) -> None:
+    pixels = smooth_image(16)
+    dataset.image("train/glioma/scan.png", pixels)
+    test = dataset.image("test/no_tumor/scan copy.png", pixels)
+    dataset.image("external/site/yes/scan.png", pixels)
+    dataset.image("external/site/no/other.png")
+    original = write_manifests(dataset.root)
+    report = dataset.check()
+
+    moves = quarantine_leaks(report, dataset.root)
+
+    split = load_split(dataset.root, "test", CLASSES)
+    assert test not in split.paths and len(split) == 4
+    lines = original["test"].splitlines(keepends=True)
+    moved_line = next(line for line in lines if line.startswith("test/no_tumor/scan copy.png,"))
+    assert manifest_text(dataset.root, "test") == "".join(
+        line for line in lines if line != moved_line
+    )
+    assert "external/site/yes/scan.png" not in manifest_text(dataset.root, "external/site")
+    assert manifest_text(dataset.root, "train") == original["train"]
+    rows = moves[0].manifest_rows
+    assert rows is not None and rows.manifest == dataset.root / "manifests/test.csv"
+    [(index, values)] = rows.rows
+    assert lines[index + 1] == moved_line  # the header is line 0
+    assert values == {
+        "path": "test/no_tumor/scan copy.png",
+        "label": "no_tumor",
+        "source": "/downloads/scan copy.png",
+    }
+    log = json.loads((dataset.root / "quarantine/moves.json").read_text())
+    assert log["moves"][0]["manifest_rows"] == {
+        "manifest": "manifests/test.csv",
+        "rows": [{"index": index, "values": values}],
+    }
+
+    restore_quarantine(dataset.root)
+
+    assert {split: manifest_text(dataset.root, split) for split in original} == original
+    restored = load_split(dataset.root, "test", CLASSES)
+    assert restored.labels[restored.paths.index(test)] == CLASSES.index("no_tumor")
+
+
+def test_restore_puts_several_rows_back_in_their_old_order(dataset: Dataset) -> None:
+    for index in range(3):
+        pixels = smooth_image(20 + index)
+        dataset.image(f"train/glioma/scan {index}.png", pixels)
+        dataset.image(f"val/glioma/scan {index}.png", pixels)
+    original = write_manifests(dataset.root)
+    quarantine_leaks(dataset.check(), dataset.root)
+    assert len(load_split(dataset.root, "val", CLASSES)) == 4
+
+    assert len(restore_quarantine(dataset.root)) == 3
+
+    assert manifest_text(dataset.root, "val") == original["val"]
+
+
+def test_restore_does_not_list_a_file_twice(dataset: Dataset) -> None:
+    pixels = smooth_image(18)
+    dataset.image("train/glioma/scan.png", pixels)
+    dataset.image("test/glioma/scan.png", pixels)
+    write_manifests(dataset.root)
+    quarantine_leaks(dataset.check(), dataset.root)
+    with (dataset.root / "manifests/test.csv").open("a", encoding="utf-8") as manifest:
+        manifest.write("test/glioma/scan.png,glioma,/listed/again.png\n")  # by hand
+
+    restore_quarantine(dataset.root)
+
+    listed = manifest_text(dataset.root, "test").count("test/glioma/scan.png,")
+    assert listed == 1 and len(load_split(dataset.root, "test", CLASSES)) == 5
+
+
+def test_a_manifest_that_does_not_list_the_file_is_left_alone(dataset: Dataset) -> None:
+    pixels = smooth_image(17)
+    dataset.image("train/glioma/scan.png", pixels)
+    original = write_manifests(dataset.root)
+    dataset.image("test/glioma/added later.png", pixels)
+
+    [move] = quarantine_leaks(dataset.check(), dataset.root)
+
+    assert move.manifest_rows is None
+    assert manifest_text(dataset.root, "test") == original["test"]

@@ -10,13 +10,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 from numpy.typing import NDArray
-from PIL import Image
+from PIL import Image, ImageFilter
 
 from mritumor.data import hashing
 from mritumor.data.hashing import (
     DEFAULT_RADIUS,
+    MIN_SIMILARITY,
+    THUMBNAIL_SHAPE,
+    DuplicateGraph,
     ImageRecord,
     ProblemKind,
+    candidate_pairs,
+    detail_vectors,
     duplicate_groups,
     hamming_distance,
     hamming_pairs,
@@ -25,7 +30,10 @@ from mritumor.data.hashing import (
     perceptual_hash,
     popcount,
     popcount_by_table,
+    thumbnail,
+    thumbnail_hash,
 )
+from mritumor.data.synth import render_slice
 
 
 def smooth_image(seed: int, size: int = 64) -> NDArray[np.uint8]:
@@ -54,6 +62,17 @@ def test_a_png_is_fingerprinted_with_its_header_facts(tmp_path: Path) -> None:
     assert (record.format, record.mode, record.width, record.height) == ("PNG", "RGB", 40, 40)
     assert record.size_bytes == (tmp_path / "scan.png").stat().st_size
     assert record.phash is not None and 0 <= record.phash < 2**64
+    assert record.thumbnail is not None and len(record.thumbnail) == 32 * 32
+
+
+def test_the_phash_is_computed_from_the_stored_thumbnail(tmp_path: Path) -> None:
+    pixels = smooth_image(20, size=100)
+    record = hash_image(save(tmp_path / "scan.png", pixels))
+    small = thumbnail(pixels)
+
+    assert small.shape == THUMBNAIL_SHAPE and small.dtype == np.uint8
+    assert record.thumbnail == small.tobytes()
+    assert record.phash == thumbnail_hash(small) == perceptual_hash(pixels)
 
 
 def test_same_pixels_in_another_format_have_equal_pixel_and_perceptual_hashes(
@@ -219,8 +238,55 @@ def test_a_radius_outside_the_hash_is_refused(radius: int) -> None:
         hamming_pairs(np.zeros(2, dtype=np.uint64), radius)
 
 
-def record(name: str, phash: int | None, problem: ProblemKind | None = None) -> ImageRecord:
-    return ImageRecord(Path(name), 1, "sha", pixel_sha256=name, phash=phash, problem=problem)
+def test_candidate_pairs_expand_shared_hashes_like_a_brute_force_search() -> None:
+    rng = np.random.default_rng(3)
+    hashes = with_neighbours(20, seed=3)
+    hashes += [hashes[int(index)] for index in rng.integers(0, len(hashes), 15)]  # shared values
+
+    i, j, d = candidate_pairs(np.array(hashes, dtype=np.uint64), 4)
+
+    found = list(zip(i.tolist(), j.tolist(), d.tolist(), strict=True))
+    assert len(found) == len(set(found))
+    assert set(found) == brute_force_pairs(hashes, 4)
+
+
+def test_candidate_pairs_of_nothing_is_empty() -> None:
+    i, j, d = candidate_pairs(np.empty(0, dtype=np.uint64), 8)
+
+    assert len(i) == len(j) == len(d) == 0
+
+
+def test_detail_vectors_are_unit_length_and_a_flat_thumbnail_has_none() -> None:
+    detailed = thumbnail(smooth_image(21))
+    flat = np.full(THUMBNAIL_SHAPE, 90, dtype=np.uint8)
+
+    vectors = detail_vectors(np.stack([detailed, flat, detailed // 2 + 40]))
+
+    assert np.linalg.norm(vectors[0]) == pytest.approx(1.0, abs=1e-5)
+    assert not vectors[1].any()
+    assert vectors[0] @ vectors[2] == pytest.approx(1.0, abs=0.01)  # same detail, other window
+
+
+DETAILED = thumbnail(smooth_image(22)).tobytes()
+
+
+def record(
+    name: str,
+    phash: int | None,
+    problem: ProblemKind | None = None,
+    small: bytes = DETAILED,
+    pixels: str | None = None,
+) -> ImageRecord:
+    """A record whose thumbnail is ``small`` and whose pixel hash is its name (or ``pixels``)."""
+    return ImageRecord(
+        Path(name),
+        1,
+        "sha",
+        pixel_sha256=pixels or name,
+        phash=phash,
+        thumbnail=small,
+        problem=problem,
+    )
 
 
 def test_duplicate_groups_are_transitive() -> None:
@@ -241,6 +307,85 @@ def test_duplicate_groups_are_transitive() -> None:
     assert groups[0] == groups[2] == groups[3] == groups[5]
     assert len({groups[0], groups[1], groups[4]}) == 3
     assert groups == [0, 1, 0, 0, 2, 0]  # numbered by first appearance
+
+
+def test_candidates_whose_detail_differs_are_not_near_duplicates() -> None:
+    records = [
+        record("a", 0, small=thumbnail(smooth_image(30)).tobytes()),
+        record("b", 0b11, small=thumbnail(smooth_image(31)).tobytes()),  # 2 bits from a
+        record("c", 0b11, small=thumbnail(smooth_image(30)).tobytes()),
+    ]
+
+    graph = DuplicateGraph(records)
+
+    assert graph.candidate_count == 3
+    assert graph.group_ids() == [0, 1, 0]
+    [match] = graph.neighbours(int(graph.image_of[0]))
+    assert (match.image, match.distance) == (graph.image_of[2], 2)
+    assert match.similarity == pytest.approx(1.0)
+
+
+def test_exact_copies_share_a_group_even_without_detail() -> None:
+    flat = np.zeros(THUMBNAIL_SHAPE, dtype=np.uint8).tobytes()
+    records = [
+        record("black", 0, small=flat),
+        record("black copy", 0, small=flat, pixels="black"),
+        record("other black", 0, small=flat),  # different pixels, no detail to confirm
+    ]
+
+    assert duplicate_groups(records) == [0, 0, 1]
+
+
+def phantom(seed: int, class_name: str = "glioma") -> NDArray[np.uint8]:
+    image, _ = render_slice(np.random.default_rng(seed), class_name, 256)
+    return np.asarray(Image.fromarray(np.round(image * 255).astype(np.uint8)).convert("RGB"))
+
+
+Edit = Callable[[Image.Image], Image.Image]
+
+
+def pointwise(function: Callable[[NDArray[np.float64]], NDArray[np.float64]]) -> Edit:
+    return lambda image: Image.fromarray(
+        np.clip(function(np.asarray(image, dtype=np.float64)), 0, 255).astype(np.uint8)
+    )
+
+
+EDITS: dict[str, Edit] = {
+    "jpeg q50": lambda image: Image.open(io.BytesIO(jpeg_bytes(np.asarray(image), 50))),
+    "resize 50%": lambda image: image.resize((image.width // 2, image.height // 2)),
+    "resize 110%": lambda image: image.resize((image.width * 11 // 10, image.height * 11 // 10)),
+    "brightness +10": pointwise(lambda values: values + 10),
+    "contrast x1.2": pointwise(lambda values: values * 1.2),
+    "gamma 0.8": pointwise(lambda values: 255 * (values / 255) ** 0.8),
+    "blur": lambda image: image.filter(ImageFilter.GaussianBlur(1)),
+}
+
+
+@pytest.mark.parametrize("edit", EDITS.values(), ids=EDITS.keys())
+def test_an_edited_copy_of_a_phantom_is_a_confirmed_near_duplicate(edit: Edit) -> None:
+    original = phantom(40)
+    copy = np.asarray(edit(Image.fromarray(original)).convert("RGB"))
+    small = np.stack([thumbnail(original), thumbnail(copy)])
+
+    distance = hamming_distance(thumbnail_hash(small[0]), thumbnail_hash(small[1]))
+    first, second = detail_vectors(small)
+
+    assert distance <= DEFAULT_RADIUS
+    assert first @ second >= MIN_SIMILARITY
+
+
+def test_distinct_phantoms_are_candidates_but_never_confirmed() -> None:
+    classes = ("glioma", "meningioma", "no_tumor", "pituitary")
+    images = [phantom(seed, classes[seed % 4]) for seed in range(60)]
+    records = [
+        record(str(index), thumbnail_hash(small), small=small.tobytes())
+        for index, small in enumerate(thumbnail(image) for image in images)
+    ]
+
+    graph = DuplicateGraph(records)
+
+    assert graph.candidate_count > 0  # the pHash alone would call these duplicates
+    assert graph.group_ids() == list(range(len(records)))
 
 
 def test_image_hashes_in_worker_processes_equal_hashing_in_process(

@@ -211,7 +211,19 @@ def check(
     ] = None,
     radius: Annotated[
         int | None,
-        typer.Option(min=0, max=64, help="Largest pHash Hamming distance called a near duplicate."),
+        typer.Option(
+            min=0,
+            max=64,
+            help="pHash Hamming distance within which two images are compared in detail [default: 8].",
+        ),
+    ] = None,
+    min_similarity: Annotated[
+        float | None,
+        typer.Option(
+            min=-1.0,
+            max=1.0,
+            help="Detail similarity (correlation) that confirms a near duplicate [default: 0.97].",
+        ),
     ] = None,
     report: Annotated[
         Path | None, typer.Option(help="Where to write the JSON report [default: ROOT/check.json].")
@@ -236,7 +248,7 @@ def check(
     quarantine folder (undo log in quarantine/moves.json).
     """
     from mritumor.data.check import check_dataset, quarantine_leaks, write_report
-    from mritumor.data.hashing import DEFAULT_RADIUS
+    from mritumor.data.hashing import DEFAULT_RADIUS, MIN_SIMILARITY
 
     settings = _settings(ctx, root, None, None, assignments)
     data_root = settings.paths.data_dir
@@ -244,6 +256,7 @@ def check(
         result = check_dataset(
             data_root,
             radius=DEFAULT_RADIUS if radius is None else radius,
+            min_similarity=MIN_SIMILARITY if min_similarity is None else min_similarity,
             workers=workers,
             progress=progress,
             negative_class=settings.data.negative_class,
@@ -333,12 +346,13 @@ def _render_check(report: CheckReport) -> None:
         console.print(problems)
     if report.leaks:
         leaks = Table(title="Leakage: the same image in two splits", title_justify="left")
-        for column in ("kind", "distance", "kept", "leaking copy"):
+        for column in ("kind", "distance", "similarity", "kept", "leaking copy"):
             leaks.add_column(column)
         for leak in report.leaks:
             leaks.add_row(
                 leak.kind,
                 str(leak.distance),
+                f"{leak.similarity:.3f}",
                 f"{leak.a.split}/{leak.a.class_name}/{leak.a.path.name}",
                 f"{leak.b.split}/{leak.b.class_name}/{leak.b.path.name}",
             )

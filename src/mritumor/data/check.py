@@ -6,33 +6,39 @@ The dataset is in the standard layout (:mod:`mritumor.data.files`)::
 
 Every non-hidden file in a class folder is fingerprinted (:mod:`mritumor.data.hashing`).
 Files the input pipeline cannot load are *problems*; the usable images are grouped
-into exact and near duplicates. A duplicate that spans two splits is *leakage*:
-the split that comes later in ``train < val < test < external`` holds the leaking
-copy, and :func:`quarantine_leaks` moves exactly those copies (never a train file)
-into ``ROOT/quarantine/``, logging each move so :func:`restore_quarantine` can undo it.
+into exact and near duplicates (a pHash candidate confirmed by the detail of the
+thumbnails). A duplicate that spans two splits is *leakage*: the split that comes
+later in ``train < val < test < external`` holds the leaking copy, and
+:func:`quarantine_leaks` moves exactly those copies (never a train file) into
+``ROOT/quarantine/`` and drops their rows from the split manifests written by
+``data prepare``, logging each move and row so :func:`restore_quarantine` can undo it.
 """
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import json
 import shutil
 import statistics
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Literal, NamedTuple, TypeVar
+from pathlib import Path, PurePosixPath
+from typing import Any, Literal, NamedTuple
 
 from mritumor.data.files import BINARY_LABELS, EXTERNAL_DIR, SPLITS, TUMOUR_LABEL
 from mritumor.data.hashing import (
     DEFAULT_RADIUS,
+    MIN_SIMILARITY,
     PROBLEM_KINDS,
-    HashGraph,
+    DuplicateGraph,
     ImageRecord,
     ProblemKind,
     image_hashes,
 )
+from mritumor.data.splits import MANIFEST_DIR
 from mritumor.errors import MritumorError, UsageError
 from mritumor.fsutil import atomic_write_text
 from mritumor.progress import ProgressCallback
@@ -42,8 +48,6 @@ SCHEMA_VERSION = 1
 QUARANTINE_DIR = "quarantine"
 MOVES_LOG = "moves.json"
 DEFAULT_NEGATIVE_CLASS = "no_tumor"
-
-_Key = TypeVar("_Key")
 
 
 class ClassFolder(NamedTuple):
@@ -87,12 +91,31 @@ class Problem:
 
 
 @dataclass(frozen=True)
+class NearPair:
+    """Two files confirmed as near duplicates of each other.
+
+    Their pHashes lie ``distance`` bits apart (at most the radius) and the detail
+    of their thumbnails correlates at ``similarity`` (at least the threshold).
+    """
+
+    a: FileRecord
+    b: FileRecord
+    distance: int
+    similarity: float
+
+
+@dataclass(frozen=True)
 class DuplicateGroup:
-    """Files that show the same image: ``exact`` when all have identical pixels."""
+    """Files that show the same image: ``exact`` when all have identical pixels.
+
+    ``near_pairs`` are the confirmed pairs that joined the group, between the
+    first file of each distinct image (none in an exact group).
+    """
 
     id: int
     kind: DuplicateKind
     files: tuple[FileRecord, ...]
+    near_pairs: tuple[NearPair, ...]
 
     @property
     def splits(self) -> tuple[str, ...]:
@@ -114,10 +137,12 @@ class LeakagePair:
     """A duplicate across splits: ``b`` is the leaking copy (the one ``fix`` moves).
 
     ``a`` sits in the earlier split of ``train < val < test < external`` and stays.
+    ``distance`` (pHash bits) and ``similarity`` (detail) are 0 and 1.0 for an exact copy.
     """
 
     kind: DuplicateKind
     distance: int
+    similarity: float
     a: FileRecord
     b: FileRecord
 
@@ -135,11 +160,14 @@ class CheckReport:
 
     root: Path
     radius: int
+    min_similarity: float
     files: tuple[FileRecord, ...]
     groups: tuple[DuplicateGroup, ...]
     leaks: tuple[LeakagePair, ...]
     #: Usable images per class folder, per split (empty class folders count 0).
     class_counts: dict[str, dict[str, int]]
+    #: Pairs of distinct images within the pHash radius, before the detail check.
+    near_candidates: int
 
     @property
     def has_leakage(self) -> bool:
@@ -200,6 +228,7 @@ class CheckReport:
             "schema_version": SCHEMA_VERSION,
             "root": str(self.root),
             "radius": self.radius,
+            "min_similarity": self.min_similarity,
             "summary": self._summary_json(),
             "class_counts": self.class_counts,
             "imbalance_ratio": {
@@ -222,6 +251,8 @@ class CheckReport:
             "problems": {kind: problem_counts[kind] for kind in PROBLEM_KINDS},
             "exact_groups": len(self.exact_groups),
             "near_groups": len(self.near_groups),
+            "near_candidates": self.near_candidates,
+            "near_pairs": sum(len(group.near_pairs) for group in self.groups),
             "leaks": len(self.leaks),
             "label_conflicts": len(self.label_conflicts),
             "has_leakage": self.has_leakage,
@@ -246,12 +277,22 @@ class CheckReport:
             "splits": list(group.splits),
             "label_conflict": group.has_label_conflict,
             "files": [self._relative(file.path) for file in group.files],
+            "near_pairs": [self._near_pair_json(pair) for pair in group.near_pairs],
+        }
+
+    def _near_pair_json(self, pair: NearPair) -> dict[str, Any]:
+        return {
+            "path_a": self._relative(pair.a.path),
+            "path_b": self._relative(pair.b.path),
+            "distance": pair.distance,
+            "similarity": round(pair.similarity, 4),
         }
 
     def _leak_json(self, leak: LeakagePair) -> dict[str, Any]:
         return {
             "kind": leak.kind,
             "distance": leak.distance,
+            "similarity": round(leak.similarity, 4),
             "path_a": self._relative(leak.a.path),
             "split_a": leak.a.split,
             "class_a": leak.a.class_name,
@@ -284,13 +325,16 @@ def check_dataset(
     root: Path,
     *,
     radius: int = DEFAULT_RADIUS,
+    min_similarity: float = MIN_SIMILARITY,
     workers: int | None = None,
     progress: ProgressCallback | None = None,
     negative_class: str = DEFAULT_NEGATIVE_CLASS,
 ) -> CheckReport:
     """Check every file under the class folders of ``root`` (see the module docstring).
 
-    ``radius`` is the largest pHash Hamming distance called a near duplicate;
+    ``radius`` is the largest pHash Hamming distance of a near-duplicate candidate
+    and ``min_similarity`` the detail similarity that confirms one
+    (:class:`~mritumor.data.hashing.DuplicateGraph`);
     ``workers`` the number of hashing processes (default: one per CPU);
     ``negative_class`` the internal class that means "no tumour", which is how
     internal classes are compared with the yes/no labels of external sets.
@@ -298,7 +342,7 @@ def check_dataset(
     folders = class_folders(root)
     located = [(folder, path) for folder in folders for path in _files_in(folder.path)]
     images = image_hashes([path for _, path in located], workers=workers, progress=progress)
-    graph = HashGraph(images, radius)
+    graph = DuplicateGraph(images, radius, min_similarity)
     files = tuple(
         FileRecord(
             image=image,
@@ -312,10 +356,12 @@ def check_dataset(
     return CheckReport(
         root=root,
         radius=radius,
+        min_similarity=min_similarity,
         files=files,
-        groups=_duplicate_groups(files),
+        groups=_duplicate_groups(files, graph),
         leaks=_find_leaks(files, graph),
         class_counts=_class_counts(folders, files),
+        near_candidates=graph.candidate_count,
     )
 
 
@@ -383,13 +429,16 @@ def _keeper_order(file: FileRecord) -> tuple[int, str]:
     return (_split_rank(file), str(file.path))
 
 
-def _duplicate_groups(files: Sequence[FileRecord]) -> tuple[DuplicateGroup, ...]:
+def _duplicate_groups(
+    files: Sequence[FileRecord], graph: DuplicateGraph
+) -> tuple[DuplicateGroup, ...]:
     members: dict[int, list[FileRecord]] = {}
     for file in files:
         if file.image.usable:
             members.setdefault(file.group, []).append(file)
+    near_pairs = _near_pairs_by_group(files, graph)
     return tuple(
-        DuplicateGroup(group, _kind_of(group_files), tuple(group_files))
+        DuplicateGroup(group, _kind_of(group_files), tuple(group_files), near_pairs.get(group, ()))
         for group, group_files in members.items()
         if len(group_files) > 1
     )
@@ -399,53 +448,70 @@ def _kind_of(files: Sequence[FileRecord]) -> DuplicateKind:
     return "exact" if len({file.image.pixel_sha256 for file in files}) == 1 else "near"
 
 
-def _find_leaks(files: Sequence[FileRecord], graph: HashGraph) -> tuple[LeakagePair, ...]:
-    """One pair per leaking file: a direct duplicate of it in an earlier split.
+def _near_pairs_by_group(
+    files: Sequence[FileRecord], graph: DuplicateGraph
+) -> dict[int, tuple[NearPair, ...]]:
+    """Each confirmed pair once, between the first file of either image.
+
+    ``a`` is the file that comes first in ``train < val < test < external`` (then by
+    path), as in a leak, and each group's pairs are in that order too.
+    """
+    first_file: dict[int, FileRecord] = {}
+    for image, file in zip(graph.image_of.tolist(), files, strict=True):
+        if image >= 0:
+            first_file.setdefault(image, file)
+    pairs: dict[int, list[NearPair]] = {}
+    for image, file in first_file.items():
+        for match in graph.neighbours(image):
+            if match.image > image:
+                a, b = sorted((file, first_file[match.image]), key=_keeper_order)
+                pairs.setdefault(a.group, []).append(
+                    NearPair(a, b, match.distance, match.similarity)
+                )
+    return {
+        group: tuple(sorted(found, key=lambda pair: (_keeper_order(pair.a), _keeper_order(pair.b))))
+        for group, found in pairs.items()
+    }
+
+
+def _find_leaks(files: Sequence[FileRecord], graph: DuplicateGraph) -> tuple[LeakagePair, ...]:
+    """One pair per leaking file: its closest copy in an earlier split.
 
     A file leaks when some file in an earlier split (never across two external
-    sets, which share the last rank) is its exact copy or lies within the radius.
-    Looking only at the earliest copy per pHash value and per pixel hash is
-    enough: if any earlier copy exists, the earliest one of its value is earlier too.
+    sets, which share the last rank) has identical pixels or is a confirmed near
+    duplicate of it. Looking only at the earliest file per distinct image is
+    enough: if any earlier copy exists, the earliest one of its image is earlier too.
     """
-    value_of = graph.value_of.tolist()
-    earliest_by_value: dict[int, FileRecord] = {}
-    earliest_by_pixels: dict[str | None, FileRecord] = {}
-    for index, file in enumerate(files):
-        if value_of[index] >= 0:
-            _keep_earliest(earliest_by_value, value_of[index], file)
-            _keep_earliest(earliest_by_pixels, file.image.pixel_sha256, file)
+    image_of = graph.image_of.tolist()
+    earliest: dict[int, FileRecord] = {}
+    for image, file in zip(image_of, files, strict=True):
+        if image >= 0:
+            _keep_earliest(earliest, image, file)
     leaks = []
-    for index, file in enumerate(files):
-        value = value_of[index]
-        if value < 0:
+    for image, file in zip(image_of, files, strict=True):
+        if image < 0:
             continue
-        candidates = [
-            (0, earliest_by_pixels[file.image.pixel_sha256]),
-            (0, earliest_by_value[value]),
-            *((distance, earliest_by_value[other]) for other, distance in graph.neighbours(value)),
-        ]
         pairs = [
-            LeakagePair(_pair_kind(other, file), distance, other, file)
-            for distance, other in candidates
-            if _split_rank(other) < _split_rank(file)
+            LeakagePair("exact", 0, 1.0, earliest[image], file),
+            *(
+                LeakagePair("near", match.distance, match.similarity, earliest[match.image], file)
+                for match in graph.neighbours(image)
+            ),
         ]
-        if pairs:
-            leaks.append(min(pairs, key=_closest_first))
+        earlier = [pair for pair in pairs if _split_rank(pair.a) < _split_rank(file)]
+        if earlier:
+            leaks.append(min(earlier, key=_closest_first))
     return tuple(leaks)
 
 
-def _keep_earliest(earliest: dict[_Key, FileRecord], key: _Key, file: FileRecord) -> None:
-    current = earliest.get(key)
+def _keep_earliest(earliest: dict[int, FileRecord], image: int, file: FileRecord) -> None:
+    current = earliest.get(image)
     if current is None or _keeper_order(file) < _keeper_order(current):
-        earliest[key] = file
+        earliest[image] = file
 
 
-def _pair_kind(a: FileRecord, b: FileRecord) -> DuplicateKind:
-    return "exact" if a.image.pixel_sha256 == b.image.pixel_sha256 else "near"
-
-
-def _closest_first(pair: LeakagePair) -> tuple[int, bool, tuple[int, str]]:
-    return (pair.distance, pair.kind != "exact", _keeper_order(pair.a))
+def _closest_first(pair: LeakagePair) -> tuple[bool, float, int, tuple[int, str]]:
+    return (pair.kind != "exact", -pair.similarity, pair.distance, _keeper_order(pair.a))
 
 
 def _class_counts(
@@ -489,8 +555,35 @@ def write_report(report: CheckReport, path: Path) -> None:
 
 
 @dataclass(frozen=True)
+class ManifestRows:
+    """The rows of a split manifest that listed a quarantined file, kept to put them back.
+
+    ``rows`` pairs each row's position in ``manifest`` when it was taken out with
+    its values by column, lowest position first.
+    """
+
+    manifest: Path
+    rows: tuple[tuple[int, dict[str, str]], ...]
+
+    def to_json(self, root: Path) -> dict[str, Any]:
+        return {
+            "manifest": _portable(self.manifest, root),
+            "rows": [{"index": index, "values": values} for index, values in self.rows],
+        }
+
+    @classmethod
+    def from_json(cls, entry: dict[str, Any], root: Path) -> ManifestRows:
+        rows = tuple((row["index"], row["values"]) for row in entry["rows"])
+        return cls(root / entry["manifest"], rows)
+
+
+@dataclass(frozen=True)
 class Move:
-    """One file moved into quarantine; ``duplicate_of`` is the copy that stayed."""
+    """One file moved into quarantine; ``duplicate_of`` is the copy that stayed.
+
+    ``manifest_rows`` are the rows taken out of its split's manifest (``None``
+    when the split has no manifest or it did not list the file).
+    """
 
     source: Path
     destination: Path
@@ -498,6 +591,7 @@ class Move:
     kind: DuplicateKind
     distance: int
     duplicate_of: Path
+    manifest_rows: ManifestRows | None = None
 
     def to_json(self, root: Path) -> dict[str, Any]:
         return {
@@ -507,10 +601,14 @@ class Move:
             "kind": self.kind,
             "distance": self.distance,
             "duplicate_of": _portable(self.duplicate_of, root),
+            "manifest_rows": None
+            if self.manifest_rows is None
+            else self.manifest_rows.to_json(root),
         }
 
     @classmethod
     def from_json(cls, entry: dict[str, Any], root: Path) -> Move:
+        rows = entry.get("manifest_rows")
         return cls(
             source=root / entry["source"],
             destination=root / entry["destination"],
@@ -518,6 +616,7 @@ class Move:
             kind=entry["kind"],
             distance=entry["distance"],
             duplicate_of=root / entry["duplicate_of"],
+            manifest_rows=None if rows is None else ManifestRows.from_json(rows, root),
         )
 
 
@@ -534,8 +633,11 @@ def quarantine_leaks(
     Files are moved, never deleted: ``ROOT/test/glioma/x.jpg`` goes to
     ``<quarantine>/test/glioma/x.jpg`` (``x_1.jpg`` if that is taken), and each
     move is appended to ``<quarantine>/moves.json`` for :func:`restore_quarantine`.
-    ``root`` must be the folder ``report`` was made for; every file to move must
-    still have the content the check saw, or nothing is moved.
+    The rows listing a moved file leave its split's manifest
+    (``ROOT/manifests/<split>.csv``, where ``data prepare`` wrote one), so the
+    input pipeline does not look for it; the log keeps them. ``root`` must be the
+    folder ``report`` was made for; every file to move must still have the
+    content the check saw, or nothing is moved.
     """
     if root.resolve() != report.root.resolve():
         raise UsageError(f"the report was made for {report.root}, not for {root}")
@@ -543,15 +645,18 @@ def quarantine_leaks(
     _require_unchanged([leak.b for leak in report.leaks])
     log = target / MOVES_LOG
     logged = _read_moves_log(log, report.root)
+    manifests = _Manifests(_manifest_of(report.root, leak.b.split) for leak in report.leaks)
     moves: list[Move] = []
     taken: set[Path] = set()
     try:
         for leak in report.leaks:
             destination = _free_path(target / leak.b.path.relative_to(report.root), taken)
-            moves.append(_move_leaking_copy(leak, destination))
+            moves.append(_move_leaking_copy(leak, destination, report.root, manifests))
     finally:
         if moves:
+            # The log first: should saving a manifest fail, the rows are still on record.
             _write_moves_log(log, report.root, logged + moves)
+            manifests.save()
     return moves
 
 
@@ -590,13 +695,95 @@ def _free_path(candidate: Path, taken: set[Path]) -> Path:
     return path
 
 
-def _move_leaking_copy(leak: LeakagePair, destination: Path) -> Move:
+def _move_leaking_copy(
+    leak: LeakagePair, destination: Path, root: Path, manifests: _Manifests
+) -> Move:
     assert leak.b.image.sha256 is not None  # usable files were read, so they have a hash
     destination.parent.mkdir(parents=True, exist_ok=True)
     shutil.move(leak.b.path, destination)
+    listed = PurePosixPath(leak.b.path.relative_to(root).as_posix())
+    rows = manifests.take(_manifest_of(root, leak.b.split), listed)
     return Move(
-        leak.b.path, destination, leak.b.image.sha256, leak.kind, leak.distance, leak.a.path
+        leak.b.path, destination, leak.b.image.sha256, leak.kind, leak.distance, leak.a.path, rows
     )
+
+
+def _manifest_of(root: Path, split: str) -> Path:
+    """``manifests/<split>.csv``; an external set's is ``manifests/external/<name>.csv``."""
+    return root / MANIFEST_DIR / f"{split}.csv"
+
+
+class _Manifest:
+    """One split manifest held in memory; its columns and row order are kept."""
+
+    def __init__(self, path: Path) -> None:
+        try:
+            with path.open(newline="", encoding="utf-8") as handle:
+                reader = csv.DictReader(handle)
+                self.columns = list(reader.fieldnames or [])
+                self.rows: list[dict[str, str]] = list(reader)
+        except (OSError, UnicodeDecodeError, csv.Error) as error:
+            raise MritumorError(
+                f"cannot read the manifest {path} ({error}); fix it or move it aside"
+            ) from None
+        self.path = path
+        self.changed = False
+
+    def take(self, listed: PurePosixPath) -> ManifestRows | None:
+        """Remove the rows whose ``path`` is ``listed``; ``None`` when no row lists it."""
+        positions = [index for index, row in enumerate(self.rows) if _listed(row) == listed]
+        if not positions:
+            return None
+        taken = tuple((index, self.rows[index]) for index in positions)
+        self.rows = [row for row in self.rows if _listed(row) != listed]
+        self.changed = True
+        return ManifestRows(self.path, taken)
+
+    def put_back(self, taken: ManifestRows) -> None:
+        """Insert rows at their old positions, unless their path is listed again already."""
+        listed = {_listed(row) for row in self.rows}
+        for index, row in taken.rows:
+            if _listed(row) not in listed:
+                self.rows.insert(index, row)
+                self.changed = True
+
+    def save(self) -> None:
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, self.columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(self.rows)
+        atomic_write_text(self.path, buffer.getvalue())
+
+
+def _listed(row: dict[str, str]) -> PurePosixPath | None:
+    """The file a manifest row lists (``./a//b`` and ``a/b`` are the same)."""
+    value = row.get("path")
+    return None if value is None else PurePosixPath(value)
+
+
+class _Manifests:
+    """The manifests a quarantine or a restore touches, read before any file moves.
+
+    Reading first means a manifest that cannot be read stops the command while
+    nothing has changed yet. Paths without a manifest are ignored.
+    """
+
+    def __init__(self, paths: Iterable[Path]) -> None:
+        self._manifests = {path: _Manifest(path) for path in set(paths) if path.is_file()}
+
+    def take(self, path: Path, listed: PurePosixPath) -> ManifestRows | None:
+        manifest = self._manifests.get(path)
+        return None if manifest is None else manifest.take(listed)
+
+    def put_back(self, taken: ManifestRows) -> None:
+        manifest = self._manifests.get(taken.manifest)
+        if manifest is not None:
+            manifest.put_back(taken)
+
+    def save(self) -> None:
+        for manifest in self._manifests.values():
+            if manifest.changed:
+                manifest.save()
 
 
 def _read_moves_log(log: Path, root: Path) -> list[Move]:
@@ -620,21 +807,29 @@ def _write_moves_log(log: Path, root: Path, moves: Sequence[Move]) -> None:
 def restore_quarantine(root: Path, quarantine_dir: Path | None = None) -> list[Move]:
     """Undo :func:`quarantine_leaks`: move every logged file back where it came from.
 
-    A file whose original place is taken again stays in quarantine (nothing is
-    overwritten) and stays in the log; restored moves leave the log.
+    The manifest rows taken out with a file go back to their old positions
+    (unless the manifest lists that path again by now, or is gone). A file whose
+    original place is taken again stays in quarantine (nothing is overwritten)
+    and stays in the log; restored moves leave the log. Later moves are undone
+    first, so when every move is undone the rows are back in exactly their order.
     """
     target = quarantine_dir if quarantine_dir is not None else root / QUARANTINE_DIR
     log = target / MOVES_LOG
     if not log.exists():
         raise UsageError(f"there is no quarantine log at {log}; nothing to restore")
+    logged = _read_moves_log(log, root)
+    manifests = _Manifests(move.manifest_rows.manifest for move in logged if move.manifest_rows)
     restored: list[Move] = []
     remaining: list[Move] = []
-    for move in reversed(_read_moves_log(log, root)):
+    for move in reversed(logged):
         if move.destination.exists() and not move.source.exists():
             move.source.parent.mkdir(parents=True, exist_ok=True)
             shutil.move(move.destination, move.source)
+            if move.manifest_rows is not None:
+                manifests.put_back(move.manifest_rows)
             restored.append(move)
         else:
             remaining.append(move)
+    manifests.save()
     _write_moves_log(log, root, remaining[::-1])
     return restored
