@@ -20,7 +20,9 @@ a second Ctrl-C quits at once.
 from __future__ import annotations
 
 import signal
+import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -42,7 +44,7 @@ from mritumor.data.pipeline import InputPipeline, PipelineOptions, build_pipelin
 from mritumor.data.splits import SplitFiles, load_split
 from mritumor.errors import ConfigError, MritumorError, UsageError
 from mritumor.losses import make_loss, make_optimizer
-from mritumor.model import build_classifier, load_model, set_backbone_trainable
+from mritumor.model import backbone_layers, build_classifier, load_model, set_backbone_trainable
 from mritumor.registry import registry
 from mritumor.settings import Settings, TrainSettings
 
@@ -118,16 +120,17 @@ def train(
     _check_compatible(settings.train)
     _configure_runtime(settings)
     train_split, val_split = _splits(settings, run_dir, resume=resume)
-    if not resume:
+    compiled_for: StageName | None
+    if resume:
+        model = load_model(run_dir / bundles.LAST_FILE, compile=True)
+        compiled_for = _stage_of(model)
+    else:
+        # Built before anything is written: a bad backbone or weights leaves no half-made run.
+        model, compiled_for = build_classifier(settings), None
         _start_run(settings, run_dir, (train_split, val_split))
     book = _Bookkeeping(run_dir, settings.train.monitor, resume=resume)
     train_data = build_pipeline(train_split, PipelineOptions.from_settings(settings, training=True))
     val_data = build_pipeline(val_split, PipelineOptions.from_settings(settings, training=False))
-    if resume:
-        model = load_model(run_dir / bundles.LAST_FILE, compile=True)
-        compiled_for: StageName | None = book.stage_of_saved_model()
-    else:
-        model, compiled_for = build_classifier(settings), None
     interrupted = False
     with _stop_on_sigint() as stop_requested:
         try:
@@ -216,6 +219,17 @@ def _start_run(settings: Settings, run_dir: Path, splits: tuple[SplitFiles, ...]
     )
 
 
+def _stage_of(model: Any) -> StageName:
+    """The stage a saved model was compiled for, read from its backbone's trainable flags.
+
+    Not from the bundle's ``unfreeze_epoch``: that is written when the full stage
+    begins, before ``last.keras`` is first saved in it, so a run that crashed in
+    its first full epoch has a frozen ``last.keras`` (and the frozen stage's
+    optimizer) although the bundle says the backbone was unfrozen.
+    """
+    return "full" if any(layer.trainable for layer in backbone_layers(model)) else "frozen"
+
+
 def _remaining_stages(train: TrainSettings, book: _Bookkeeping) -> Iterator[Stage]:
     """The stages still to run, each starting at the first epoch not yet completed.
 
@@ -256,20 +270,30 @@ def _run_stage(
     book.begin_stage(stage)
     if observer is not None:
         observer.on_stage_begin(stage, settings.train.epochs)
-    model.fit(
-        train_data.dataset,
-        validation_data=val_data.dataset,
-        initial_epoch=stage.start,
-        epochs=stage.end,
-        callbacks=_callbacks(settings, train_data, book, stop_requested, observer),
-        shuffle=False,  # the input pipeline shuffles, seeded
-        verbose=0,
-    )
+    with warnings.catch_warnings():
+        # Validation data of unknown length (failed images are filtered out) ends with
+        # an expected end-of-data, which Keras reports as if it were a mistake.
+        warnings.filterwarnings(
+            "ignore", message="Your input ran out of data", category=UserWarning
+        )
+        model.fit(
+            # Repeated with a fixed number of steps: Keras counts one optimizer step too
+            # many per epoch on a dataset of unknown length, which moves the schedule.
+            train_data.dataset.repeat(),
+            steps_per_epoch=train_data.steps_per_epoch,
+            validation_data=val_data.dataset,
+            initial_epoch=stage.start,
+            epochs=stage.end,
+            callbacks=_callbacks(settings, train_data, val_data, book, stop_requested, observer),
+            shuffle=False,  # the input pipeline shuffles, seeded
+            verbose=0,
+        )
 
 
 def _callbacks(
     settings: Settings,
     train_data: InputPipeline,
+    val_data: InputPipeline,
     book: _Bookkeeping,
     stop_requested: Callable[[], bool],
     observer: TrainingObserver | None,
@@ -287,7 +311,7 @@ def _callbacks(
     if settings.train.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(book.run_dir / "tensorboard")))
     if observer is not None:
-        callbacks.append(_Observe(observer, settings.train.batch_size, train_data, book))
+        callbacks.append(_Observe(observer, settings.train.batch_size, train_data, val_data, book))
     return callbacks
 
 
@@ -308,15 +332,14 @@ class _Bookkeeping:
         best = self.bundle.extra.get(BEST_VALUE_KEY)
         self.best_value: float | None = float(best) if best is not None else None
         self.best_epoch: int | None = self.bundle.best_epoch
+        self.reported_failures: set[str] = set()
+        """Unreadable files already passed to the observer (once per run, not per stage)."""
 
     @property
     def unfrozen_at(self) -> int | None:
         """The 0-based epoch the full stage began, or None while still frozen."""
         value = self.bundle.extra.get(UNFREEZE_KEY)
         return int(value) if value is not None else None
-
-    def stage_of_saved_model(self) -> StageName:
-        return "full" if self.unfrozen_at is not None else "frozen"
 
     def begin_stage(self, stage: Stage) -> None:
         self.stage = stage.name
@@ -398,15 +421,20 @@ class _Observe(keras.callbacks.Callback):  # type: ignore[misc]
     """Forwards Keras events to the observer, with images per second."""
 
     def __init__(
-        self, observer: TrainingObserver, batch_size: int, data: InputPipeline, book: _Bookkeeping
+        self,
+        observer: TrainingObserver,
+        batch_size: int,
+        data: InputPipeline,
+        val_data: InputPipeline,
+        book: _Bookkeeping,
     ) -> None:
         super().__init__()
         self.book = book
         self.observer = observer
         self.batch_size = batch_size
         self.steps = data.steps_per_epoch
-        self.seen: set[str] = set()
-        self.failures = data.failures
+        self.seen = book.reported_failures
+        self.failures = (data.failures, val_data.failures)
         self.started = time.perf_counter()
 
     def on_epoch_begin(self, epoch: int, logs: Mapping[str, float] | None = None) -> None:
@@ -420,16 +448,24 @@ class _Observe(keras.callbacks.Callback):  # type: ignore[misc]
 
     def on_epoch_end(self, epoch: int, logs: Mapping[str, float] | None = None) -> None:
         self.observer.on_epoch_end(self.book.history[-1])
-        for path, reason in self.failures.items().items():
-            if path not in self.seen:
-                self.seen.add(path)
-                self.observer.on_warning(f"skipped unreadable image: {reason}")
+        for failures in self.failures:
+            for path, reason in failures.items().items():
+                if path not in self.seen:
+                    self.seen.add(path)
+                    self.observer.on_warning(f"skipped unreadable image: {reason}")
 
 
 @contextmanager
 def _stop_on_sigint() -> Iterator[Callable[[], bool]]:
-    """A first Ctrl-C asks training to stop after the batch; a second one quits at once."""
+    """A first Ctrl-C asks training to stop after the batch; a second one quits at once.
+
+    Python lets only the main thread install signal handlers; training started
+    from another thread (a GUI or web worker) keeps the process's Ctrl-C as it is.
+    """
     requested = False
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: requested
+        return
 
     def handle(signum: int, frame: FrameType | None) -> None:
         nonlocal requested

@@ -108,7 +108,7 @@ def train(
         settings = resolve_settings(ctx, flags, assignments or ()).settings
         run_dir = _new_run(settings, name, exist_ok)
     result = _fit(settings, run_dir, resume=resume is not None, quiet=quiet)
-    _report(result)
+    _report(result, failures_shown=not quiet)
 
 
 def _resumed(
@@ -233,7 +233,12 @@ class RichTrainingObserver:
         )
 
     def on_warning(self, message: str) -> None:
-        self.progress.console.print(f"[yellow]warning:[/] {message}", soft_wrap=True, markup=True)
+        from rich.markup import escape
+
+        # File names may hold brackets, which rich would read as markup.
+        self.progress.console.print(
+            f"[yellow]warning:[/] {escape(message)}", soft_wrap=True, markup=True
+        )
 
     def close(self) -> None:
         if self.epochs is not None:
@@ -250,18 +255,25 @@ def format_epoch(row: Mapping[str, Any], total_epochs: int) -> str:
     return " ".join(parts)
 
 
-def _report(result: TrainResult) -> None:
+def _report(result: TrainResult, *, failures_shown: bool) -> None:
+    """The summary; unreadable images too unless the progress display already named them."""
+    from rich.markup import escape
     from rich.table import Table
 
     from mritumor.bundle import LAST_FILE, MODEL_FILE
 
-    for path, reason in result.decode_failures.items():
-        err_console.print(f"[yellow]warning:[/] skipped {path}: {reason}", soft_wrap=True)
+    if not failures_shown:
+        for reason in result.decode_failures.values():  # each reason names its file
+            err_console.print(
+                f"[yellow]warning:[/] skipped unreadable image: {escape(reason)}", soft_wrap=True
+            )
     if result.interrupted:
         console.print(
             f"Interrupted after {result.epochs_completed} complete epoch(s); the state is in "
             f"{result.run_dir / LAST_FILE}. Resume with:\n  mritumor train --resume {result.run_dir}",
             soft_wrap=True,
+            markup=False,
+            highlight=False,
         )
         raise typer.Exit(EXIT_INTERRUPTED)
     table = Table(title=f"Run {result.run_dir}", title_justify="left", show_header=False)
