@@ -13,6 +13,7 @@ import pytest
 from numpy.typing import NDArray
 from PIL import Image
 
+from helpers import save, smooth_image
 from mritumor.data import hashing
 from mritumor.data.check import (
     CheckReport,
@@ -26,18 +27,6 @@ from mritumor.data.hashing import DEFAULT_RADIUS, MIN_SIMILARITY
 from mritumor.data.splits import load_split
 from mritumor.data.synth import SynthConfig, render_slice, write_synthetic_dataset
 from mritumor.errors import MritumorError, UsageError
-
-
-def smooth_image(seed: int, size: int = 48) -> NDArray[np.uint8]:
-    coarse = np.random.default_rng(seed).integers(0, 256, (6, 6), dtype=np.uint8)
-    gray = Image.fromarray(coarse).resize((size, size), Image.Resampling.BICUBIC)
-    return np.asarray(gray.convert("RGB"))
-
-
-def save(path: Path, pixels: NDArray[np.uint8], format: str = "PNG", **options: int) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(pixels).save(path, format=format, **options)
-    return path
 
 
 class Dataset:
@@ -86,7 +75,7 @@ def test_a_clean_dataset_has_no_findings(dataset: Dataset) -> None:
     assert report.class_counts["train"] == {"glioma": 2, "no_tumor": 2}
     assert report.imbalance_ratios == {"train": 1.0, "val": 1.0, "test": 1.0}
     assert report.modes == {"RGB": 12}
-    assert report.widths is not None and report.widths.median == 48
+    assert report.widths is not None and report.widths.median == 64
 
 
 def test_an_exact_copy_in_test_of_a_train_image_is_leakage(dataset: Dataset) -> None:

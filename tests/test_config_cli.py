@@ -9,6 +9,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from helpers import table_names
 from mritumor import __version__
 from mritumor.cli.main import app
 from mritumor.config_file import TEMPLATE_HEADER, resolved_yaml, settings_yaml, template_yaml
@@ -29,16 +30,6 @@ ALL_BACKBONES = {
     "v2l",
 }
 V2_BACKBONES = {"v2b0", "v2b1", "v2b2", "v2b3", "v2s", "v2m", "v2l"}
-
-
-def table_names(text: str) -> list[str]:
-    """First column of the rows of a rich table."""
-    names = []
-    for line in text.splitlines():
-        cells = [cell.strip() for cell in line.split("│")]
-        if len(cells) > 2 and cells[1] and cells[1] != "name":
-            names.append(cells[1])
-    return names
 
 
 def assert_one_error_line(result, *fragments: str) -> str:

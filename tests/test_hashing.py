@@ -12,6 +12,7 @@ import pytest
 from numpy.typing import NDArray
 from PIL import Image, ImageFilter
 
+from helpers import save, smooth_image
 from mritumor.data import hashing
 from mritumor.data.hashing import (
     DEFAULT_RADIUS,
@@ -34,19 +35,6 @@ from mritumor.data.hashing import (
     thumbnail_hash,
 )
 from mritumor.data.synth import render_slice
-
-
-def smooth_image(seed: int, size: int = 64) -> NDArray[np.uint8]:
-    """A random smooth RGB image: distinct seeds give unrelated low frequencies."""
-    coarse = np.random.default_rng(seed).integers(0, 256, (6, 6), dtype=np.uint8)
-    gray = Image.fromarray(coarse).resize((size, size), Image.Resampling.BICUBIC)
-    return np.asarray(gray.convert("RGB"))
-
-
-def save(path: Path, pixels: NDArray[np.uint8], format: str = "PNG", **options: int) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(pixels).save(path, format=format, **options)
-    return path
 
 
 def jpeg_bytes(pixels: NDArray[np.uint8], quality: int = 90) -> bytes:

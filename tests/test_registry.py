@@ -10,6 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 import mritumor.registry
+from helpers import table_names
 from mritumor.cli.main import app
 from mritumor.errors import BackboneError, OfflineError
 from mritumor.registry import (
@@ -56,15 +57,6 @@ CLASHING_PLUGIN = """\
 """
 
 WIDE = {"COLUMNS": "200"}
-
-
-def table_names(text: str) -> list[str]:
-    names = []
-    for line in text.splitlines():
-        cells = [cell.strip() for cell in line.split("│")]
-        if len(cells) > 2 and cells[1] and cells[1] != "name":
-            names.append(cells[1])
-    return names
 
 
 def _dummy_builder(inputs, weights):  # registered in isolated registries only
