@@ -133,14 +133,13 @@ def train(
     val_data = build_pipeline(val_split, PipelineOptions.from_settings(settings, training=False))
     interrupted = False
     with _stop_on_sigint() as stop_requested:
+        run = _Run(settings, train_data, val_data, book, stop_requested, observer)
         try:
             for stage in _remaining_stages(settings.train, book):
                 if stage.name != compiled_for:
                     _compile_for(stage, model, settings, train_data.steps_per_epoch)
                     compiled_for = stage.name
-                _run_stage(
-                    stage, model, settings, train_data, val_data, book, stop_requested, observer
-                )
+                _run_stage(stage, model, run)
                 if book.stopped_early and stage.name == "full":
                     break
         except TrainingInterruptedError:
@@ -257,16 +256,21 @@ def _compile_for(stage: Stage, model: Any, settings: Settings, steps_per_epoch: 
     )
 
 
-def _run_stage(
-    stage: Stage,
-    model: Any,
-    settings: Settings,
-    train_data: InputPipeline,
-    val_data: InputPipeline,
-    book: _Bookkeeping,
-    stop_requested: Callable[[], bool],
-    observer: TrainingObserver | None,
-) -> None:
+@dataclass(frozen=True)
+class _Run:
+    """What every stage of one training run shares."""
+
+    settings: Settings
+    train_data: InputPipeline
+    val_data: InputPipeline
+    book: _Bookkeeping
+    stop_requested: Callable[[], bool]
+    observer: TrainingObserver | None
+
+
+def _run_stage(stage: Stage, model: Any, run: _Run) -> None:
+    settings, train_data, val_data, book = run.settings, run.train_data, run.val_data, run.book
+    observer = run.observer
     book.begin_stage(stage)
     if observer is not None:
         observer.on_stage_begin(stage, settings.train.epochs)
@@ -284,21 +288,15 @@ def _run_stage(
             validation_data=val_data.dataset,
             initial_epoch=stage.start,
             epochs=stage.end,
-            callbacks=_callbacks(settings, train_data, val_data, book, stop_requested, observer),
+            callbacks=_callbacks(run),
             shuffle=False,  # the input pipeline shuffles, seeded
             verbose=0,
         )
 
 
-def _callbacks(
-    settings: Settings,
-    train_data: InputPipeline,
-    val_data: InputPipeline,
-    book: _Bookkeeping,
-    stop_requested: Callable[[], bool],
-    observer: TrainingObserver | None,
-) -> list[Any]:
-    callbacks: list[Any] = [_StopOnRequest(stop_requested), _EpochEnd(book)]
+def _callbacks(run: _Run) -> list[Any]:
+    settings, book, observer = run.settings, run.book, run.observer
+    callbacks: list[Any] = [_StopOnRequest(run.stop_requested), _EpochEnd(book)]
     patience = settings.train.early_stopping_patience
     if patience:
         callbacks.append(_early_stopping(settings.train.monitor, patience, book))
@@ -311,7 +309,9 @@ def _callbacks(
     if settings.train.tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(book.run_dir / "tensorboard")))
     if observer is not None:
-        callbacks.append(_Observe(observer, settings.train.batch_size, train_data, val_data, book))
+        callbacks.append(
+            _Observe(observer, settings.train.batch_size, run.train_data, run.val_data, book)
+        )
     return callbacks
 
 
