@@ -203,6 +203,8 @@ def test_a_second_run_gets_a_new_directory(
     assert "epoch 1/1 [frozen]" in result.stderr
     assert "warning" not in result.stderr
     assert not [w for w in caught if "ran out of data" in str(w.message)]
+    # A frozen stage on a randomly initialised backbone trains the head on random features.
+    assert [w for w in caught if "starts from random weights" in str(w.message)]
     bundle = bundles.read_bundle(run_dir)
     assert bundle.epochs_completed == 1 and "unfreeze_epoch" not in bundle.extra
 

@@ -204,3 +204,49 @@ def _number(value: Any) -> float:
         return float(value)
     except (TypeError, ValueError):
         return math.nan
+
+
+def plot_kfold_summary(
+    folds: Sequence[int],
+    scores: Mapping[str, Sequence[float]],
+    intervals: Mapping[str, tuple[float, float, float]],
+    path: Path,
+) -> Path:
+    """Per-fold scores as points, with each metric's mean and confidence interval as a band.
+
+    ``scores`` maps a metric name to one value per fold in ``folds``; ``intervals``
+    maps it to ``(mean, low, high)`` (NaN bounds, as for a single fold, draw no band).
+    """
+    return save_figure(_kfold_summary_figure(folds, scores, intervals), path)
+
+
+def _kfold_summary_figure(
+    folds: Sequence[int],
+    scores: Mapping[str, Sequence[float]],
+    intervals: Mapping[str, tuple[float, float, float]],
+) -> Figure:
+    figure = _new_figure()
+    axes = figure.add_subplot()
+    colours = ("tab:blue", "tab:orange", "tab:green", "tab:purple")
+    count = max(len(scores), 1)
+    width = 0.8 / count
+    for position, (name, values) in enumerate(scores.items()):
+        colour = colours[position % len(colours)]
+        offset = (position - (count - 1) / 2) * width
+        xs = [fold + offset for fold in folds]
+        axes.bar(xs, list(values), width=width * 0.9, color=colour, alpha=0.6, label=name)
+        axes.scatter(xs, list(values), color=colour, zorder=3, s=16)
+        mean, low, high = intervals.get(name, (math.nan, math.nan, math.nan))
+        if math.isfinite(mean):
+            label = f"mean {name} {mean:.3f}"
+            if math.isfinite(low) and math.isfinite(high):
+                axes.axhspan(low, high, color=colour, alpha=0.15)
+                label += f" [{low:.3f}, {high:.3f}]"
+            axes.axhline(mean, color=colour, linestyle="--", linewidth=1.2, label=label)
+    axes.set_xticks(list(folds))
+    axes.set_xlabel("fold")
+    axes.set_ylabel("score")
+    axes.set_ylim(0.0, 1.05)
+    axes.set_title("k-fold cross-validation (mean and 95% CI)")
+    axes.legend(loc="lower right", fontsize="small")
+    return figure

@@ -117,7 +117,7 @@ def train(
     observer: TrainingObserver | None = None,
 ) -> TrainResult:
     """Train into ``run_dir`` (fresh: an empty new run directory; resume: an existing run)."""
-    _check_compatible(settings.train)
+    _check_compatible(settings)
     _configure_runtime(settings)
     train_split, val_split = _splits(settings, run_dir, resume=resume)
     compiled_for: StageName | None
@@ -156,11 +156,20 @@ def train(
     )
 
 
-def _check_compatible(train: TrainSettings) -> None:
+def _check_compatible(settings: Settings) -> None:
+    train = settings.train
     if train.reduce_lr_on_plateau and train.cosine_decay:
         raise ConfigError(
             "train.reduce_lr_on_plateau needs a constant learning rate: "
             "set train.cosine_decay to false, or turn reduce_lr_on_plateau off"
+        )
+    if settings.model.weights.lower() == "none" and train.freeze_backbone_epochs:
+        warnings.warn(
+            f"the backbone starts from random weights, so the {train.freeze_backbone_epochs} "
+            "frozen epoch(s) train the head on random features; consider "
+            "train.freeze_backbone_epochs: 0 (--freeze-epochs 0)",
+            UserWarning,
+            stacklevel=3,
         )
 
 

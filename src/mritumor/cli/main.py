@@ -12,7 +12,7 @@ from rich.markup import escape
 from typer.core import TyperGroup
 
 from mritumor import __version__
-from mritumor.cli import backbones, config, data, train
+from mritumor.cli import backbones, config, data, kfold, train
 from mritumor.cli.state import AppState
 from mritumor.cli.ui import err_console
 from mritumor.environment import CONFIG_ENV_VAR, DEBUG_ENV_VAR, configure
@@ -42,11 +42,14 @@ app = typer.Typer(
     cls=_ErrorHandlingGroup,
     help="Brain-tumour MRI classification: train, evaluate, calibrate, adapt and explain.",
     no_args_is_help=True,
+    # Plain help text: "[default: data.image_size]" must not be read as rich markup.
+    rich_markup_mode=None,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 app.add_typer(data.app, name="data")
 app.command("train")(train.train)
+app.command("kfold")(kfold.kfold)
 app.add_typer(config.app, name="config")
 app.add_typer(backbones.app, name="backbones")
 

@@ -1,0 +1,200 @@
+"""``mritumor kfold``: grouped, stratified k-fold cross-validation over train + val."""
+
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from mritumor.cli.completion import complete_backbone
+from mritumor.cli.state import SetOption, app_state, resolve_settings
+from mritumor.cli.train import EXIT_INTERRUPTED, RichTrainingObserver
+from mritumor.cli.ui import console, err_console
+
+if TYPE_CHECKING:
+    from mritumor.kfold import FoldMetrics, KFoldResult, Summary
+    from mritumor.training import TrainingObserver
+
+
+def kfold(
+    ctx: typer.Context,
+    folds: Annotated[
+        int | None, typer.Option(help="Number of folds [default: 5; a resumed run keeps its own].")
+    ] = None,
+    fold: Annotated[
+        int | None, typer.Option(help="Run this fold only (1..folds), e.g. one per machine.")
+    ] = None,
+    backbone: Annotated[
+        str | None,
+        typer.Option(
+            help="Backbone name or alias [default: model.backbone].",
+            autocompletion=complete_backbone,
+        ),
+    ] = None,
+    weights: Annotated[
+        str | None,
+        typer.Option(help="imagenet, none, or a .weights.h5 file [default: model.weights]."),
+    ] = None,
+    epochs: Annotated[
+        int | None, typer.Option(min=1, help="Epochs per fold [default: train.epochs].")
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(min=1, help="[default: train.batch_size]")
+    ] = None,
+    image_size: Annotated[int | None, typer.Option(help="[default: data.image_size]")] = None,
+    seed: Annotated[int | None, typer.Option(help="[default: seed]")] = None,
+    data: Annotated[Path | None, typer.Option(help="Data root [default: paths.data_dir].")] = None,
+    name: Annotated[
+        str | None,
+        typer.Option(help="Run directory name under paths.runs_dir [default: kfold-<n>]."),
+    ] = None,
+    resume: Annotated[
+        Path | None,
+        typer.Option(help="Continue this kfold run: finished folds are skipped."),
+    ] = None,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No progress display; the summary only.")
+    ] = False,
+    assignments: SetOption = None,
+) -> None:
+    """Cross-validate: stratified folds of train + val, duplicates kept within one fold.
+
+    Each fold trains a fresh model (checkpoint chosen on an inner val part carved
+    from the fold's training portion) and is scored on its held-out fold. Writes
+    runs/kfold-<n>/ with folds.csv, fold-<k>/ bundles, oof_predictions.csv,
+    kfold_summary.json and reports/kfold_summary.png.
+    """
+    from mritumor import kfold as library
+    from mritumor.errors import UsageError
+
+    flags = {
+        "model.backbone": backbone,
+        "model.weights": weights,
+        "train.epochs": epochs,
+        "train.batch_size": batch_size,
+        "data.image_size": image_size,
+        "seed": seed,
+        "paths.data_dir": data,
+    }
+    if resume is not None:
+        settings = _resumed_settings(ctx, resume, flags, assignments)
+        pool = library.read_folds(resume, settings.data.class_names)
+        if folds is not None and folds != pool.fold_count:
+            raise UsageError(f"run {resume} has {pool.fold_count} folds; drop --folds {folds}")
+        library.check_fold_number(fold, pool.fold_count)
+        run_dir = resume
+    else:
+        count = 5 if folds is None else folds
+        if count < 2:
+            raise UsageError(f"--folds must be at least 2, got {count}")
+        library.check_fold_number(fold, count)
+        settings = resolve_settings(ctx, flags, assignments or ()).settings
+        run_dir = _new_run(settings, name)
+        try:
+            pool = library.start_run(settings, run_dir, count)
+        except BaseException:
+            if not (run_dir / library.FOLDS_FILE).exists():  # nothing of the run was made
+                shutil.rmtree(run_dir, ignore_errors=True)
+            raise
+    result = library.run_folds(
+        settings, run_dir, pool, only_fold=fold, observer=_FoldProgress(quiet)
+    )
+    _report(result)
+
+
+def _resumed_settings(
+    ctx: typer.Context, run_dir: Path, flags: dict[str, Any], assignments: list[str] | None
+) -> Any:
+    from mritumor.bundle import CONFIG_FILE
+    from mritumor.errors import UsageError
+    from mritumor.settings import load_settings
+
+    given = sorted(key for key, value in flags.items() if value is not None)
+    if given or assignments or app_state(ctx).config_file is not None:
+        raise UsageError(
+            "--resume continues a kfold run with the settings it started with; "
+            f"drop {', '.join(given) or '--set/--config'}"
+        )
+    if not (run_dir / CONFIG_FILE).is_file():
+        raise UsageError(f"{run_dir} is not a kfold run: {run_dir / CONFIG_FILE} not found")
+    return load_settings(run_dir / CONFIG_FILE, {}).settings
+
+
+def _new_run(settings: Any, name: str | None) -> Path:
+    from mritumor.bundle import new_run_dir
+
+    return new_run_dir(settings.paths.runs_dir, "kfold", name=name)
+
+
+class _FoldProgress:
+    """One line per fold; a fresh epoch/step display for each fold that trains."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.current: RichTrainingObserver | None = None
+
+    def on_fold_begin(self, fold: int, folds: int, action: str) -> TrainingObserver | None:
+        words = {
+            "skip": "already scored, skipped",
+            "score": "trained, scoring",
+            "resume": "resuming training",
+            "train": "training",
+        }
+        err_console.print(f"fold {fold}/{folds}: {words.get(action, action)}", highlight=False)
+        self._close()
+        if self.quiet or action not in ("train", "resume"):
+            return None
+        self.current = RichTrainingObserver()
+        return self.current
+
+    def on_fold_end(self, fold: int, metrics: FoldMetrics | None) -> None:
+        self._close()
+
+    def _close(self) -> None:
+        if self.current is not None:
+            self.current.close()
+            self.current = None
+
+
+def _report(result: KFoldResult) -> None:
+    from rich.table import Table
+
+    from mritumor.kfold import METRICS, SUMMARY_FILE
+
+    if result.interrupted:
+        console.print(
+            f"Interrupted; finished folds are kept. Resume with:\n"
+            f"  mritumor kfold --resume {result.run_dir}",
+            soft_wrap=True,
+            markup=False,
+            highlight=False,
+        )
+        raise typer.Exit(EXIT_INTERRUPTED)
+    table = Table(
+        title=f"k-fold run {result.run_dir} ({len(result.metrics)}/{result.fold_count} folds)",
+        title_justify="left",
+    )
+    table.add_column("fold")
+    for metric in METRICS:
+        table.add_column(metric, justify="right")
+    table.add_column("n", justify="right")
+    for number, metrics in sorted(result.metrics.items()):
+        table.add_row(
+            str(number),
+            *(f"{getattr(metrics, metric):.4f}" for metric in METRICS),
+            str(metrics.n),
+        )
+    if result.summary:
+        table.add_section()
+        table.add_row("mean ± std [95% CI]", *(_cell(result.summary[m]) for m in METRICS), "")
+    console.print(table)
+    console.print(f"summary: {result.run_dir / SUMMARY_FILE}", highlight=False, markup=False)
+
+
+def _cell(summary: Summary) -> str:
+    if not math.isfinite(summary.std):
+        return f"{summary.mean:.4f}"
+    return f"{summary.mean:.4f} ± {summary.std:.4f} [{summary.ci_low:.4f}, {summary.ci_high:.4f}]"

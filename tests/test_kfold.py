@@ -1,0 +1,294 @@
+"""k-fold cross-validation: fold assignment, the inner carve, aggregation and the command.
+
+The end-to-end runs are tiny (32 px, small_cnn, 8 images per class, one epoch,
+batches of 8) and run one at a time: four trainings in all.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import shutil
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from mritumor import kfold
+from mritumor.environment import ENV_PREFIX
+from mritumor.errors import UsageError
+
+CLASSES = ("glioma", "meningioma", "no_tumor", "pituitary")
+TINY: dict[str, Any] = {
+    "data.image_size": 32,
+    "model.backbone": "small_cnn",
+    "model.weights": "none",
+    "train.epochs": 1,
+    "train.freeze_backbone_epochs": 0,
+    "train.batch_size": 8,
+    "inference.batch_size": 8,
+    "train.early_stopping_patience": 0,
+    "train.precision": "float32",
+    "data.cache": "memory",
+}
+
+
+# --------------------------------------------------------------------------- pure parts
+
+
+def hand_built() -> tuple[list[int], list[int]]:
+    """3 classes of 12 samples; a few pairs of duplicates (same class) share a group."""
+    labels = [label for label in range(3) for _ in range(12)]
+    groups = list(range(len(labels)))
+    for a, b in ((0, 1), (5, 6), (13, 14), (30, 31)):
+        groups[b] = groups[a]
+    return labels, groups
+
+
+def test_assign_folds_covers_every_sample_once_and_keeps_groups_whole() -> None:
+    labels, groups = hand_built()
+    folds = kfold.assign_folds(labels, groups, 3, seed=7)
+    assert len(folds) == len(labels)
+    assert set(folds.tolist()) == {1, 2, 3}
+    fold_of_group: dict[int, set[int]] = {}
+    for group, fold in zip(groups, folds.tolist(), strict=True):
+        fold_of_group.setdefault(group, set()).add(fold)
+    assert all(len(found) == 1 for found in fold_of_group.values())
+    for label in range(3):
+        expected = labels.count(label) / 3
+        per_fold = Counter(f for f, y in zip(folds.tolist(), labels, strict=True) if y == label)
+        assert all(abs(per_fold[f] - expected) <= 1 for f in (1, 2, 3)), per_fold
+
+
+def test_assign_folds_is_reproducible_by_seed() -> None:
+    labels, groups = hand_built()
+    first = kfold.assign_folds(labels, groups, 3, seed=7)
+    assert np.array_equal(first, kfold.assign_folds(labels, groups, 3, seed=7))
+    others = [kfold.assign_folds(labels, groups, 3, seed=s) for s in range(8, 12)]
+    assert any(not np.array_equal(first, other) for other in others)
+
+
+@pytest.mark.parametrize(("folds", "phrase"), [(1, "at least 2"), (11, "smallest class")])
+def test_bad_fold_counts_are_usage_errors(folds: int, phrase: str) -> None:
+    labels, groups = hand_built()  # class 0 has 12 samples in 10 groups
+    with pytest.raises(UsageError, match=phrase):
+        kfold.assign_folds(labels, groups, folds, seed=0)
+    kfold.assign_folds(labels, groups, 10, seed=0)
+
+
+def test_inner_carve_never_uses_the_held_out_fold() -> None:
+    labels, groups = hand_built()
+    folds = kfold.assign_folds(labels, groups, 3, seed=1).tolist()
+    for fold in (1, 2, 3):
+        fit, select = kfold.inner_carve(labels, groups, folds, fold, seed=1 + fold, splits=3)
+        held = {i for i, f in enumerate(folds) if f == fold}
+        assert not held & set(fit.tolist())
+        assert not held & set(select.tolist())
+        assert not set(fit.tolist()) & set(select.tolist())
+        assert set(fit.tolist()) | set(select.tolist()) | held == set(range(len(labels)))
+        assert select.size and fit.size
+        assert not {groups[i] for i in fit} & {groups[i] for i in select}
+
+
+def test_summary_matches_hand_computation() -> None:
+    scores = [0.8, 0.9, 0.7]
+    summary = kfold.summarize(scores)
+    mean = (0.8 + 0.9 + 0.7) / 3
+    std = math.sqrt(((0.8 - mean) ** 2 + (0.9 - mean) ** 2 + (0.7 - mean) ** 2) / 2)
+    half = 4.302652729911275 * std / math.sqrt(3)  # t_{0.975, 2}
+    assert summary.mean == pytest.approx(mean)
+    assert summary.std == pytest.approx(std) == pytest.approx(0.1)
+    assert summary.ci_low == pytest.approx(mean - half)
+    assert summary.ci_high == pytest.approx(mean + half)
+    single = kfold.summarize([0.5])
+    assert single.mean == 0.5 and math.isnan(single.std) and math.isnan(single.ci_low)
+
+
+def test_fold_metrics_and_aggregate() -> None:
+    truth = [0, 0, 1, 2]
+    probs = np.array([[0.9, 0.1, 0.0], [0.2, 0.8, 0.0], [0.1, 0.7, 0.2], [0.3, 0.3, 0.4]])
+    metrics = kfold.fold_metrics(truth, probs, 3)
+    assert metrics.accuracy == pytest.approx(0.75)
+    assert metrics.balanced_accuracy == pytest.approx((0.5 + 1 + 1) / 3)
+    # F1: class 0 = 2/3 (p=1, r=.5), class 1 = 2/3 (p=.5, r=1), class 2 = 1
+    assert metrics.macro_f1 == pytest.approx((2 / 3 + 2 / 3 + 1) / 3)
+    assert metrics.loss == pytest.approx(-np.log([0.9, 0.2, 0.7, 0.4]).mean())
+    table = {f: kfold.FoldMetrics(a, a, a, 1 - a, 4) for f, a in ((1, 0.8), (2, 0.9), (3, 0.7))}
+    summary = kfold.aggregate(table)
+    assert summary["accuracy"].mean == pytest.approx(0.8)
+    assert summary["loss"].mean == pytest.approx(0.2)
+
+
+def test_aggregation_imports_no_tensorflow() -> None:
+    import subprocess
+
+    code = (
+        "import sys, mritumor.kfold as k; k.summarize([1.0, 2.0]);"
+        "k.assign_folds([0,0,1,1], [0,1,2,3], 2, 0); print('tensorflow' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == "False"
+
+
+# --------------------------------------------------------------------------- end to end
+
+
+@dataclass(frozen=True)
+class Tiny:
+    data: Path
+    runs: Path
+    planted: dict[Path, Path]
+    """Copy -> original (same class)."""
+
+    def args(self) -> list[str]:
+        out = ["--data", str(self.data), "--set", f"paths.runs_dir={self.runs}"]
+        for key, value in TINY.items():
+            out += ["--set", f"{key}={value}"]
+        return out
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Tiny:
+    from mritumor.data.synth import SynthConfig, write_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("kfold")
+    config = SynthConfig(train=6, val=2, test=1, image_size=40, seed=3, vary_size=False)
+    write_synthetic_dataset(root / "data", config, workers=1)
+    planted: dict[Path, Path] = {}
+    for name, (source_split, target_split) in zip(
+        ("glioma", "pituitary"), (("train", "val"), ("train", "train")), strict=True
+    ):
+        original = sorted((root / "data" / source_split / name).iterdir())[0]
+        copy = root / "data" / target_split / name / f"planted copy{original.suffix}"
+        shutil.copyfile(original, copy)
+        planted[copy] = original
+    return Tiny(root / "data", root / "runs", planted)
+
+
+def invoke(args: list[str]) -> Any:
+    from mritumor.cli.main import app
+
+    with pytest.MonkeyPatch.context() as patch:
+        for name in list(os.environ):
+            if name.upper().startswith(ENV_PREFIX):
+                patch.delenv(name)
+        return CliRunner().invoke(app, args)
+
+
+@pytest.fixture
+def train_calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Path]]:
+    from mritumor import training
+
+    calls: list[Path] = []
+    real = training.train
+
+    def counting(settings: Any, run_dir: Path, **kwargs: Any) -> Any:
+        calls.append(run_dir)
+        return real(settings, run_dir, **kwargs)
+
+    monkeypatch.setattr(training, "train", counting)
+    yield calls
+
+
+@pytest.fixture(scope="module")
+def full_run(tiny: Tiny) -> Path:
+    result = invoke(["kfold", "--folds", "3", "-q", "--name", "cv", *tiny.args()])
+    assert result.exit_code == 0, result.output
+    assert "mean ± std" in result.output
+    return tiny.runs / "cv"
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_kfold_reports_three_folds_with_oof_and_grouped_folds(tiny: Tiny, full_run: Path) -> None:
+    summary = json.loads((full_run / kfold.SUMMARY_FILE).read_text())
+    assert summary["folds_scored"] == [1, 2, 3]
+    for name in kfold.METRICS:
+        entry = summary["summary"][name]
+        assert entry["ci_low"] <= entry["mean"] <= entry["ci_high"]
+    pooled = {
+        p.as_posix()
+        for split in ("train", "val")
+        for p in (tiny.data / split).rglob("*")
+        if p.is_file()
+    }
+    oof = read_csv(full_run / kfold.OOF_FILE)
+    assert sorted(row["path"] for row in oof) == sorted(pooled)
+    assert set(oof[0]) == {"path", "fold", "true", "predicted", *(f"p_{c}" for c in CLASSES)}
+    for row in oof:
+        assert sum(float(row[f"p_{c}"]) for c in CLASSES) == pytest.approx(1, abs=1e-4)
+    folds = read_csv(full_run / kfold.FOLDS_FILE)
+    by_path = {row["path"]: row for row in folds}
+    for copy, original in tiny.planted.items():
+        assert by_path[copy.as_posix()]["group"] == by_path[original.as_posix()]["group"]
+    fold_of_group: dict[str, set[str]] = {}
+    for row in folds:
+        fold_of_group.setdefault(row["group"], set()).add(row["fold"])
+    assert all(len(found) == 1 for found in fold_of_group.values())
+    assert {row["fold"] for row in oof} == {"1", "2", "3"}
+    for row in oof:
+        assert by_path[row["path"]]["fold"] == row["fold"]
+    assert (full_run / "reports" / kfold.SUMMARY_FIGURE).stat().st_size > 0
+    for fold in (1, 2, 3):
+        folder = full_run / f"fold-{fold}"
+        assert (folder / "model.keras").is_file() and (folder / "bundle.json").is_file()
+        held = {row["path"] for row in read_csv(folder / "splits" / "test.csv")}
+        seen = {row["path"] for row in read_csv(folder / "splits" / "train.csv")}
+        seen |= {row["path"] for row in read_csv(folder / "splits" / "val.csv")}
+        assert held and not held & seen
+        assert held == {row["path"] for row in folds if row["fold"] == str(fold)}
+
+
+def test_resume_skips_finished_folds(full_run: Path, train_calls: list[Path]) -> None:
+    before = {f: (full_run / f"fold-{f}" / "bundle.json").stat().st_mtime_ns for f in (1, 2, 3)}
+    result = invoke(["kfold", "--resume", str(full_run), "-q"])
+    assert result.exit_code == 0, result.output
+    assert train_calls == []
+    after = {f: (full_run / f"fold-{f}" / "bundle.json").stat().st_mtime_ns for f in (1, 2, 3)}
+    assert before == after
+    assert "already scored" in result.output
+
+
+def test_single_fold_then_resume(tiny: Tiny, train_calls: list[Path]) -> None:
+    result = invoke(["kfold", "--folds", "3", "--fold", "2", "-q", "--name", "one", *tiny.args()])
+    assert result.exit_code == 0, result.output
+    run = tiny.runs / "one"
+    assert [path.name for path in train_calls] == ["fold-2"]
+    assert not (run / "fold-1").exists() and not (run / "fold-3").exists()
+    summary = json.loads((run / kfold.SUMMARY_FILE).read_text())
+    assert summary["folds_scored"] == [2]
+    assert summary["summary"]["accuracy"]["std"] is None
+    oof = read_csv(run / kfold.OOF_FILE)
+    assert oof and {row["fold"] for row in oof} == {"2"}
+    again = invoke(["kfold", "--resume", str(run), "--fold", "2", "-q"])
+    assert again.exit_code == 0, again.output
+    assert [path.name for path in train_calls] == ["fold-2"]
+
+
+@pytest.mark.parametrize(
+    ("args", "phrase"),
+    [
+        (["--folds", "1"], "at least 2"),
+        (["--folds", "3", "--fold", "4"], "--fold must be from 1 to 3"),
+        (["--folds", "50"], "smallest class"),
+    ],
+)
+def test_bad_input_is_one_line_usage_error(tiny: Tiny, args: list[str], phrase: str) -> None:
+    result = invoke(["kfold", *args, "--name", "bad", *tiny.args()])
+    assert result.exit_code == 2, result.output
+    assert phrase in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert not (tiny.runs / "bad").exists()
