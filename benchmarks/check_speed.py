@@ -34,7 +34,7 @@ from numpy.typing import NDArray
 from PIL import Image, ImageFilter
 
 from mritumor.data.check import check_dataset
-from mritumor.data.files import iter_image_files, read_image
+from mritumor.data.files import CLASS_NAMES, iter_image_files, read_image
 from mritumor.data.hashing import (
     DEFAULT_RADIUS,
     HASH_BITS,
@@ -52,7 +52,6 @@ from mritumor.data.hashing import (
 )
 from mritumor.data.synth import SynthConfig, write_synthetic_dataset
 
-CLASSES = ("glioma", "meningioma", "no_tumor", "pituitary")
 Transform = Callable[[Image.Image], Image.Image]
 
 
@@ -115,7 +114,7 @@ def write_synthetic_tree(root: Path, count: int) -> list[Path]:
     rng = np.random.default_rng(0)
     paths = []
     for index in range(count):
-        folder = root / "train" / CLASSES[index % len(CLASSES)]
+        folder = root / "train" / CLASS_NAMES[index % len(CLASS_NAMES)]
         folder.mkdir(parents=True, exist_ok=True)
         seed = index - 7 if index % 50 == 49 else index
         pixels = smooth_image(np.random.default_rng(seed))
@@ -309,7 +308,7 @@ def pairs_table(scans: Fingerprints, radius: int, min_similarity: float) -> None
 def phantoms_table(count: int, radius: int, min_similarity: float) -> None:
     """Every pair of ``count`` distinct synthetic phantoms: none may be confirmed."""
     with tempfile.TemporaryDirectory() as folder:
-        per_class = max(1, count // len(CLASSES))
+        per_class = max(1, count // len(CLASS_NAMES))
         config = SynthConfig(train=per_class, val=0, test=0, seed=2024)
         write_synthetic_dataset(Path(folder), config, workers=os.cpu_count())
         paths = sorted(path for path in Path(folder, "train").rglob("*") if path.is_file())

@@ -18,19 +18,17 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from mritumor.data.files import read_image
+from mritumor.data.files import CLASS_NAMES, read_image
 from mritumor.data.splits import load_split
 from mritumor.environment import import_tensorflow
 from mritumor.settings import AugmentSettings
-
-CLASSES = ("glioma", "meningioma", "no_tumor", "pituitary")
 
 
 def write_images(root: Path, count: int, size: int) -> None:
     """Smooth random grayscale and RGB JPEGs, spread over four class folders."""
     rng = np.random.default_rng(0)
     for index in range(count):
-        folder = root / "train" / CLASSES[index % len(CLASSES)]
+        folder = root / "train" / CLASS_NAMES[index % len(CLASS_NAMES)]
         folder.mkdir(parents=True, exist_ok=True)
         noise = rng.random((size // 8, size // 8))
         image = Image.fromarray((noise * 255).astype(np.uint8)).resize((size, size))
@@ -56,7 +54,7 @@ def pipeline_epochs(root: Path, size: int, cache: str, epochs: int) -> list[floa
     import_tensorflow()
     from mritumor.data.pipeline import PipelineOptions, build_pipeline
 
-    split = load_split(root, "train", CLASSES)
+    split = load_split(root, "train", CLASS_NAMES)
     augment = AugmentSettings(zoom=0.0, brightness=0.0, contrast=0.0)
     options = PipelineOptions(
         image_size=size,

@@ -15,7 +15,8 @@ import os
 import tempfile
 from pathlib import Path
 
-from mritumor.data.synth import DEFAULT_CLASS_NAMES, SynthConfig, write_synthetic_dataset
+from mritumor.data.files import CLASS_NAMES
+from mritumor.data.synth import SynthConfig, write_synthetic_dataset
 
 
 def main() -> None:
@@ -24,7 +25,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=256, help="nominal image side (default 256)")
     parser.add_argument("--workers", type=int, nargs="+", default=[2], help="worker counts")
     arguments = parser.parse_args()
-    per_class = max(1, arguments.images // len(DEFAULT_CLASS_NAMES))
+    per_class = max(1, arguments.images // len(CLASS_NAMES))
     config = SynthConfig(train=per_class, val=0, test=0, image_size=arguments.size)
     print(f"cpus: {os.cpu_count()}  nominal size: {arguments.size} px")
     print(f"{'workers':>7}  {'images':>6}  {'seconds':>7}  {'images/s':>8}")

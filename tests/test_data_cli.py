@@ -194,3 +194,11 @@ def test_fetch_passes_the_grouping_choice_to_prepare(
     grouped = invoke(runner, "data", "fetch", "masoud", "--out", str(out), "--force")
     assert grouped.exit_code == 0, grouped.output
     assert "hashed" in grouped.output
+
+
+def test_check_fix_still_fails_strict_on_unreadable_files(runner: CliRunner, leaky: Path) -> None:
+    (leaky / "val" / "glioma").mkdir(parents=True)
+    (leaky / "val" / "glioma" / "empty.jpg").write_bytes(b"")
+    result = invoke(runner, "data", "check", str(leaky), "--workers", "1", "--fix", "--strict")
+    assert result.exit_code == 1, result.output
+    assert not (leaky / "test" / "glioma" / "copy of shared.png").exists()

@@ -238,3 +238,18 @@ def test_file_cache_is_written_under_cache_dir(tree: Path, tmp_path: Path) -> No
 def test_split_files_counts_every_class() -> None:
     split = SplitFiles("x", (Path("a"), Path("b")), (0, 0), ("a", "b"))
     assert split.counts() == {"a": 2, "b": 0}
+
+
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [
+        (b"path,label\ntrain/glioma/scan0.png\n", "line 2 lacks a path or a label"),
+        (b"path,label\n\xff\xfe not text\n", "not a readable CSV manifest"),
+    ],
+)
+def test_a_damaged_manifest_is_one_clear_error(tree: Path, content: bytes, fragment: str) -> None:
+    manifest = tree / "manifests" / "train.csv"
+    manifest.parent.mkdir()
+    manifest.write_bytes(content)
+    with pytest.raises(UsageError, match=fragment):
+        load_split(tree, "train", CLASSES)

@@ -224,6 +224,32 @@ def test_a_data_root_without_val_exits_2_and_leaves_no_run(
     assert not runs.exists() or list(runs.iterdir()) == []
 
 
+def test_a_failed_run_never_removes_a_folder_the_user_had(
+    runner: CliRunner, data_root: Path, tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(data_root / "train", data / "train")
+    runs = tmp_path / "runs"
+    mine = runs / "mine"
+    mine.mkdir(parents=True)
+    (mine / "notes.txt").write_text("keep me", encoding="utf-8")
+    result = invoke(runner, *train_args(data, runs, 1, "--name", "mine", "--exist-ok"))
+    assert result.exit_code == 2
+    assert (mine / "notes.txt").read_text(encoding="utf-8") == "keep me"
+
+
+def test_a_name_that_holds_a_run_is_refused_even_with_exist_ok(
+    runner: CliRunner, interrupted: Interrupted, data_root: Path
+) -> None:
+    before = (interrupted.run_dir / "bundle.json").read_text(encoding="utf-8")
+    name = interrupted.run_dir.name
+    args = train_args(data_root, interrupted.runs, 1, "--name", name, "--exist-ok")
+    result = invoke(runner, *args)
+    assert result.exit_code == 2
+    assert "already holds a run" in one_error_line(result.stderr)
+    assert (interrupted.run_dir / "bundle.json").read_text(encoding="utf-8") == before
+
+
 def test_resume_refuses_changed_settings(runner: CliRunner, interrupted: Interrupted) -> None:
     before = (interrupted.run_dir / "history.csv").read_text(encoding="utf-8")
     result = invoke(runner, "train", "--resume", str(interrupted.run_dir), "--lr", "0.1")

@@ -330,8 +330,8 @@ def new_run_dir(
     exclusive ``mkdir``: if another process takes that number first, the next
     one is tried, so an existing directory is never reused (``exist_ok`` does not
     apply). With ``name``: ``runs_dir/<name>``; an existing non-empty directory
-    is a :class:`BundleError` unless ``exist_ok``, so runs never overwrite each
-    other by accident.
+    is a :class:`BundleError` unless ``exist_ok``, and one that already holds a
+    run (a ``bundle.json``) always is, so runs never overwrite each other.
     """
     _check_folder_name(command, "command")
     if name is not None:
@@ -910,6 +910,11 @@ def _named_run_dir(run_dir: Path, *, exist_ok: bool) -> Path:
         if not run_dir.is_dir():
             raise BundleError(
                 f"{run_dir} exists and is not a directory; choose another --name"
+            ) from None
+        if (run_dir / BUNDLE_FILE).exists():
+            raise BundleError(
+                f"{run_dir} already holds a run; continue it with --resume {run_dir} "
+                "or choose another --name"
             ) from None
         if not exist_ok and any(run_dir.iterdir()):
             raise BundleError(

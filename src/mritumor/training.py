@@ -45,7 +45,6 @@ from mritumor.data.splits import SplitFiles, load_split
 from mritumor.errors import ConfigError, MritumorError, UsageError
 from mritumor.losses import make_loss, make_optimizer
 from mritumor.model import backbone_layers, build_classifier, load_model, set_backbone_trainable
-from mritumor.registry import registry
 from mritumor.settings import Settings, TrainSettings
 
 StageName = Literal["frozen", "full"]
@@ -192,8 +191,8 @@ def _splits(settings: Settings, run_dir: Path, *, resume: bool) -> tuple[SplitFi
     names = settings.data.class_names
     if resume:
         return (
-            bundles.read_split(run_dir, "train", names),
-            bundles.read_split(run_dir, "val", names),
+            bundles.read_split(run_dir, "train", names, data_root=settings.paths.data_dir),
+            bundles.read_split(run_dir, "val", names, data_root=settings.paths.data_dir),
         )
     root = settings.paths.data_dir
     train_split = load_split(root, "train", names)
@@ -208,22 +207,11 @@ def _splits(settings: Settings, run_dir: Path, *, resume: bool) -> tuple[SplitFi
 
 
 def _start_run(settings: Settings, run_dir: Path, splits: tuple[SplitFiles, ...]) -> None:
-    spec = registry.get(settings.model.backbone)
     bundles.write_config(run_dir, settings)
     bundles.write_splits(run_dir, settings.paths.data_dir, splits)
+    fingerprint = bundles.dataset_fingerprint(splits)
     bundles.write_bundle(
-        run_dir,
-        bundles.Bundle(
-            command="train",
-            class_names=list(settings.data.class_names),
-            negative_class=settings.data.negative_class,
-            image_size=settings.data.image_size,
-            channels=settings.data.channels,
-            resize=settings.data.resize,
-            backbone=spec.name,
-            dataset_fingerprint=bundles.dataset_fingerprint(splits),
-            monitor=settings.train.monitor,
-        ),
+        run_dir, bundles.new_bundle(settings, "train", dataset_fingerprint=fingerprint)
     )
 
 
@@ -493,5 +481,8 @@ def _write_curves(run_dir: Path, book: _Bookkeeping) -> None:
 
     if book.history:
         plot_training_curves(
-            book.history, run_dir / bundles.REPORTS_DIR, unfreeze_epoch=book.unfrozen_at or None
+            book.history,
+            run_dir / bundles.REPORTS_DIR,
+            unfreeze_epoch=book.unfrozen_at or None,
+            best_epoch=book.best_epoch,
         )

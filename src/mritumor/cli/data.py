@@ -272,7 +272,7 @@ def check(
             f"{data_root / 'quarantine' / 'moves.json'}",
             soft_wrap=True,
         )
-    elif strict and (result.has_leakage or result.problems):
+    if strict and (result.problems or (result.has_leakage and not fix)):
         raise typer.Exit(1)
 
 

@@ -65,7 +65,10 @@ def train(
     xla: Annotated[
         bool | None, typer.Option("--xla/--no-xla", help="Compile the step with XLA.")
     ] = None,
-    data: Annotated[Path | None, typer.Option(help="Data root [default: paths.data_dir].")] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option(help="Data root [default: paths.data_dir]; with --resume, where it moved."),
+    ] = None,
     name: Annotated[
         str | None,
         typer.Option(help="Run directory name under paths.runs_dir [default: train-<n>]."),
@@ -103,11 +106,12 @@ def train(
         "paths.data_dir": data,
     }
     if resume is not None:
-        settings, run_dir = _resumed(ctx, resume, flags, assignments, epochs)
+        settings, run_dir = _resumed(ctx, resume, flags, assignments, epochs, data)
+        created = False
     else:
         settings = resolve_settings(ctx, flags, assignments or ()).settings
-        run_dir = _new_run(settings, name, exist_ok)
-    result = _fit(settings, run_dir, resume=resume is not None, quiet=quiet)
+        run_dir, created = _new_run(settings, name, exist_ok)
+    result = _fit(settings, run_dir, resume=resume is not None, created=created, quiet=quiet)
     _report(result, failures_shown=not quiet)
 
 
@@ -117,41 +121,53 @@ def _resumed(
     flags: Mapping[str, Any],
     assignments: list[str] | None,
     epochs: int | None,
+    data: Path | None,
 ) -> tuple[Settings, Path]:
-    """The run's own config.yaml; only --epochs may change (to extend a finished run)."""
+    """The run's own config.yaml; only --epochs (to extend it) and --data (moved) may change."""
     from mritumor.bundle import CONFIG_FILE, read_bundle
     from mritumor.errors import UsageError
     from mritumor.settings import load_settings
 
+    changeable = {"train.epochs", "paths.data_dir"}
     given = sorted(
-        key for key, value in flags.items() if value is not None and key != "train.epochs"
+        key for key, value in flags.items() if value is not None and key not in changeable
     )
     if given or assignments or app_state(ctx).config_file is not None:
         raise UsageError(
             "--resume continues a run with the settings it started with; "
-            f"drop {', '.join(given) or '--set/--config'} (only --epochs may extend it)"
+            f"drop {', '.join(given) or '--set/--config'} "
+            "(only --epochs may extend it, and --data point at moved data)"
         )
     read_bundle(run_dir)
-    overrides = {"train.epochs": epochs} if epochs is not None else {}
-    return load_settings(run_dir / CONFIG_FILE, overrides).settings, run_dir
+    overrides = {"train.epochs": epochs, "paths.data_dir": data}
+    given_overrides = {key: value for key, value in overrides.items() if value is not None}
+    return load_settings(run_dir / CONFIG_FILE, given_overrides).settings, run_dir
 
 
-def _new_run(settings: Settings, name: str | None, exist_ok: bool) -> Path:
+def _new_run(settings: Settings, name: str | None, exist_ok: bool) -> tuple[Path, bool]:
+    """The run directory, and whether this call created it (so only then may it go again)."""
     from mritumor.bundle import new_run_dir
 
-    return new_run_dir(settings.paths.runs_dir, "train", name=name, exist_ok=exist_ok)
+    existed = name is not None and (settings.paths.runs_dir / name).exists()
+    run_dir = new_run_dir(settings.paths.runs_dir, "train", name=name, exist_ok=exist_ok)
+    return run_dir, not existed
 
 
-def _fit(settings: Settings, run_dir: Path, *, resume: bool, quiet: bool) -> TrainResult:
+def _fit(
+    settings: Settings, run_dir: Path, *, resume: bool, created: bool, quiet: bool
+) -> TrainResult:
     from mritumor.training import train as train_model
 
-    with _removed_unless_started(run_dir, keep=resume), _observer(quiet) as observer:
+    with _removed_unless_started(run_dir, keep=not created), _observer(quiet) as observer:
         return train_model(settings, run_dir, resume=resume, observer=observer)
 
 
 @contextmanager
 def _removed_unless_started(run_dir: Path, *, keep: bool) -> Iterator[None]:
-    """A new run directory that failed before its bundle was written is removed again."""
+    """A run directory this command created is removed again if it failed before its bundle.
+
+    A directory the user already had (``--name X --exist-ok``) is never removed.
+    """
     import shutil
 
     from mritumor.bundle import BUNDLE_FILE

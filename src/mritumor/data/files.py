@@ -8,6 +8,9 @@ The standard layout every data command ends in::
 Extensions are matched case-insensitively (the reference framework's
 case-sensitive globs silently dropped 74 of 253 external images). Files are
 decoded by content, not by name: a PNG saved as ``.jpg`` still loads.
+
+NumPy and Pillow are imported where images are read, so that the settings
+model, which takes its class names from here, stays quick to import.
 """
 
 from __future__ import annotations
@@ -16,12 +19,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-from numpy.typing import NDArray
-
 from mritumor.errors import MritumorError
 
 if TYPE_CHECKING:
+    import numpy as np
+    from numpy.typing import NDArray
     from PIL.Image import Image as PILImage
 
 #: The four classes of the Kaggle brain-tumour sets, in the order of the model's outputs.
@@ -66,6 +68,7 @@ def read_image(path: Path, channels: int = 3) -> NDArray[np.uint8]:
     palette and 16-bit images all load. Raises :class:`UnreadableImageError`
     naming the file when it cannot be decoded.
     """
+    import numpy as np
     from PIL import Image, UnidentifiedImageError
 
     if channels not in (1, 3):
@@ -81,6 +84,7 @@ def read_image(path: Path, channels: int = 3) -> NDArray[np.uint8]:
 
 
 def _to_mode(image: PILImage, mode: str) -> PILImage:
+    import numpy as np
     from PIL import Image
 
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):

@@ -48,12 +48,21 @@ def load_split(root: Path, split: str, class_names: Sequence[str]) -> SplitFiles
 
 
 def _read_manifest(root: Path, manifest: Path) -> list[tuple[Path, str]]:
-    with manifest.open(newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        missing_columns = {"path", "label"} - set(reader.fieldnames or [])
-        if missing_columns:
-            raise UsageError(f"{manifest} lacks column(s) {', '.join(sorted(missing_columns))}")
-        pairs = [(root / row["path"], row["label"]) for row in reader]
+    try:
+        with manifest.open(newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            missing_columns = {"path", "label"} - set(reader.fieldnames or [])
+            if missing_columns:
+                raise UsageError(f"{manifest} lacks column(s) {', '.join(sorted(missing_columns))}")
+            rows = list(reader)
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise UsageError(f"{manifest} is not a readable CSV manifest: {error}") from None
+    incomplete = [
+        number for number, row in enumerate(rows, 2) if not row["path"] or not row["label"]
+    ]
+    if incomplete:
+        raise UsageError(f"{manifest} line {incomplete[0]} lacks a path or a label")
+    pairs = [(root / row["path"], row["label"]) for row in rows]
     absent = [path for path, _ in pairs if not path.is_file()]
     if absent:
         raise UsageError(
