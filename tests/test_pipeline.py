@@ -253,3 +253,10 @@ def test_a_damaged_manifest_is_one_clear_error(tree: Path, content: bytes, fragm
     manifest.write_bytes(content)
     with pytest.raises(UsageError, match=fragment):
         load_split(tree, "train", CLASSES)
+
+
+def test_mac_zip_debris_is_not_a_class(tree: Path) -> None:
+    debris = tree / "train" / "__MACOSX" / "glioma"
+    debris.mkdir(parents=True)
+    (debris / "._scan0.png").write_bytes(b"\0\5\26\7 resource fork")
+    assert load_split(tree, "train", CLASSES).counts() == COUNTS

@@ -28,7 +28,14 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal, NamedTuple
 
-from mritumor.data.files import BINARY_LABELS, EXTERNAL_DIR, SPLITS, TUMOUR_LABEL
+from mritumor.data.files import (
+    BINARY_LABELS,
+    EXTERNAL_DIR,
+    SPLITS,
+    TUMOUR_LABEL,
+    is_hidden,
+    subfolders,
+)
 from mritumor.data.hashing import (
     DEFAULT_RADIUS,
     MIN_SIMILARITY,
@@ -372,9 +379,9 @@ def class_folders(root: Path) -> list[ClassFolder]:
     folders = [
         ClassFolder(split, child.name, child)
         for split in SPLITS
-        for child in _subfolders(root / split)
+        for child in subfolders(root / split)
     ]
-    for external in _subfolders(root / EXTERNAL_DIR):
+    for external in subfolders(root / EXTERNAL_DIR):
         split = f"{EXTERNAL_DIR}/{external.name}"
         folders += [
             ClassFolder(split, label, external / label)
@@ -389,25 +396,13 @@ def class_folders(root: Path) -> list[ClassFolder]:
     return folders
 
 
-def _subfolders(path: Path) -> list[Path]:
-    if not path.is_dir():
-        return []
-    return sorted(child for child in path.iterdir() if child.is_dir() and not _is_hidden(child))
-
-
 def _files_in(folder: Path) -> list[Path]:
     """Every non-hidden regular file below ``folder``, whatever its extension."""
     return [
         path
         for path in sorted(folder.rglob("*"))
-        if not any(_is_hidden(Path(part)) for part in path.relative_to(folder).parts)
-        and path.is_file()
+        if not any(is_hidden(part) for part in path.relative_to(folder).parts) and path.is_file()
     ]
-
-
-def _is_hidden(path: Path) -> bool:
-    """Dot files and macOS archive debris, which the input pipeline skips as well."""
-    return path.name.startswith(".") or path.name == "__MACOSX"
 
 
 def _is_tumour(folder: ClassFolder, negative_class: str) -> bool:

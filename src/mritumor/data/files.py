@@ -40,22 +40,31 @@ class UnreadableImageError(MritumorError):
     """A file that is not a decodable image (zero bytes, truncated, another format)."""
 
 
+def is_hidden(name: str) -> bool:
+    """Dot files and folders, and the ``__MACOSX`` debris of zips made on a Mac: never data."""
+    return name.startswith(".") or name == "__MACOSX"
+
+
+def subfolders(folder: Path) -> list[Path]:
+    """The visible sub-folders of ``folder``, sorted; none when it is not a folder."""
+    if not folder.is_dir():
+        return []
+    return sorted(path for path in folder.iterdir() if path.is_dir() and not is_hidden(path.name))
+
+
 def is_image_file(path: Path) -> bool:
     """True for a regular, non-hidden file with an image extension, in any letter case."""
-    return (
-        path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".") and path.is_file()
-    )
+    return path.suffix.lower() in IMAGE_EXTENSIONS and not is_hidden(path.name) and path.is_file()
 
 
 def iter_image_files(root: Path) -> Iterator[Path]:
     """Every image file below ``root``, recursively, in a stable (sorted) order.
 
-    Hidden files and folders (``.DS_Store``, ``__MACOSX``-style debris starting
-    with a dot) are skipped; symlinked files are followed.
+    Hidden files and folders (see :func:`is_hidden`) are skipped; symlinked
+    files are followed.
     """
     for path in sorted(root.rglob("*")):
-        relative = path.relative_to(root)
-        if any(part.startswith(".") or part == "__MACOSX" for part in relative.parts):
+        if any(is_hidden(part) for part in path.relative_to(root).parts):
             continue
         if is_image_file(path):
             yield path

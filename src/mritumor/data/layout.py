@@ -25,6 +25,7 @@ from mritumor.data.files import (
     NO_TUMOUR_LABEL,
     TUMOUR_LABEL,
     iter_image_files,
+    subfolders,
 )
 from mritumor.errors import UsageError
 
@@ -135,10 +136,10 @@ def detect_layout(source: Path) -> Layout:
 
 
 def _detect(folder: Path) -> Layout:
-    subfolders = _subfolders(folder)
-    splits = _matching(subfolders, normalise_split_name)
-    labels = _matching(subfolders, normalise_binary_label)
-    classes = _matching(subfolders, normalise_class_name)
+    children = subfolders(folder)
+    splits = _matching(children, normalise_split_name)
+    labels = _matching(children, normalise_binary_label)
+    classes = _matching(children, normalise_class_name)
     if splits:
         layout = Layout("split_class", folder, _split_class_folders(splits))
         recognised = set(splits)
@@ -150,25 +151,16 @@ def _detect(folder: Path) -> Layout:
     elif classes:
         layout = Layout("class_only", folder, {p: Destination(None, v) for p, v in classes.items()})
         recognised = set(classes)
-    elif len(subfolders) == 1:
-        return _detect(subfolders[0])
+    elif len(children) == 1:
+        return _detect(children[0])
     else:
-        found = ", ".join(repr(p.name) for p in subfolders) or "no sub-folders"
+        found = ", ".join(repr(p.name) for p in children) or "no sub-folders"
         raise UsageError(
             f"cannot recognise the layout of {folder} ({found}); expected "
             "<split>/<class>/, <class>/ or yes/ and no/ folders"
         )
-    others = [path for path in subfolders if path not in recognised]
+    others = [path for path in children if path not in recognised]
     return replace(layout, duplicates=tuple(_duplicate_of(layout, path) for path in others))
-
-
-def _subfolders(folder: Path) -> list[Path]:
-    """Visible sub-folders: dot-folders and macOS ``__MACOSX`` zip debris are not data."""
-    return sorted(
-        path
-        for path in folder.iterdir()
-        if path.is_dir() and not path.name.startswith(".") and path.name != "__MACOSX"
-    )
 
 
 def _matching(folders: list[Path], normalise: Callable[[str], str | None]) -> dict[Path, str]:
@@ -179,7 +171,7 @@ def _matching(folders: list[Path], normalise: Callable[[str], str | None]) -> di
 def _split_class_folders(splits: Mapping[Path, str]) -> dict[Path, Destination]:
     folders: dict[Path, Destination] = {}
     for split_folder, split in splits.items():
-        for class_folder in _subfolders(split_folder):
+        for class_folder in subfolders(split_folder):
             label = normalise_class_name(class_folder.name)
             if label is None:
                 raise UsageError(

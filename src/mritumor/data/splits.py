@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from mritumor.data.files import iter_image_files
+from mritumor.data.files import iter_image_files, subfolders
 from mritumor.errors import UsageError
 
 MANIFEST_DIR = "manifests"
@@ -80,9 +80,7 @@ def _scan_split_folder(root: Path, split: str) -> list[tuple[Path, str]]:
             f"{root / MANIFEST_DIR / (split + '.csv')} (see `mritumor data prepare`)"
         )
     pairs: list[tuple[Path, str]] = []
-    for class_dir in sorted(path for path in folder.iterdir() if path.is_dir()):
-        if class_dir.name.startswith("."):
-            continue
+    for class_dir in subfolders(folder):
         pairs.extend((path, class_dir.name) for path in iter_image_files(class_dir))
     return pairs
 
