@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeGuard, Union, get_args, get_origin
 
-import yaml
+from mritumor.config_file import yaml_scalar
 
 if TYPE_CHECKING:
     from mritumor.settings import Section
@@ -82,7 +82,7 @@ def _field_table(model: Any, values: dict[str, Any], prefix: str, names: list[st
         cells = (
             f"`{prefix}{name}`",
             _type_name(field.annotation),
-            f"`{_yaml(values[name])}`",
+            f"`{yaml_scalar(values[name])}`",
             ", ".join(limits),
             f"`{env_var_name(prefix + name)}`",
             field.description or "",
@@ -94,7 +94,7 @@ def _field_table(model: Any, values: dict[str, Any], prefix: str, names: list[st
 def _type_name(annotation: Any) -> str:
     origin, args = get_origin(annotation), get_args(annotation)
     if origin is Literal:
-        return "one of " + ", ".join(f"`{_yaml(a)}`" for a in args)
+        return "one of " + ", ".join(f"`{yaml_scalar(a)}`" for a in args)
     if origin in (Union, types.UnionType):
         names = [_type_name(a) for a in args if a is not type(None)]
         return " or ".join(names) + (" or `null`" if type(None) in args else "")
@@ -109,11 +109,6 @@ def _is_section(annotation: Any) -> TypeGuard[type[Section]]:
     from mritumor.settings import Section
 
     return isinstance(annotation, type) and issubclass(annotation, Section)
-
-
-def _yaml(value: Any) -> str:
-    text = yaml.safe_dump(value, default_flow_style=True, width=10_000).strip()
-    return text.removesuffix("...").strip()
 
 
 def _cell(text: str) -> str:

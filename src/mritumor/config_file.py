@@ -72,13 +72,13 @@ def _render(
             continue
         if describe and field.description:
             lines.append(f"{indent}# {field.description}")
-        line = f"{indent}{name}: {_scalar(values[name])}"
+        line = f"{indent}{name}: {yaml_scalar(values[name])}"
         origin = origins.get(f"{prefix}{name}")
         lines.append(f"{line}  # from {origin}" if origin else line)
     return "\n".join(lines) + "\n"
 
 
-def _scalar(value: Any) -> str:
+def yaml_scalar(value: Any) -> str:
     """One value in YAML flow style: ``3``, ``null``, ``[a, b]``, ``'on'``."""
     text = yaml.safe_dump(value, default_flow_style=True, width=10_000).strip()
     return text.removesuffix("...").strip()

@@ -375,9 +375,13 @@ class _Bookkeeping:
 
 
 def _save_atomically(model: Any, path: Path) -> None:
-    temporary = path.with_name(f".{path.stem}.partial.keras")
-    model.save(temporary)
-    temporary.replace(path)
+    temporary = path.with_name(f".{path.stem}.partial.keras")  # Keras wants the suffix
+    try:
+        model.save(temporary)
+        temporary.replace(path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
 
 
 def _current_lr(model: Any) -> float:

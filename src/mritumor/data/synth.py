@@ -25,6 +25,7 @@ counts asked for in other splits.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import multiprocessing
@@ -43,16 +44,13 @@ from scipy import ndimage
 
 from mritumor.data.files import CLASS_NAMES, EXTERNAL_DIR, NO_TUMOUR_LABEL, SPLITS, TUMOUR_LABEL
 from mritumor.errors import UsageError
-from mritumor.fsutil import atomic_write_text
+from mritumor.fsutil import atomic_write_bytes, atomic_write_text
 from mritumor.progress import ProgressCallback
 
 if TYPE_CHECKING:
     from PIL.Image import Image as PILImageType
 
-GLIOMA = "glioma"
-MENINGIOMA = "meningioma"
-PITUITARY = "pituitary"
-NO_TUMOR = "no_tumor"
+GLIOMA, MENINGIOMA, NO_TUMOR, PITUITARY = CLASS_NAMES
 TUMOUR_CLASSES = (GLIOMA, MENINGIOMA, PITUITARY)
 MASKS_DIR = "masks"
 MANIFEST_NAME = "synth.json"
@@ -762,15 +760,10 @@ def _write_job(root: Path, job: _Job) -> None:
 
 
 def _save_atomically(image: PILImageType, path: Path, file_format: str, **options: int) -> None:
-    """Save under a hidden temporary name in the same folder, then rename into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    try:
-        image.save(temporary, format=file_format, **options)
-        temporary.replace(path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+    """Encode in memory, then write through a temporary file and a rename."""
+    buffer = io.BytesIO()
+    image.save(buffer, format=file_format, **options)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 # --------------------------------------------------------------------------- the dataset
