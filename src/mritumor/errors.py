@@ -8,6 +8,8 @@ from __future__ import annotations
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+#: Training stopped by Ctrl-C after saving its state (the shell's 128 + SIGINT).
+EXIT_INTERRUPTED = 130
 
 
 class MritumorError(Exception):

@@ -9,10 +9,18 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from mritumor.cli.completion import complete_backbone
-from mritumor.cli.state import SetOption, app_state, resolve_settings
-from mritumor.cli.train import EXIT_INTERRUPTED, RichTrainingObserver
+from mritumor.cli.options import (
+    BackboneOption,
+    BatchSizeOption,
+    ImageSizeOption,
+    QuietOption,
+    SeedOption,
+    WeightsOption,
+)
+from mritumor.cli.state import SetOption, resolve_settings, resumed_settings
+from mritumor.cli.train import RichTrainingObserver
 from mritumor.cli.ui import console, err_console
+from mritumor.errors import EXIT_INTERRUPTED
 
 if TYPE_CHECKING:
     from mritumor.kfold import FoldMetrics, KFoldResult, Summary
@@ -27,25 +35,14 @@ def kfold(
     fold: Annotated[
         int | None, typer.Option(help="Run this fold only (1..folds), e.g. one per machine.")
     ] = None,
-    backbone: Annotated[
-        str | None,
-        typer.Option(
-            help="Backbone name or alias [default: model.backbone].",
-            autocompletion=complete_backbone,
-        ),
-    ] = None,
-    weights: Annotated[
-        str | None,
-        typer.Option(help="imagenet, none, or a .weights.h5 file [default: model.weights]."),
-    ] = None,
+    backbone: BackboneOption = None,
+    weights: WeightsOption = None,
     epochs: Annotated[
         int | None, typer.Option(min=1, help="Epochs per fold [default: train.epochs].")
     ] = None,
-    batch_size: Annotated[
-        int | None, typer.Option(min=1, help="[default: train.batch_size]")
-    ] = None,
-    image_size: Annotated[int | None, typer.Option(help="[default: data.image_size]")] = None,
-    seed: Annotated[int | None, typer.Option(help="[default: seed]")] = None,
+    batch_size: BatchSizeOption = None,
+    image_size: ImageSizeOption = None,
+    seed: SeedOption = None,
     data: Annotated[Path | None, typer.Option(help="Data root [default: paths.data_dir].")] = None,
     name: Annotated[
         str | None,
@@ -55,9 +52,7 @@ def kfold(
         Path | None,
         typer.Option(help="Continue this kfold run: finished folds are skipped."),
     ] = None,
-    quiet: Annotated[
-        bool, typer.Option("--quiet", "-q", help="No progress display; the summary only.")
-    ] = False,
+    quiet: QuietOption = False,
     assignments: SetOption = None,
 ) -> None:
     """Cross-validate: stratified folds of train + val, duplicates kept within one fold.
@@ -80,7 +75,7 @@ def kfold(
         "paths.data_dir": data,
     }
     if resume is not None:
-        settings = _resumed_settings(ctx, resume, flags, assignments)
+        settings = resumed_settings(ctx, resume, flags, assignments)
         pool = library.read_folds(resume, settings.data.class_names)
         if folds is not None and folds != pool.fold_count:
             raise UsageError(f"run {resume} has {pool.fold_count} folds; drop --folds {folds}")
@@ -103,24 +98,6 @@ def kfold(
         settings, run_dir, pool, only_fold=fold, observer=_FoldProgress(quiet)
     )
     _report(result)
-
-
-def _resumed_settings(
-    ctx: typer.Context, run_dir: Path, flags: dict[str, Any], assignments: list[str] | None
-) -> Any:
-    from mritumor.bundle import CONFIG_FILE
-    from mritumor.errors import UsageError
-    from mritumor.settings import load_settings
-
-    given = sorted(key for key, value in flags.items() if value is not None)
-    if given or assignments or app_state(ctx).config_file is not None:
-        raise UsageError(
-            "--resume continues a kfold run with the settings it started with; "
-            f"drop {', '.join(given) or '--set/--config'}"
-        )
-    if not (run_dir / CONFIG_FILE).is_file():
-        raise UsageError(f"{run_dir} is not a kfold run: {run_dir / CONFIG_FILE} not found")
-    return load_settings(run_dir / CONFIG_FILE, {}).settings
 
 
 def _new_run(settings: Any, name: str | None) -> Path:

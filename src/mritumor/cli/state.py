@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 if TYPE_CHECKING:
-    from mritumor.settings import LoadedSettings
+    from mritumor.settings import LoadedSettings, Settings
 
 
 @dataclass
@@ -52,3 +52,38 @@ def resolve_settings(
     overrides = {key: value for key, value in (flags or {}).items() if value is not None}
     overrides.update(parse_assignment(text) for text in assignments)
     return load_settings(app_state(ctx).config_file, overrides)
+
+
+def resumed_settings(
+    ctx: typer.Context,
+    run_dir: Path,
+    flags: Mapping[str, Any],
+    assignments: Sequence[str] | None,
+    *,
+    changeable: frozenset[str] = frozenset(),
+    hint: str = "",
+) -> Settings:
+    """The settings a run started with (its config.yaml), for ``--resume``.
+
+    Only the ``changeable`` flags may differ; any other flag, ``--set`` or
+    ``--config`` is refused, because a resumed run must continue as it began.
+    """
+    from mritumor.bundle import CONFIG_FILE
+    from mritumor.errors import UsageError
+    from mritumor.settings import load_settings
+
+    given = sorted(
+        key for key, value in flags.items() if value is not None and key not in changeable
+    )
+    if given or assignments or app_state(ctx).config_file is not None:
+        raise UsageError(
+            "--resume continues a run with the settings it started with; "
+            f"drop {', '.join(given) or '--set/--config'}{hint}"
+        )
+    config = run_dir / CONFIG_FILE
+    if not config.is_file():
+        raise UsageError(f"{run_dir} is not a run directory: {config} not found")
+    overrides = {
+        key: value for key, value in flags.items() if key in changeable and value is not None
+    }
+    return load_settings(config, overrides).settings

@@ -9,9 +9,17 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from mritumor.cli.completion import complete_backbone
-from mritumor.cli.state import SetOption, app_state, resolve_settings
+from mritumor.cli.options import (
+    BackboneOption,
+    BatchSizeOption,
+    ImageSizeOption,
+    QuietOption,
+    SeedOption,
+    WeightsOption,
+)
+from mritumor.cli.state import SetOption, resolve_settings, resumed_settings
 from mritumor.cli.ui import console, err_console
+from mritumor.errors import EXIT_INTERRUPTED
 
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
@@ -19,22 +27,11 @@ if TYPE_CHECKING:
     from mritumor.settings import Settings
     from mritumor.training import Stage, TrainResult
 
-EXIT_INTERRUPTED = 130
-
 
 def train(
     ctx: typer.Context,
-    backbone: Annotated[
-        str | None,
-        typer.Option(
-            help="Backbone name or alias [default: model.backbone].",
-            autocompletion=complete_backbone,
-        ),
-    ] = None,
-    weights: Annotated[
-        str | None,
-        typer.Option(help="imagenet, none, or a .weights.h5 file [default: model.weights]."),
-    ] = None,
+    backbone: BackboneOption = None,
+    weights: WeightsOption = None,
     epochs: Annotated[
         int | None, typer.Option(min=1, help="Total epochs [default: train.epochs].")
     ] = None,
@@ -44,20 +41,18 @@ def train(
             min=0, help="Epochs with the backbone frozen [default: train.freeze_backbone_epochs]."
         ),
     ] = None,
-    batch_size: Annotated[
-        int | None, typer.Option(min=1, help="[default: train.batch_size]")
-    ] = None,
+    batch_size: BatchSizeOption = None,
     lr: Annotated[
         float | None, typer.Option(help="Learning rate of the frozen stage [default: train.lr].")
     ] = None,
-    image_size: Annotated[int | None, typer.Option(help="[default: data.image_size]")] = None,
+    image_size: ImageSizeOption = None,
     precision: Annotated[
         str | None,
         typer.Option(
             help="auto, float32, mixed_float16 or mixed_bfloat16 [default: train.precision]."
         ),
     ] = None,
-    seed: Annotated[int | None, typer.Option(help="[default: seed]")] = None,
+    seed: SeedOption = None,
     deterministic: Annotated[
         bool | None,
         typer.Option("--deterministic/--no-deterministic", help="Deterministic ops (slower)."),
@@ -80,9 +75,7 @@ def train(
         Path | None,
         typer.Option(help="Continue this run from its last.keras, with its own settings."),
     ] = None,
-    quiet: Annotated[
-        bool, typer.Option("--quiet", "-q", help="No progress display; the summary only.")
-    ] = False,
+    quiet: QuietOption = False,
     assignments: SetOption = None,
 ) -> None:
     """Train a classifier: the backbone frozen first, then the whole network at a lower rate.
@@ -106,42 +99,24 @@ def train(
         "paths.data_dir": data,
     }
     if resume is not None:
-        settings, run_dir = _resumed(ctx, resume, flags, assignments, epochs, data)
+        from mritumor.bundle import read_bundle
+
+        read_bundle(resume)  # a clear error for a folder that is not a run
+        settings = resumed_settings(
+            ctx,
+            resume,
+            flags,
+            assignments,
+            changeable=frozenset({"train.epochs", "paths.data_dir"}),
+            hint=" (only --epochs may extend it, and --data point at moved data)",
+        )
+        run_dir = resume
         created = False
     else:
         settings = resolve_settings(ctx, flags, assignments or ()).settings
         run_dir, created = _new_run(settings, name, exist_ok)
     result = _fit(settings, run_dir, resume=resume is not None, created=created, quiet=quiet)
     _report(result, failures_shown=not quiet)
-
-
-def _resumed(
-    ctx: typer.Context,
-    run_dir: Path,
-    flags: Mapping[str, Any],
-    assignments: list[str] | None,
-    epochs: int | None,
-    data: Path | None,
-) -> tuple[Settings, Path]:
-    """The run's own config.yaml; only --epochs (to extend it) and --data (moved) may change."""
-    from mritumor.bundle import CONFIG_FILE, read_bundle
-    from mritumor.errors import UsageError
-    from mritumor.settings import load_settings
-
-    changeable = {"train.epochs", "paths.data_dir"}
-    given = sorted(
-        key for key, value in flags.items() if value is not None and key not in changeable
-    )
-    if given or assignments or app_state(ctx).config_file is not None:
-        raise UsageError(
-            "--resume continues a run with the settings it started with; "
-            f"drop {', '.join(given) or '--set/--config'} "
-            "(only --epochs may extend it, and --data point at moved data)"
-        )
-    read_bundle(run_dir)
-    overrides = {"train.epochs": epochs, "paths.data_dir": data}
-    given_overrides = {key: value for key, value in overrides.items() if value is not None}
-    return load_settings(run_dir / CONFIG_FILE, given_overrides).settings, run_dir
 
 
 def _new_run(settings: Settings, name: str | None, exist_ok: bool) -> tuple[Path, bool]:

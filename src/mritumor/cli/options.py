@@ -1,0 +1,27 @@
+"""Options shared by the commands that build and train models (train, kfold)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from mritumor.cli.completion import complete_backbone
+
+BackboneOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Backbone name or alias [default: model.backbone].",
+        autocompletion=complete_backbone,
+    ),
+]
+WeightsOption = Annotated[
+    str | None,
+    typer.Option(help="imagenet, none, or a .weights.h5 file [default: model.weights]."),
+]
+BatchSizeOption = Annotated[int | None, typer.Option(min=1, help="[default: train.batch_size]")]
+ImageSizeOption = Annotated[int | None, typer.Option(help="[default: data.image_size]")]
+SeedOption = Annotated[int | None, typer.Option(help="[default: seed]")]
+QuietOption = Annotated[
+    bool, typer.Option("--quiet", "-q", help="No progress display; the summary only.")
+]
