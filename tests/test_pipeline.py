@@ -141,6 +141,26 @@ def test_training_pipeline_is_seeded_and_redraws_each_epoch(tree: Path) -> None:
     assert sorted(labels_one.argmax(1)) == sorted(labels_two.argmax(1)) == sorted(split.labels)
 
 
+def test_training_order_is_shuffled_even_without_augmentation(tree: Path) -> None:
+    """Class-sorted batches (the folder order) would train on one class at a time."""
+    split = load_split(tree, "train", CLASSES)
+    dataset = build_pipeline(split, _options(shuffle=True)).dataset
+    _, first = _collect(dataset)
+    _, second = _collect(dataset)
+    assert list(first.argmax(1)) != list(split.labels)
+    assert list(first.argmax(1)) != list(second.argmax(1))
+    assert sorted(first.argmax(1)) == sorted(split.labels)
+
+
+def test_only_training_options_shuffle() -> None:
+    from mritumor.settings import Settings
+
+    settings = Settings(augment=AugmentSettings(enabled=False))
+    assert PipelineOptions.from_settings(settings, training=True).shuffle
+    assert PipelineOptions.from_settings(settings, training=True).augment is None
+    assert not PipelineOptions.from_settings(settings, training=False).shuffle
+
+
 def test_mixup_labels_are_convex_combinations_summing_to_one(tree: Path) -> None:
     split = load_split(tree, "train", CLASSES)
     options = _options(augment=AugmentSettings(mixup_alpha=0.4))

@@ -59,6 +59,8 @@ class PipelineOptions:
     cache_dir: Path = Path(".mritumor-cache")
     augment: AugmentSettings | None = None
     """Augmentation for training; None for evaluation and inference."""
+    shuffle: bool = False
+    """Reshuffle every epoch (training); evaluation keeps the split's order."""
     use_class_weights: bool = False
     oversample: bool = False
 
@@ -75,6 +77,7 @@ class PipelineOptions:
             cache=settings.data.cache,
             cache_dir=settings.paths.cache_dir,
             augment=augment,
+            shuffle=training,
             use_class_weights=training and settings.train.use_class_weights,
             oversample=training and settings.data.oversample,
         )
@@ -124,8 +127,9 @@ def build_pipeline(split: SplitFiles, options: PipelineOptions) -> InputPipeline
 
     images = _decoded_images(paths, labels, options, failures)
     images = _cached(images, split, paths, options)
-    if options.augment is not None:
+    if options.shuffle:
         images = images.shuffle(len(paths), seed=options.seed, reshuffle_each_iteration=True)
+    if options.augment is not None:
         images = _augmented(images, options.augment, options.seed)
     batches = images.map(
         lambda image, label: (tf.cast(image, tf.float32), tf.one_hot(label, num_classes)),
