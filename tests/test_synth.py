@@ -157,6 +157,17 @@ def test_render_slice_is_a_pure_function_of_the_generator_state() -> None:
     np.testing.assert_array_equal(first[1], second[1])
 
 
+@pytest.mark.parametrize("class_name", ["glioma", "meningioma", "pituitary"])
+def test_lesion_scale_grows_the_lesion_and_leaves_the_head(class_name: str) -> None:
+    image, mask = render_slice(np.random.default_rng(4), class_name, 128)
+    larger_image, larger_mask = render_slice(
+        np.random.default_rng(4), class_name, 128, lesion_scale=2.0
+    )
+    assert larger_mask.sum() > 2.5 * mask.sum()
+    outside = ~(mask | larger_mask)
+    np.testing.assert_allclose(image[outside], larger_image[outside], atol=0.05)
+
+
 # --------------------------------------------------------------------------- safety and validation
 
 
@@ -204,6 +215,8 @@ def test_force_replaces_a_previous_run_and_keeps_other_files(tmp_path: Path) -> 
         {"png_fraction": -0.1},
         {"jpeg_quality": (90, 80)},
         {"jpeg_quality": (0, 50)},
+        {"lesion_scale": 0.1},
+        {"lesion_scale": 4.0},
     ],
 )
 def test_bad_config_is_a_value_error(overrides: dict[str, object]) -> None:

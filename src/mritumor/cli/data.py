@@ -163,6 +163,10 @@ def synth(
         int, typer.Option(min=0, help="Images per yes/no label of a shifted external domain.")
     ] = 0,
     external_name: Annotated[str, typer.Option(help="Folder name under external/.")] = "synthetic",
+    lesion_scale: Annotated[
+        float,
+        typer.Option(help="Lesion size factor, 0.25-3; above 1 makes the data easier to learn."),
+    ] = 1.0,
     seed: SeedOption = None,
     workers: Annotated[int | None, typer.Option(min=1, help="Processes [default: CPUs].")] = None,
     force: Annotated[
@@ -189,6 +193,7 @@ def synth(
             class_names=tuple(settings.data.class_names),
             external=external,
             external_name=external_name,
+            lesion_scale=lesion_scale,
         )
     except ValueError as error:
         raise UsageError(str(error)) from None

@@ -88,6 +88,8 @@ class SynthConfig:
     """Share of files saved as PNG; the rest are JPEG."""
     jpeg_quality: tuple[int, int] = (70, 95)
     """Inclusive range the JPEG quality of each file is drawn from."""
+    lesion_scale: float = 1.0
+    """Multiplies every lesion's radius: above 1 gives easier data for CPU demos and tests."""
 
     def __post_init__(self) -> None:
         # Accept any sequence (settings hold lists) but store tuples, so the config stays hashable.
@@ -109,6 +111,10 @@ class SynthConfig:
         for name in ("rgb_fraction", "png_fraction"):
             value = getattr(self, name)
             _require(0.0 <= value <= 1.0, f"{name} must be within [0, 1], got {value!r}")
+        _require(
+            0.25 <= self.lesion_scale <= 3.0,
+            f"lesion_scale must be within [0.25, 3], got {self.lesion_scale!r}",
+        )
         quality = self.jpeg_quality
         _require(
             len(quality) == 2 and 1 <= quality[0] <= quality[1] <= 100,
@@ -506,7 +512,12 @@ def _blob_level(
 
 
 def _paint_lesion(
-    rng: np.random.Generator, class_name: str, head: _Head, tissue: _Contrast, canvas: Field
+    rng: np.random.Generator,
+    class_name: str,
+    head: _Head,
+    tissue: _Contrast,
+    canvas: Field,
+    scale: float,
 ) -> Field:
     """Draw the class's lesion into ``canvas``; return its weight (zero for no_tumor).
 
@@ -516,18 +527,18 @@ def _paint_lesion(
     weight = np.zeros_like(canvas)
     if class_name != NO_TUMOR:
         painter = {GLIOMA: _glioma, MENINGIOMA: _meningioma, PITUITARY: _pituitary}[class_name]
-        window, local_weight = painter(rng, head, tissue, canvas)
+        window, local_weight = painter(rng, head, tissue, canvas, scale)
         weight[window] = local_weight
     return weight
 
 
 def _glioma(
-    rng: np.random.Generator, head: _Head, tissue: _Contrast, canvas: Field
+    rng: np.random.Generator, head: _Head, tissue: _Contrast, canvas: Field, scale: float
 ) -> tuple[Window, Field]:
     """An irregular hemispheric mass: enhancing rim, often a necrotic core, an oedema halo."""
     side = float(rng.choice([-1.0, 1.0]))
     centre = (side * rng.uniform(0.22, 0.42), rng.uniform(-0.45, 0.45) * head.brain_surface)
-    radius = rng.uniform(0.08, 0.17)
+    radius = scale * rng.uniform(0.08, 0.17)
     oedema_radius = radius * rng.uniform(1.4, 1.8)
     window = head.window(centre, oedema_radius * 1.5 + 0.1)
     local, area = head.crop(window), canvas[window]
@@ -549,12 +560,12 @@ def _glioma(
 
 
 def _meningioma(
-    rng: np.random.Generator, head: _Head, tissue: _Contrast, canvas: Field
+    rng: np.random.Generator, head: _Head, tissue: _Contrast, canvas: Field, scale: float
 ) -> tuple[Window, Field]:
     """A round homogeneous mass based on the inner table of the skull, often with a dural tail."""
     angle = rng.uniform(0.0, 2.0 * math.pi)
     direction = (math.cos(angle), math.sin(angle))
-    radius = rng.uniform(0.09, 0.18)
+    radius = scale * rng.uniform(0.09, 0.18)
     distance = head.radius_along(direction) - radius * rng.uniform(0.2, 0.7)
     centre = (direction[0] * distance, direction[1] * distance)
     window = head.window(centre, 2.3 * radius)
@@ -575,11 +586,11 @@ def _dural_tail(head: _Head, centre: Point, radius: float) -> Field:
 
 
 def _pituitary(
-    rng: np.random.Generator, head: _Head, tissue: _Contrast, canvas: Field
+    rng: np.random.Generator, head: _Head, tissue: _Contrast, canvas: Field, scale: float
 ) -> tuple[Window, Field]:
     """A small, fairly round mass on the midline, anterior of the centre; sometimes cystic."""
     centre = (rng.normal(0.0, 0.01), -rng.uniform(0.3, 0.45))
-    radius = rng.uniform(0.05, 0.08)
+    radius = scale * rng.uniform(0.05, 0.08)
     window = head.window(centre, 1.3 * radius)
     local, area = head.crop(window), canvas[window]
     mass = _inside(_blob_level(rng, local, centre, radius, 0.2), local.pixel)
@@ -598,6 +609,7 @@ def render_slice(
     class_name: str,
     size: int | tuple[int, int],
     domain: Domain = "source",
+    lesion_scale: float = 1.0,
 ) -> tuple[Image, Mask]:
     """Render one axial slice of ``class_name`` and its lesion mask.
 
@@ -615,12 +627,13 @@ def render_slice(
     _require(domain in _DOMAINS, f"domain must be one of {sorted(_DOMAINS)}, got {domain!r}")
     shape = (size, size) if isinstance(size, int) else size
     _require(min(shape) >= 8, f"size must be at least 8 pixels, got {size!r}")
+    _require(lesion_scale > 0, f"lesion_scale must be positive, got {lesion_scale!r}")
     style = _DOMAINS[domain]
     anatomy_rng, lesion_rng, scan_rng = rng.spawn(3)
     tissue = _draw_contrast(scan_rng, style)
     head = _draw_head(anatomy_rng, shape, style.rotation_deg)
     canvas = _paint_head(anatomy_rng, head, tissue)
-    lesion = _paint_lesion(lesion_rng, class_name, head, tissue, canvas)
+    lesion = _paint_lesion(lesion_rng, class_name, head, tissue, canvas, lesion_scale)
     return _acquire(scan_rng, canvas, style), lesion > 0.0
 
 
@@ -666,6 +679,7 @@ class _Job:
     domain: Domain
     style: _FileStyle
     scene_seed: np.random.SeedSequence
+    lesion_scale: float
 
     @property
     def image_path(self) -> PurePosixPath:
@@ -716,7 +730,7 @@ def _job(
     if class_name is None:
         class_name = str(style_rng.choice(TUMOUR_CLASSES))
     stem = f"{str(folder).replace('/', '_')}_{index:05d}"
-    return _Job(folder, stem, class_name, domain, style, scene_seed)
+    return _Job(folder, stem, class_name, domain, style, scene_seed, config.lesion_scale)
 
 
 def _draw_file_style(rng: np.random.Generator, config: SynthConfig) -> _FileStyle:
@@ -749,7 +763,8 @@ def _write_job(root: Path, job: _Job) -> None:
     from PIL import Image as PILImage
 
     rng = np.random.default_rng(job.scene_seed)
-    image, mask = render_slice(rng, job.class_name, (job.style.height, job.style.width), job.domain)
+    shape = (job.style.height, job.style.width)
+    image, mask = render_slice(rng, job.class_name, shape, job.domain, job.lesion_scale)
     grey = PILImage.fromarray(np.round(image * 255.0).astype(np.uint8))
     stored = grey.convert(job.style.mode)
     if job.style.format == "JPEG":
