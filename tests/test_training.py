@@ -219,7 +219,11 @@ def test_short_run_writes_the_whole_bundle(finished: Finished) -> None:
         assert len(rows) == per_class * CLASSES
         assert {row["label"] for row in rows} == set(bundle.class_names)
         assert all(Path(row["path"]).is_file() for row in rows)
-    assert sorted(p.name for p in (run_dir / "splits").iterdir()) == ["train.csv", "val.csv"]
+    assert sorted(p.name for p in (run_dir / "splits").iterdir()) == [
+        "test.csv",
+        "train.csv",
+        "val.csv",
+    ]
 
     for figure in ("acc_curve.png", "loss_curve.png"):
         assert (run_dir / "reports" / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

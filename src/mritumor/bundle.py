@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any
 from mritumor import __version__
 from mritumor.data.splits import SplitFiles
 from mritumor.errors import UsageError
-from mritumor.fsutil import atomic_write_text
+from mritumor.fsutil import atomic_write_text, json_safe
 
 if TYPE_CHECKING:
     from mritumor.settings import Settings
@@ -248,7 +248,7 @@ class Bundle:
 
     def to_json(self) -> str:
         """``bundle.json`` text: strict JSON (non-finite numbers become null), indented."""
-        return json.dumps(_finite(self.to_dict()), indent=2, allow_nan=False) + "\n"
+        return json.dumps(json_safe(self.to_dict()), indent=2, allow_nan=False) + "\n"
 
     @classmethod
     def from_dict(cls, data: Any, *, source: str = BUNDLE_FILE) -> Bundle:
@@ -957,17 +957,6 @@ def _distribution_version(name: str) -> str:
 def _json_type(value: Any) -> str:
     kinds = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
     return kinds.get(type(value), "a number")
-
-
-def _finite(value: Any) -> Any:
-    """``value`` with every non-finite float replaced by None (strict JSON has no NaN)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {key: _finite(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(item) for item in value]
-    return value
 
 
 def _history_columns(rows: Sequence[Mapping[str, object]]) -> list[str]:

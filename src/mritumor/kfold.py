@@ -54,7 +54,7 @@ from numpy.typing import NDArray
 
 from mritumor.data.splits import MANIFEST_DIR, SplitFiles, load_split
 from mritumor.errors import UsageError
-from mritumor.fsutil import atomic_write_text
+from mritumor.fsutil import atomic_write_json, atomic_write_text
 
 if TYPE_CHECKING:
     from mritumor.settings import Settings
@@ -431,7 +431,9 @@ def _fold_settings(settings: Settings, run_dir: Path, pool: Pool, fold: int) -> 
             writer.writerow((pool.paths[i].as_posix(), names[pool.labels[i]]))
         atomic_write_text(root / MANIFEST_DIR / f"{split}.csv", buffer.getvalue())
     paths = settings.paths.model_copy(update={"data_dir": root})
-    return settings.model_copy(update={"paths": paths})
+    # A fold is scored, not calibrated: all of its training part trains.
+    data = settings.data.model_copy(update={"cal_size": 0.0})
+    return settings.model_copy(update={"paths": paths, "data": data})
 
 
 def heldout_split(pool: Pool, fold: int, class_names: Sequence[str]) -> SplitFiles:
@@ -518,9 +520,9 @@ def write_summary(run_dir: Path, class_names: Sequence[str], folds: int) -> dict
         "confidence": CONFIDENCE,
         "checkpoint_selection": "inner validation part carved from each fold's training portion",
         "per_fold": {str(fold): asdict(m) for fold, m in sorted(metrics.items())},
-        "summary": {name: _finite(asdict(s)) for name, s in summary.items()},
+        "summary": {name: asdict(s) for name, s in summary.items()},
     }
-    atomic_write_text(run_dir / SUMMARY_FILE, json.dumps(payload, indent=2))
+    atomic_write_json(run_dir / SUMMARY_FILE, payload)
     if metrics:
         plot_kfold_summary(
             sorted(metrics),
@@ -532,11 +534,3 @@ def write_summary(run_dir: Path, class_names: Sequence[str], folds: int) -> dict
             run_dir / "reports" / SUMMARY_FIGURE,
         )
     return metrics
-
-
-def _finite(values: dict[str, Any]) -> dict[str, Any]:
-    """NaN (one fold: no std or interval) as JSON null."""
-    return {
-        key: None if isinstance(value, float) and not math.isfinite(value) else value
-        for key, value in values.items()
-    }

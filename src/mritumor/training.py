@@ -41,7 +41,7 @@ import keras
 
 from mritumor import bundle as bundles
 from mritumor.data.pipeline import InputPipeline, PipelineOptions, build_pipeline
-from mritumor.data.splits import SplitFiles, load_split
+from mritumor.data.splits import SplitFiles, carve_calibration_split, load_split, split_exists
 from mritumor.errors import ConfigError, MritumorError, UsageError
 from mritumor.losses import make_loss, make_optimizer
 from mritumor.model import backbone_layers, build_classifier, load_model, set_backbone_trainable
@@ -118,7 +118,8 @@ def train(
     """Train into ``run_dir`` (fresh: an empty new run directory; resume: an existing run)."""
     _check_compatible(settings)
     _configure_runtime(settings)
-    train_split, val_split = _splits(settings, run_dir, resume=resume)
+    splits = _splits(settings, run_dir, resume=resume)
+    train_split, val_split = splits[:2]
     compiled_for: StageName | None
     if resume:
         model = load_model(run_dir / bundles.LAST_FILE, compile=True)
@@ -126,7 +127,7 @@ def train(
     else:
         # Built before anything is written: a bad backbone or weights leaves no half-made run.
         model, compiled_for = build_classifier(settings), None
-        _start_run(settings, run_dir, (train_split, val_split))
+        _start_run(settings, run_dir, splits)
     book = _Bookkeeping(run_dir, settings.train.monitor, resume=resume)
     train_data = build_pipeline(train_split, PipelineOptions.from_settings(settings, training=True))
     val_data = build_pipeline(val_split, PipelineOptions.from_settings(settings, training=False))
@@ -186,15 +187,19 @@ def resolve_precision(precision: str) -> str:
     return "mixed_float16" if tf.config.list_physical_devices("GPU") else "float32"
 
 
-def _splits(settings: Settings, run_dir: Path, *, resume: bool) -> tuple[SplitFiles, SplitFiles]:
-    """Fresh runs read the data root; a resumed run reuses its persisted splits."""
+def _splits(settings: Settings, run_dir: Path, *, resume: bool) -> tuple[SplitFiles, ...]:
+    """``(train, val)``, then ``cal`` and ``test`` when there are, for the run to persist.
+
+    Fresh runs read the data root and carve ``cal`` from train when
+    ``data.cal_size`` asks for it; a resumed run reuses its persisted train and val.
+    """
     names = settings.data.class_names
+    root = settings.paths.data_dir
     if resume:
         return (
-            bundles.read_split(run_dir, "train", names, data_root=settings.paths.data_dir),
-            bundles.read_split(run_dir, "val", names, data_root=settings.paths.data_dir),
+            bundles.read_split(run_dir, "train", names, data_root=root),
+            bundles.read_split(run_dir, "val", names, data_root=root),
         )
-    root = settings.paths.data_dir
     train_split = load_split(root, "train", names)
     try:
         val_split = load_split(root, "val", names)
@@ -203,7 +208,15 @@ def _splits(settings: Settings, run_dir: Path, *, resume: bool) -> tuple[SplitFi
             f"{error}; training selects its checkpoint on a val split "
             "(`mritumor data prepare` carves one)"
         ) from None
-    return train_split, val_split
+    held_out: list[SplitFiles] = []
+    if settings.data.cal_size > 0:
+        train_split, cal_split = carve_calibration_split(
+            train_split, settings.data.cal_size, settings.seed
+        )
+        held_out.append(cal_split)
+    if split_exists(root, "test"):
+        held_out.append(load_split(root, "test", names))
+    return (train_split, val_split, *held_out)
 
 
 def _start_run(settings: Settings, run_dir: Path, splits: tuple[SplitFiles, ...]) -> None:

@@ -47,6 +47,11 @@ def load_split(root: Path, split: str, class_names: Sequence[str]) -> SplitFiles
     return _labelled(split, pairs, class_names)
 
 
+def split_exists(root: Path, split: str) -> bool:
+    """Whether ``root`` has a manifest or a folder for ``split``."""
+    return (root / MANIFEST_DIR / f"{split}.csv").is_file() or (root / split).is_dir()
+
+
 def _read_manifest(root: Path, manifest: Path) -> list[tuple[Path, str]]:
     try:
         with manifest.open(newline="", encoding="utf-8") as handle:
@@ -101,3 +106,74 @@ def _labelled(split: str, pairs: list[tuple[Path, str]], class_names: Sequence[s
         labels=tuple(index[label] for _, label in pairs),
         class_names=tuple(class_names),
     )
+
+
+def load_class_folder(folder: Path, class_names: Sequence[str]) -> SplitFiles:
+    """A labelled set given as a folder of class sub-folders (``<folder>/<class>/*``).
+
+    The split is named after the folder, e.g. ``mritumor eval --split ~/scans/site-b``.
+    """
+    if not folder.is_dir():
+        raise UsageError(
+            f"{folder} is not a folder of class sub-folders ({', '.join(class_names)})"
+        )
+    return _labelled(folder.name, _scan_split_folder(folder.parent, folder.name), class_names)
+
+
+def load_binary_folder(folder: Path) -> tuple[tuple[Path, ...], tuple[int, ...]]:
+    """A tumour / no-tumour set ``<folder>/{yes,no}/*``: paths and labels (1 = tumour).
+
+    Folder names are read as ``data prepare`` reads them (``Y``, ``normal``, ...).
+    """
+    from mritumor.data.files import TUMOUR_LABEL
+    from mritumor.data.layout import normalise_binary_label
+
+    labelled = {
+        class_dir: normalise_binary_label(class_dir.name)
+        for class_dir in (subfolders(folder) if folder.is_dir() else [])
+    }
+    pairs = [
+        (path, int(label == TUMOUR_LABEL))
+        for class_dir, label in labelled.items()
+        if label is not None
+        for path in iter_image_files(class_dir)
+    ]
+    if not pairs:
+        raise UsageError(f"{folder} has no images in yes/ and no/ sub-folders")
+    return tuple(path for path, _ in pairs), tuple(label for _, label in pairs)
+
+
+def carve_calibration_split(
+    train: SplitFiles, fraction: float, seed: int
+) -> tuple[SplitFiles, SplitFiles]:
+    """Carve a ``cal`` split from ``train``: stratified, seeded, duplicates kept together.
+
+    Temperature and threshold are then fitted on images that neither trained
+    the model nor selected its checkpoint (val does the latter). Exact and near
+    duplicates (:func:`~mritumor.data.hashing.duplicate_groups`) go whole to one side.
+    """
+    from mritumor.data.hashing import duplicate_groups, image_hashes
+    from mritumor.data.prepare import carve_splits
+
+    groups = dict(zip(train.paths, duplicate_groups(image_hashes(train.paths)), strict=True))
+    by_label = {
+        name: [
+            path for path, label in zip(train.paths, train.labels, strict=True) if label == index
+        ]
+        for index, name in enumerate(train.class_names)
+    }
+    carved = carve_splits(by_label, ("cal",), fraction, seed, groups=groups)
+    if not any(carved["cal"].values()):
+        raise UsageError(
+            f"data.cal_size={fraction} carves no image from the {len(train)} training images; "
+            "raise it, or set it to 0 to calibrate on val"
+        )
+    remaining, cal = (
+        _labelled(
+            split,
+            [(path, label) for label, paths in carved[split].items() for path in paths],
+            train.class_names,
+        )
+        for split in ("train", "cal")
+    )
+    return remaining, cal
