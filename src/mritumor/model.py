@@ -10,10 +10,12 @@ logits (and the tumour score derived from them) never round in float16.
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 from typing import Any
 
 from mritumor.environment import import_tensorflow
+from mritumor.errors import MritumorError, UsageError
 from mritumor.registry import registry
 from mritumor.settings import Settings
 
@@ -72,7 +74,18 @@ def load_model(path: Path, *, compile: bool = False) -> Any:
 
     ``compile=True`` restores the optimizer state too, for resuming training.
     """
+    if path.suffix != ".keras":
+        raise UsageError(
+            f"{path}: only .keras model files are loaded (in safe mode); "
+            ".h5 files and pickles can run code and are refused"
+        )
+    if not path.is_file():
+        raise UsageError(f"model file {path} not found")
     import_tensorflow()
     import keras
 
-    return keras.saving.load_model(path, safe_mode=True, compile=compile)
+    try:
+        return keras.saving.load_model(path, safe_mode=True, compile=compile)
+    except (ValueError, OSError, KeyError, zipfile.BadZipFile) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise MritumorError(f"cannot load {path}: {reason}") from None

@@ -196,6 +196,19 @@ class TrainSettings(Section):
         return alpha
 
 
+class EvaluationSettings(Section):
+    """What ``mritumor eval`` reports besides the metrics."""
+
+    bootstrap_samples: int = Field(
+        1000,
+        ge=0,
+        description="Bootstrap resamples for the 95% intervals of accuracy and macro-F1; 0: none.",
+    )
+    error_gallery: int = Field(
+        16, ge=0, le=100, description="Most confident mistakes shown in error_gallery.png."
+    )
+
+
 class CalibrationSettings(Section):
     """Temperature scaling and its metrics."""
 
@@ -316,6 +329,7 @@ class Settings(BaseSettings):
     augment: AugmentSettings = Field(default_factory=AugmentSettings)
     model: ModelSettings = Field(default_factory=ModelSettings)
     train: TrainSettings = Field(default_factory=TrainSettings)
+    evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
     calibration: CalibrationSettings = Field(default_factory=CalibrationSettings)
     threshold: ThresholdSettings = Field(default_factory=ThresholdSettings)
     inference: InferenceSettings = Field(default_factory=InferenceSettings)

@@ -1,0 +1,671 @@
+"""``eval``, ``calibrate`` and ``threshold``: the numbers a user puts in a paper.
+
+Each step scores one labelled set with the run's :class:`~mritumor.inference.Predictor`
+and writes its reports into the run directory; ``calibrate`` and ``threshold``
+also write what they fitted into ``bundle.json`` (never into the user's config).
+
+Which images each step uses, and why (the reference framework tuned and
+reported on the same images):
+
+* ``eval`` reports on ``test`` by default: images that neither trained the
+  model nor selected its checkpoint.
+* ``calibrate`` and ``threshold`` fit on ``cal`` when the run has one (carved
+  from train by ``data.cal_size``; nothing else ever saw it), otherwise on
+  ``val``, which also selected the checkpoint: a smaller set spent twice, but no
+  training image and no test image.
+* Every report lists in ``notes`` the ways its images were used before: scoring
+  ``val`` (it picked the checkpoint), scoring the split T or the threshold was
+  fitted on (those numbers are then optimistic), or fitting on ``test``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from mritumor import __version__
+from mritumor import bundle as bundles
+from mritumor.calibration import (
+    calibration_metrics,
+    fit_temperature,
+    reliability_bins,
+    softmax,
+    tumour_score,
+)
+from mritumor.errors import MritumorError, UsageError
+from mritumor.fsutil import atomic_write_json, atomic_write_text
+from mritumor.progress import ProgressCallback
+
+if TYPE_CHECKING:
+    from numpy.typing import NDArray
+
+    from mritumor.bundle import Bundle
+    from mritumor.inference import Predictor
+    from mritumor.settings import Settings
+
+EVAL_DIR_PREFIX = "eval-"
+CALIBRATION_DIR = "calibration"
+THRESHOLD_DIR = "threshold"
+SUMMARY_FILE = "summary.json"
+PREDICTIONS_FILE = "predictions.csv"
+REPORT_FILE = "classification_report.txt"
+CONFUSION_CSV = "confusion_matrix.csv"
+CALIBRATION_METRICS_FILE = "calibration_metrics.json"
+RELIABILITY_BEFORE_FILE = "reliability_diagram_before.png"
+THRESHOLD_FILE = "threshold_optimization.json"
+TUMOUR, NO_TUMOUR = "tumour", "no tumour"
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """Labelled images to score a run on, and how they were used before."""
+
+    name: str
+    """A split name (``test``, ``cal``, ...) or the folder the images came from."""
+    paths: tuple[Path, ...]
+    labels: NDArray[np.int64]
+    """Class indices, or 1 = tumour / 0 = no tumour when :attr:`binary`."""
+    binary: bool = False
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Scored:
+    """An :class:`EvalSet` with the logits of its readable images."""
+
+    eval_set: EvalSet
+    paths: tuple[Path, ...]
+    labels: NDArray[np.int64]
+    logits: NDArray[np.float64]
+    failures: dict[str, str]
+
+
+@dataclass(frozen=True)
+class StepReport:
+    """What a step wrote and what the terminal shows."""
+
+    report_dir: Path
+    summary: dict[str, Any]
+    notes: tuple[str, ...]
+    failures: dict[str, str] = field(default_factory=dict)
+
+
+Purpose = str  # "eval", "calibrate" or "threshold"
+
+
+# --------------------------------------------------------------------------- which images
+
+
+def default_split(run_dir: Path, purpose: Purpose) -> str:
+    """``test`` for eval; ``cal`` when the run has one, else ``val``, for fitting."""
+    if purpose == "eval":
+        return "test"
+    return "cal" if "cal" in bundles.list_splits(run_dir) else "val"
+
+
+def resolve_eval_set(
+    run_dir: Path,
+    bundle: Bundle,
+    spec: str | None,
+    data_root: Path,
+    *,
+    purpose: Purpose,
+    allow_binary: bool = False,
+) -> EvalSet:
+    """The images named by ``spec``: a split of the run, ``test`` of the data root, or a folder.
+
+    A folder holds class sub-folders, or (``allow_binary``) ``yes/`` and ``no/``.
+    """
+    from mritumor.data.splits import load_binary_folder, load_class_folder, load_split
+
+    name = spec or default_split(run_dir, purpose)
+    names = bundle.class_names
+    if name in bundles.list_splits(run_dir):
+        split = bundles.read_split(run_dir, name, names, data_root=data_root)
+    elif name == "test":
+        split = load_split(data_root, "test", names)
+    elif Path(name).expanduser().is_dir():
+        folder = Path(name).expanduser().resolve()
+        if allow_binary and _is_binary_folder(folder):
+            paths, labels = load_binary_folder(folder)
+            return EvalSet(
+                str(folder), paths, np.asarray(labels, np.int64), True, _notes(bundle, "", purpose)
+            )
+        split = load_class_folder(folder, names)
+        name = str(folder)
+    else:
+        stored = ", ".join(bundles.list_splits(run_dir)) or "none"
+        raise UsageError(
+            f"--split {name!r} is neither a split of {run_dir} (it has: {stored}), "
+            "nor test, nor an existing folder"
+        )
+    return EvalSet(
+        name, split.paths, np.asarray(split.labels, np.int64), False, _notes(bundle, name, purpose)
+    )
+
+
+def _is_binary_folder(folder: Path) -> bool:
+    from mritumor.data.files import subfolders
+    from mritumor.data.layout import normalise_binary_label
+
+    return any(normalise_binary_label(sub.name) is not None for sub in subfolders(folder))
+
+
+def _notes(bundle: Bundle, name: str, purpose: Purpose) -> tuple[str, ...]:
+    """How the images of split ``name`` were used before, as warnings for the report."""
+    notes: list[str] = []
+    if name == "train":
+        notes.append("the model was trained on these images: every number here is optimistic")
+    if name == "val":
+        notes.append(
+            f"val selected the checkpoint (best {bundle.monitor}) and stopped training early, "
+            "so numbers on it are optimistic; report test"
+        )
+    if purpose == "eval":
+        if _fitted_on(bundle.temperature_source, name):
+            notes.append(
+                "the temperature was fitted on these images: calibration metrics are optimistic"
+            )
+        if _fitted_on(bundle.threshold_info, name):
+            notes.append(
+                "the threshold was chosen on these images: sensitivity and specificity at it "
+                "are optimistic"
+            )
+    elif name == "test":
+        notes.append(
+            f"{purpose} fits on test: numbers reported on test afterwards are no longer held out"
+        )
+    return tuple(notes)
+
+
+def _fitted_on(info: dict[str, Any] | None, name: str) -> bool:
+    return bool(info) and info is not None and info.get("split") == name
+
+
+def score(
+    predictor: Predictor,
+    eval_set: EvalSet,
+    *,
+    batch_size: int,
+    progress: ProgressCallback | None = None,
+) -> Scored:
+    """Logits of every readable image of ``eval_set``; unreadable ones are reported, not fatal."""
+    result = predictor.logits(eval_set.paths, batch_size=batch_size, progress=progress)
+    if not len(result.kept):
+        raise MritumorError(
+            f"none of the {len(eval_set.paths)} images of {eval_set.name} is readable"
+        )
+    return Scored(
+        eval_set=eval_set,
+        paths=tuple(eval_set.paths[i] for i in result.kept),
+        labels=eval_set.labels[result.kept],
+        logits=result.logits,
+        failures=result.failures,
+    )
+
+
+# --------------------------------------------------------------------------- eval
+
+
+def evaluate(
+    predictor: Predictor,
+    settings: Settings,
+    spec: str | None,
+    *,
+    progress: ProgressCallback | None = None,
+) -> StepReport:
+    """Score a labelled 4-class set and write every report into ``reports/eval-<split>/``."""
+    run_dir, bundle = predictor.run_dir, predictor.bundle
+    eval_set = resolve_eval_set(run_dir, bundle, spec, settings.paths.data_dir, purpose="eval")
+    scored = score(predictor, eval_set, batch_size=settings.inference.batch_size, progress=progress)
+    report_dir = run_dir / bundles.REPORTS_DIR / f"{EVAL_DIR_PREFIX}{_folder_name(eval_set.name)}"
+    probabilities = softmax(scored.logits, bundle.temperature)
+    predicted = probabilities.argmax(axis=1)
+    summary = {
+        "run": str(run_dir),
+        **_eval_summary(bundle, scored, probabilities, predicted, settings),
+    }
+    _write_eval_tables(report_dir, bundle, scored, probabilities, predicted)
+    _write_eval_figures(report_dir, bundle, scored, probabilities, predicted, settings)
+    atomic_write_json(report_dir / SUMMARY_FILE, summary)
+    return StepReport(report_dir, summary, eval_set.notes, scored.failures)
+
+
+def _eval_summary(
+    bundle: Bundle,
+    scored: Scored,
+    probabilities: NDArray[np.float64],
+    predicted: NDArray[np.int64],
+    settings: Settings,
+) -> dict[str, Any]:
+    from mritumor.metrics import bootstrap_interval, classification_metrics, one_vs_rest_curves
+
+    names = bundle.class_names
+    labels = scored.labels
+    samples, seed = settings.evaluation.bootstrap_samples, settings.seed
+    metrics = classification_metrics(labels, predicted, names).to_dict()
+    metrics["accuracy_ci95"] = list(
+        bootstrap_interval(_accuracy, labels, predicted, n_samples=samples, seed=seed)
+    )
+    metrics["macro_f1_ci95"] = list(
+        bootstrap_interval(_macro_f1(len(names)), labels, predicted, n_samples=samples, seed=seed)
+    )
+    curves = one_vs_rest_curves(labels, probabilities, names)
+    return {
+        "split": scored.eval_set.name,
+        "n_images": len(labels),
+        "n_unreadable": len(scored.failures),
+        "classes": list(names),
+        "temperature": bundle.temperature,
+        "temperature_source": bundle.temperature_source,
+        "metrics": metrics,
+        "calibration": {
+            **calibration_metrics(probabilities, labels, settings.calibration.n_bins),
+            "n_bins": settings.calibration.n_bins,
+        },
+        "roc_auc": {curve.class_name: _finite(curve.auc) for curve in curves},
+        "average_precision": {curve.class_name: _finite(curve.ap) for curve in curves},
+        "tumour_vs_no_tumour": _binary_summary(bundle, labels, probabilities),
+        "notes": list(scored.eval_set.notes),
+        "mritumor_version": __version__,
+        "created": bundles.utc_now(),
+    }
+
+
+def _accuracy(labels: NDArray[np.int64], predicted: NDArray[np.int64]) -> float:
+    return float(np.mean(labels == predicted))
+
+
+def _macro_f1(n_classes: int) -> Callable[[NDArray[np.int64], NDArray[np.int64]], float]:
+    from mritumor.metrics import confusion_matrix
+
+    def macro_f1(labels: NDArray[np.int64], predicted: NDArray[np.int64]) -> float:
+        matrix = confusion_matrix(labels, predicted, n_classes).astype(np.float64)
+        true_positive = np.diag(matrix)
+        denominator = matrix.sum(axis=0) + matrix.sum(axis=1)
+        f1 = np.divide(
+            2 * true_positive, denominator, out=np.zeros(n_classes), where=denominator > 0
+        )
+        return float(f1.mean())
+
+    return macro_f1
+
+
+def _binary_summary(
+    bundle: Bundle, labels: NDArray[np.int64], probabilities: NDArray[np.float64]
+) -> dict[str, Any]:
+    """Tumour score AUC, and the counts at the bundle's threshold when it has one."""
+    from mritumor.metrics import roc_auc, roc_curve
+    from mritumor.threshold import confusion_at
+
+    tumour = (labels != bundle.negative_index).astype(np.int64)
+    scores = tumour_score(probabilities, bundle.negative_index)
+    summary: dict[str, Any] = {"score": f"1 - p({bundle.negative_class}) at T"}
+    if 0 < tumour.sum() < len(tumour):
+        fpr, tpr, _ = roc_curve(tumour, scores)
+        summary["auc"] = float(roc_auc(fpr, tpr))
+    if bundle.threshold is not None:
+        tp, fp, tn, fn = confusion_at(tumour, scores, bundle.threshold)
+        summary["threshold"] = bundle.threshold
+        summary["at_threshold"] = {
+            "tp": tp,
+            "fp": fp,
+            "tn": tn,
+            "fn": fn,
+            "sensitivity": _ratio(tp, tp + fn),
+            "specificity": _ratio(tn, tn + fp),
+        }
+    return summary
+
+
+def _write_eval_tables(
+    report_dir: Path,
+    bundle: Bundle,
+    scored: Scored,
+    probabilities: NDArray[np.float64],
+    predicted: NDArray[np.int64],
+) -> None:
+    from mritumor.metrics import classification_report_text, confusion_matrix
+
+    names = bundle.class_names
+    atomic_write_text(
+        report_dir / REPORT_FILE,
+        classification_report_text(scored.labels, predicted, names) + "\n",
+    )
+    matrix = confusion_matrix(scored.labels, predicted, len(names))
+    rows = [["true \\ predicted", *names]]
+    rows += [[name, *map(str, row)] for name, row in zip(names, matrix.tolist(), strict=True)]
+    atomic_write_text(report_dir / CONFUSION_CSV, _csv_text(rows))
+    atomic_write_text(
+        report_dir / PREDICTIONS_FILE, _predictions_csv(bundle, scored, probabilities, predicted)
+    )
+
+
+def _predictions_csv(
+    bundle: Bundle,
+    scored: Scored,
+    probabilities: NDArray[np.float64],
+    predicted: NDArray[np.int64],
+) -> str:
+    """path, true class, predicted class, calibrated probabilities, tumour score[, decision]."""
+    names = bundle.class_names
+    scores = tumour_score(probabilities, bundle.negative_index)
+    header = ["path", "true_class", "predicted_class", *(f"p_{name}" for name in names)]
+    header.append("tumour_score")
+    if bundle.threshold is not None:
+        header.append("decision")
+    rows: list[list[str]] = [header]
+    for path, label, guess, row, value in zip(
+        scored.paths, scored.labels, predicted, probabilities, scores, strict=True
+    ):
+        line = [path.as_posix(), names[label], names[guess], *(f"{p:.6f}" for p in row)]
+        line.append(f"{value:.6f}")
+        if bundle.threshold is not None:
+            line.append(TUMOUR if value >= bundle.threshold else NO_TUMOUR)
+        rows.append(line)
+    return _csv_text(rows)
+
+
+def _write_eval_figures(
+    report_dir: Path,
+    bundle: Bundle,
+    scored: Scored,
+    probabilities: NDArray[np.float64],
+    predicted: NDArray[np.int64],
+    settings: Settings,
+) -> None:
+    from mritumor import plots
+    from mritumor.metrics import confusion_matrix, normalise_rows, one_vs_rest_curves
+
+    names = bundle.class_names
+    matrix = confusion_matrix(scored.labels, predicted, len(names))
+    plots.plot_confusion_matrix(matrix, names, report_dir / plots.CM_FILE, normalised=False)
+    plots.plot_confusion_matrix(
+        normalise_rows(matrix), names, report_dir / plots.CM_NORM_FILE, normalised=True
+    )
+    curves = one_vs_rest_curves(scored.labels, probabilities, names)
+    plots.plot_roc_curves(curves, report_dir / plots.ROC_FILE)
+    plots.plot_pr_curves(curves, report_dir / plots.PR_FILE)
+    _write_calibration_figures(
+        report_dir, probabilities, scored.labels, settings.calibration.n_bins
+    )
+    _write_error_gallery(report_dir, bundle, scored, probabilities, predicted, settings)
+
+
+def _write_calibration_figures(
+    report_dir: Path,
+    probabilities: NDArray[np.float64],
+    labels: NDArray[np.int64],
+    n_bins: int,
+    *,
+    reliability_file: str | None = None,
+    title: str | None = None,
+    histogram: bool = True,
+) -> None:
+    from mritumor import plots
+
+    bins = reliability_bins(probabilities, labels, n_bins)
+    metrics = calibration_metrics(probabilities, labels, n_bins)
+    plots.plot_reliability_diagram(
+        bins.edges,
+        bins.counts,
+        bins.accuracy,
+        bins.confidence,
+        report_dir / (reliability_file or plots.RELIABILITY_FILE),
+        ece=metrics["ECE"],
+        mce=metrics["MCE"],
+        title=title,
+    )
+    if histogram:
+        correct = probabilities.argmax(axis=1) == labels
+        plots.plot_confidence_histogram(
+            probabilities.max(axis=1),
+            correct,
+            report_dir / plots.CONFIDENCE_HIST_FILE,
+            n_bins=n_bins,
+        )
+
+
+def _write_error_gallery(
+    report_dir: Path,
+    bundle: Bundle,
+    scored: Scored,
+    probabilities: NDArray[np.float64],
+    predicted: NDArray[np.int64],
+    settings: Settings,
+) -> None:
+    """The most confident mistakes: the images a reader should look at first."""
+    from mritumor import plots
+
+    wrong = np.flatnonzero(predicted != scored.labels)
+    confidence = probabilities.max(axis=1)
+    chosen = wrong[np.argsort(-confidence[wrong], kind="stable")][
+        : settings.evaluation.error_gallery
+    ]
+    names = bundle.class_names
+    images = [_thumbnail(scored.paths[i], bundle.channels) for i in chosen]
+    captions = [
+        f"{scored.paths[i].name}\ntrue {names[scored.labels[i]]}\n"
+        f"pred {names[predicted[i]]} {confidence[i]:.2f}"
+        for i in chosen
+    ]
+    plots.plot_error_gallery(images, captions, report_dir / plots.ERROR_GALLERY_FILE)
+
+
+def _thumbnail(path: Path, channels: int, side: int = 160) -> NDArray[np.uint8]:
+    from PIL import Image
+
+    from mritumor.data.files import read_image
+
+    image = Image.fromarray(read_image(path, channels).squeeze())
+    image.thumbnail((side, side))
+    return np.asarray(image, dtype=np.uint8)
+
+
+# --------------------------------------------------------------------------- calibrate
+
+
+def calibrate(
+    predictor: Predictor,
+    settings: Settings,
+    spec: str | None,
+    *,
+    progress: ProgressCallback | None = None,
+) -> StepReport:
+    """Fit the temperature on held-out logits; write the reports and T into bundle.json.
+
+    A threshold chosen at the old temperature no longer means what it meant, so
+    it is cleared (its report stays in ``reports/threshold/``).
+    """
+    run_dir, bundle = predictor.run_dir, predictor.bundle
+    eval_set = resolve_eval_set(run_dir, bundle, spec, settings.paths.data_dir, purpose="calibrate")
+    scored = score(predictor, eval_set, batch_size=settings.inference.batch_size, progress=progress)
+    n_bins = settings.calibration.n_bins
+    fit = fit_temperature(scored.logits, scored.labels)
+    before = calibration_metrics(softmax(scored.logits), scored.labels, n_bins)
+    calibrated = softmax(scored.logits, fit.temperature)
+    after = calibration_metrics(calibrated, scored.labels, n_bins)
+    report_dir = run_dir / bundles.REPORTS_DIR / CALIBRATION_DIR
+    notes = list(eval_set.notes)
+    if fit.at_bound:
+        notes.append(
+            f"the fitted temperature {fit.temperature:.3g} sits at the search bound: "
+            "the model's logits are far from calibrated on this set"
+        )
+    summary = {
+        **after,
+        "T": fit.temperature,
+        "n_bins": n_bins,
+        "split": eval_set.name,
+        "n_images": len(scored.labels),
+        "before": {**before, "T": 1.0},
+        "after": {**after, "T": fit.temperature},
+        "method": "NLL minimised over log T by a bounded 1-D search, run to convergence",
+        "notes": notes,
+        "created": bundles.utc_now(),
+    }
+    _write_calibration_figures(
+        report_dir,
+        softmax(scored.logits),
+        scored.labels,
+        n_bins,
+        reliability_file=RELIABILITY_BEFORE_FILE,
+        title="Before calibration (T = 1)",
+        histogram=False,
+    )
+    _write_calibration_figures(
+        report_dir,
+        calibrated,
+        scored.labels,
+        n_bins,
+        title=f"After calibration (T = {fit.temperature:.3f})",
+    )
+    atomic_write_json(report_dir / CALIBRATION_METRICS_FILE, summary)
+    changes: dict[str, Any] = {
+        "temperature": fit.temperature,
+        "temperature_source": {
+            "split": eval_set.name,
+            "n_images": len(scored.labels),
+            "nll_before": fit.nll_before,
+            "nll_after": fit.nll_after,
+            "fitted": summary["created"],
+        },
+    }
+    if bundle.threshold is not None:
+        changes.update(threshold=None, threshold_info=None)
+        notes.append(
+            f"the threshold {bundle.threshold:.4g} was chosen at T = {bundle.temperature:.4g} "
+            "and was cleared: run `mritumor threshold` again"
+        )
+    predictor.bundle = bundles.update_bundle(run_dir, **changes)
+    return StepReport(report_dir, summary, tuple(notes), scored.failures)
+
+
+# --------------------------------------------------------------------------- threshold
+
+
+def choose_operating_point(
+    predictor: Predictor,
+    settings: Settings,
+    spec: str | None,
+    *,
+    progress: ProgressCallback | None = None,
+) -> StepReport:
+    """Choose the tumour-score threshold on held-out images; write the report and the bundle.
+
+    The score is the calibrated ``1 - p(negative_class)``, exactly what
+    ``infer`` thresholds. An infeasible constraint writes the report but leaves
+    the bundle alone and raises.
+    """
+    from mritumor import plots
+    from mritumor.metrics import roc_auc, roc_curve
+    from mritumor.threshold import bootstrap_rates, choose_threshold
+
+    run_dir, bundle = predictor.run_dir, predictor.bundle
+    eval_set = resolve_eval_set(
+        run_dir, bundle, spec, settings.paths.data_dir, purpose="threshold", allow_binary=True
+    )
+    scored = score(predictor, eval_set, batch_size=settings.inference.batch_size, progress=progress)
+    tumour = (
+        scored.labels
+        if eval_set.binary
+        else (scored.labels != bundle.negative_index).astype(np.int64)
+    )
+    scores = tumour_score(softmax(scored.logits, bundle.temperature), bundle.negative_index)
+    options = settings.threshold
+    point = choose_threshold(
+        tumour,
+        scores,
+        options.strategy,
+        target_recall=options.target_recall,
+        max_fp_rate=options.max_fp_rate,
+        beta=options.beta,
+    )
+    intervals = bootstrap_rates(
+        tumour, scores, point.threshold, n_samples=options.bootstrap_samples, seed=settings.seed
+    )
+    fpr, tpr, _ = roc_curve(tumour, scores)
+    auc = float(roc_auc(fpr, tpr))
+    report_dir = run_dir / bundles.REPORTS_DIR / THRESHOLD_DIR
+    constraints = _constraints(settings)
+    summary = {
+        **point.to_dict(),
+        "constraints": constraints,
+        "ci95": {key: list(value) for key, value in intervals.items()},
+        "auc": auc,
+        "split": eval_set.name,
+        "n_images": len(tumour),
+        "n_tumour": int(tumour.sum()),
+        "temperature": bundle.temperature,
+        "score": f"1 - p({bundle.negative_class}) at T = {bundle.temperature:.4g}",
+        "notes": list(eval_set.notes),
+        "created": bundles.utc_now(),
+    }
+    atomic_write_json(report_dir / THRESHOLD_FILE, summary)
+    plots.plot_threshold_roc(
+        fpr,
+        tpr,
+        1.0 - point.specificity,
+        point.sensitivity,
+        report_dir / plots.THRESHOLD_ROC_FILE,
+        auc=auc,
+        label=(
+            f"t = {point.threshold:.3f}\nsens {point.sensitivity:.2f}, spec {point.specificity:.2f}"
+        ),
+    )
+    if not point.feasible:
+        raise MritumorError(
+            f"no threshold meets the constraint: {point.reason}; bundle.json is unchanged "
+            f"(report: {report_dir / THRESHOLD_FILE})"
+        )
+    predictor.bundle = bundles.update_bundle(
+        run_dir,
+        threshold=point.threshold,
+        threshold_info={
+            "strategy": point.strategy,
+            **constraints,
+            "split": eval_set.name,
+            "n_images": len(tumour),
+            "temperature": bundle.temperature,
+            "chosen": summary["created"],
+        },
+    )
+    return StepReport(report_dir, summary, eval_set.notes, scored.failures)
+
+
+def _constraints(settings: Settings) -> dict[str, float]:
+    options = settings.threshold
+    return {
+        "min_fpr_at_recall": {"target_recall": options.target_recall},
+        "max_recall_at_fpr": {"max_fp_rate": options.max_fp_rate},
+        "max_fbeta": {"beta": options.beta},
+        "youden": {},
+    }[options.strategy]
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _folder_name(name: str) -> str:
+    """A report folder name for a split or a folder path (its last component)."""
+    return Path(name).name or "data"
+
+
+def _ratio(numerator: int, denominator: int) -> float | None:
+    return numerator / denominator if denominator else None
+
+
+def _finite(value: float) -> float | None:
+    return float(value) if np.isfinite(value) else None
+
+
+def _csv_text(rows: Sequence[Sequence[str]]) -> str:
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerows(rows)
+    return buffer.getvalue()
