@@ -30,3 +30,37 @@ def table_names(text: str) -> list[str]:
         if len(cells) > 2 and cells[1] and cells[1] != "name":
             names.append(cells[1])
     return names
+
+
+def build_run(run_dir: Path, data_root: Path, *, dropout: float = 0.0, seed: int = 1) -> Path:
+    """A run directory as ``train`` leaves it, holding an untrained 32-px small_cnn.
+
+    Built, not trained: tests of eval, infer and friends check wiring and
+    files, and recompute the numbers themselves. TensorFlow is imported here,
+    only by the modules that use this.
+    """
+    from mritumor import bundle as bundles
+    from mritumor.data.files import CLASS_NAMES
+    from mritumor.data.splits import load_split
+    from mritumor.model import build_classifier
+    from mritumor.settings import load_settings
+
+    settings = load_settings(
+        None,
+        {
+            "model": {"backbone": "small_cnn", "weights": "none", "dropout": dropout},
+            "data": {"image_size": 32},
+            "paths": {"data_dir": data_root},
+            "seed": seed,
+        },
+    ).settings
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    run_dir.mkdir(parents=True)
+    build_classifier(settings).save(run_dir / bundles.MODEL_FILE)
+    splits = [load_split(data_root, name, CLASS_NAMES) for name in ("train", "val", "test")]
+    bundles.write_config(run_dir, settings)
+    bundles.write_splits(run_dir, data_root, splits)
+    bundles.write_bundle(run_dir, bundles.new_bundle(settings, "train"))
+    return run_dir

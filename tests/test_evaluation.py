@@ -18,15 +18,13 @@ from PIL import Image
 from sklearn.metrics import accuracy_score, cohen_kappa_score, f1_score
 from typer.testing import CliRunner
 
+from helpers import build_run
 from mritumor import bundle as bundles
 from mritumor import evaluation, plots
 from mritumor.calibration import softmax
 from mritumor.cli.main import app
 from mritumor.data.files import CLASS_NAMES
-from mritumor.data.splits import load_split
 from mritumor.data.synth import SynthConfig, write_synthetic_dataset
-from mritumor.model import build_classifier
-from mritumor.settings import load_settings
 
 WIDE = {"COLUMNS": "200"}
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -58,24 +56,7 @@ def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def built_run(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A run directory as ``train`` leaves it, with an untrained small_cnn."""
-    settings = load_settings(
-        None,
-        {
-            "model": {"backbone": "small_cnn", "weights": "none", "dropout": 0.0},
-            "data": {"image_size": 32},
-            "paths": {"data_dir": data_root},
-            "seed": 1,
-        },
-    ).settings
-    run_dir = tmp_path_factory.mktemp("runs") / "train-1"
-    run_dir.mkdir()
-    build_classifier(settings).save(run_dir / bundles.MODEL_FILE)
-    splits = [load_split(data_root, name, CLASS_NAMES) for name in ("train", "val", "test")]
-    bundles.write_config(run_dir, settings)
-    bundles.write_splits(run_dir, data_root, splits)
-    bundles.write_bundle(run_dir, bundles.new_bundle(settings, "train"))
-    return run_dir
+    return build_run(tmp_path_factory.mktemp("runs") / "train-1", data_root)
 
 
 @pytest.fixture

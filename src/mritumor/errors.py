@@ -8,6 +8,8 @@ from __future__ import annotations
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+#: Some inputs could not be read; the others were processed (``infer``).
+EXIT_PARTIAL = 3
 #: Training stopped by Ctrl-C after saving its state (the shell's 128 + SIGINT).
 EXIT_INTERRUPTED = 130
 

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -11,12 +10,11 @@ import typer
 
 from mritumor.cli.options import QuietOption
 from mritumor.cli.state import SetOption, resolve_settings
-from mritumor.cli.ui import console, err_console, progress_bar
+from mritumor.cli.ui import console, err_console, optional_progress, report_unreadable
 
 if TYPE_CHECKING:
     from mritumor.evaluation import StepReport
     from mritumor.inference import Predictor
-    from mritumor.progress import ProgressCallback
     from mritumor.settings import Settings
 
 RunOption = Annotated[
@@ -149,11 +147,11 @@ def _run_step(
         ctx, {**flags, "inference.batch_size": batch_size}, assignments or ()
     ).settings
     predictor = _predictor(settings, run)
-    with _progress(quiet) as progress:
+    with optional_progress(quiet, "Predicting") as progress:
         report = step(predictor, settings, split, progress=progress)
     for note in report.notes:
         err_console.print(f"[yellow]note:[/] {note}", soft_wrap=True, markup=True)
-    _show_failures(report.failures)
+    report_unreadable(report.failures)
     return report
 
 
@@ -163,24 +161,6 @@ def _predictor(settings: Settings, run: Path | None) -> Predictor:
 
     run_dir = run if run is not None else latest_run(settings.paths.runs_dir)
     return Predictor(run_dir)
-
-
-@contextmanager
-def _progress(quiet: bool) -> Iterator[ProgressCallback | None]:
-    if quiet:
-        yield None
-        return
-    with progress_bar("Predicting") as update:
-        yield update
-
-
-def _show_failures(failures: Mapping[str, str]) -> None:
-    if failures:
-        from rich.markup import escape
-
-        err_console.print(f"[yellow]warning:[/] {len(failures)} unreadable image(s) skipped:")
-        for path, reason in failures.items():
-            err_console.print(f"  {escape(path)}: {escape(reason)}", soft_wrap=True)
 
 
 def _number(value: Any, digits: int = 4) -> str:

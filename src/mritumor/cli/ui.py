@@ -60,6 +60,26 @@ def progress_bar(description: str) -> Iterator[ProgressCallback]:
             progress.stop()
 
 
+@contextmanager
+def optional_progress(quiet: bool, description: str) -> Iterator[ProgressCallback | None]:
+    """:func:`progress_bar`, or no callback at all with ``--quiet``."""
+    if quiet:
+        yield None
+        return
+    with progress_bar(description) as update:
+        yield update
+
+
+def report_unreadable(failures: Mapping[str, str]) -> None:
+    """List the inputs that were skipped because they could not be read."""
+    from rich.markup import escape
+
+    if failures:
+        err_console.print(f"[yellow]warning:[/] {len(failures)} unreadable image(s) skipped:")
+        for path, reason in failures.items():
+            err_console.print(f"  {escape(path)}: {escape(reason)}", soft_wrap=True)
+
+
 def print_counts(title: str, counts: Mapping[str, Mapping[str, int]]) -> None:
     """Images per split and class; external yes/no sets get a table of their own."""
     internal = {split: per for split, per in counts.items() if "/" not in split}

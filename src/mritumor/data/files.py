@@ -33,7 +33,9 @@ EXTERNAL_DIR = "external"
 TUMOUR_LABEL = "yes"
 NO_TUMOUR_LABEL = "no"
 BINARY_LABELS = (TUMOUR_LABEL, NO_TUMOUR_LABEL)
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"})
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".dcm", ".dicom"})
+"""Lower-case suffixes of image files. DICOM files are listed even without pydicom, so
+they are never skipped silently: reading one then says which extra to install."""
 
 
 class UnreadableImageError(MritumorError):
@@ -74,14 +76,19 @@ def read_image(path: Path, channels: int = 3) -> NDArray[np.uint8]:
     """Decode ``path`` to a ``(height, width, channels)`` uint8 array.
 
     Grayscale, RGB, RGBA (alpha composited on black, the MRI background),
-    palette and 16-bit images all load. Raises :class:`UnreadableImageError`
+    palette and 16-bit images all load, and DICOM files (the first frame; see
+    :mod:`mritumor.data.dicom`) with the ``dicom`` extra. Raises :class:`UnreadableImageError`
     naming the file when it cannot be decoded.
     """
     import numpy as np
     from PIL import Image, UnidentifiedImageError
 
+    from mritumor.data.dicom import is_dicom_file, read_dicom_frames
+
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels}")
+    if is_dicom_file(path):
+        return read_dicom_frames(path, channels)[0]
     try:
         with Image.open(path) as image:
             image.load()

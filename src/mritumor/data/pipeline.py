@@ -247,29 +247,38 @@ def augment_image(image: tf.Tensor, seed: tf.Tensor, augment: AugmentSettings) -
 def _random_rotation_and_zoom(
     pixels: tf.Tensor, rotation: float, zoom: float, seed: tf.Tensor
 ) -> tf.Tensor:
-    """Rotate by up to ``rotation`` of a full turn and zoom by up to ``zoom``, about the centre.
-
-    The projective transform maps each output pixel to the input pixel it samples;
-    the background outside the image is black, like an MRI's.
-    """
+    """Rotate by up to ``rotation`` of a full turn and zoom by up to ``zoom``, about the centre."""
     angle_seed, scale_seed = tf.unstack(tf.random.experimental.stateless_split(seed, num=2))
     angle = tf.random.stateless_uniform([], angle_seed, -rotation, rotation) * 2.0 * math.pi
     scale = tf.random.stateless_uniform([], scale_seed, 1.0 - zoom, 1.0 + zoom)
-    height = tf.cast(tf.shape(pixels)[0], tf.float32)
-    width = tf.cast(tf.shape(pixels)[1], tf.float32)
+    return rotate_and_zoom(pixels[tf.newaxis], angle, scale)[0]
+
+
+def rotate_and_zoom(
+    images: tf.Tensor, angle: tf.Tensor | float, scale: tf.Tensor | float
+) -> tf.Tensor:
+    """Rotate a float batch ``N x H x W x C`` by ``angle`` radians and zoom by ``scale``.
+
+    About the image centre. The projective transform maps each output pixel to
+    the input pixel it samples; the background outside the image is black,
+    like an MRI's.
+    """
+    angle = tf.cast(angle, tf.float32)
+    scale = tf.cast(scale, tf.float32)
+    height = tf.cast(tf.shape(images)[1], tf.float32)
+    width = tf.cast(tf.shape(images)[2], tf.float32)
     cx, cy = (width - 1.0) / 2.0, (height - 1.0) / 2.0
     a0, a1 = tf.cos(angle) / scale, tf.sin(angle) / scale
     b0, b1 = -tf.sin(angle) / scale, tf.cos(angle) / scale
     transform = tf.stack([a0, a1, cx - a0 * cx - a1 * cy, b0, b1, cy - b0 * cx - b1 * cy, 0.0, 0.0])
-    transformed = tf.raw_ops.ImageProjectiveTransformV3(
-        images=pixels[tf.newaxis],
+    return tf.raw_ops.ImageProjectiveTransformV3(
+        images=images,
         transforms=transform[tf.newaxis],
-        output_shape=tf.shape(pixels)[:2],
+        output_shape=tf.shape(images)[1:3],
         interpolation="BILINEAR",
         fill_mode="CONSTANT",
         fill_value=0.0,
     )
-    return transformed[0]
 
 
 def _mixed_up(batches: tf.data.Dataset, alpha: float, seed: int) -> tf.data.Dataset:

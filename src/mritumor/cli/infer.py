@@ -1,0 +1,253 @@
+"""``mritumor infer``: calibrated predictions, decision and triage for files, folders and globs."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Literal
+
+import typer
+
+from mritumor.cli.evaluate import InferenceBatchOption, RunOption
+from mritumor.cli.options import QuietOption, SeedOption
+from mritumor.cli.state import SetOption, resolve_settings
+from mritumor.cli.ui import console, err_console, optional_progress, report_unreadable
+from mritumor.errors import EXIT_PARTIAL, UsageError
+
+if TYPE_CHECKING:
+    from mritumor.inference import Predictions
+
+OutputFormat = Literal["table", "json", "jsonl", "csv"]
+
+
+def infer(
+    ctx: typer.Context,
+    paths: Annotated[
+        list[str], typer.Argument(help="Image files, folders (searched recursively) or globs.")
+    ],
+    run: RunOption = None,
+    ensemble: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="A run of an ensemble (repeat for each member) [default: inference.ensemble_members]."
+        ),
+    ] = None,
+    tta: Annotated[
+        int | None,
+        typer.Option(
+            help="Views per image: the original and N-1 flips/rotations/zooms, logits averaged [default: inference.tta_samples]."
+        ),
+    ] = None,
+    mc_dropout: Annotated[
+        int | None,
+        typer.Option(
+            help="Stochastic passes with dropout active (0: off) [default: inference.mc_dropout_samples]."
+        ),
+    ] = None,
+    threshold: Annotated[
+        float | None,
+        typer.Option(help="Decision threshold on the tumour score [default: the bundle's]."),
+    ] = None,
+    band: Annotated[
+        float | None,
+        typer.Option(
+            help="Scores this close to the threshold go to review [default: inference.triage_band]."
+        ),
+    ] = None,
+    max_disagreement: Annotated[
+        float | None,
+        typer.Option(
+            help="Ensemble score spread that sends to review [default: inference.max_disagreement]."
+        ),
+    ] = None,
+    output_format: Annotated[
+        str, typer.Option("--format", help="table, json, jsonl or csv.")
+    ] = "table",
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write the predictions to this file.")
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace an existing --output file.")
+    ] = False,
+    batch_size: InferenceBatchOption = None,
+    seed: SeedOption = None,
+    quiet: QuietOption = False,
+    assignments: SetOption = None,
+) -> None:
+    """Predict tumour type and tumour score for images, with a decision and a triage label.
+
+    Probabilities are calibrated at each run's temperature; the tumour score is
+    1 - p(no_tumor). Triage: tumour, no tumour, or review when the score is within
+    --band of the threshold or ensemble members disagree. Exit code 3 when some
+    inputs could not be read (the others are still predicted).
+    """
+    from mritumor.bundle import latest_run
+    from mritumor.inference import InferOptions, gather_inputs, load_members
+    from mritumor.inference import infer as run_inference
+
+    fmt = _output_format(output_format)
+    if output is not None and output.exists() and not force:
+        raise UsageError(f"{output} exists; pass --force to replace it")
+    settings = resolve_settings(
+        ctx,
+        {
+            "inference.ensemble_members": ensemble or None,
+            "inference.tta_samples": tta,
+            "inference.mc_dropout_samples": mc_dropout,
+            "inference.threshold": threshold,
+            "inference.triage_band": band,
+            "inference.max_disagreement": max_disagreement,
+            "inference.batch_size": batch_size,
+            "seed": seed,
+        },
+        assignments or (),
+    ).settings
+    options = settings.inference
+    runs = list(options.ensemble_members) or [run or latest_run(settings.paths.runs_dir)]
+    inputs, missing = gather_inputs(paths)
+    for spec in missing:
+        err_console.print(
+            f"[yellow]warning:[/] no image matches {spec}", soft_wrap=True, markup=True
+        )
+    if not inputs:
+        raise UsageError(f"no images found in {', '.join(paths)}")
+    members = load_members(runs)
+    with optional_progress(quiet, "Predicting") as progress:
+        predictions = run_inference(
+            members,
+            inputs,
+            InferOptions(
+                batch_size=options.batch_size,
+                tta=options.tta_samples,
+                mc_samples=options.mc_dropout_samples,
+                seed=settings.seed,
+                strategy=options.ensemble_strategy,
+                threshold=options.threshold,
+                band=options.triage_band,
+                max_disagreement=options.max_disagreement,
+            ),
+            progress=progress,
+        )
+    if predictions.threshold is None:
+        reason = "an ensemble needs --threshold" if len(members) > 1 else "the run has none"
+        err_console.print(
+            f"[yellow]note:[/] no decision or triage: {reason} (run `mritumor threshold`, "
+            "or pass --threshold)",
+            soft_wrap=True,
+        )
+    _emit(predictions, fmt, output)
+    report_unreadable(predictions.failures)
+    if predictions.failures or missing:
+        raise typer.Exit(EXIT_PARTIAL)
+
+
+def _output_format(text: str) -> OutputFormat:
+    formats: tuple[OutputFormat, ...] = ("table", "json", "jsonl", "csv")
+    for fmt in formats:
+        if text == fmt:
+            return fmt
+    raise UsageError(f"--format must be one of {', '.join(formats)}, got {text!r}")
+
+
+def _emit(predictions: Predictions, fmt: OutputFormat, output: Path | None) -> None:
+    from mritumor.fsutil import atomic_write_text
+
+    if fmt == "table":
+        if output is not None:
+            raise UsageError("--output needs --format json, jsonl or csv")
+        _print_table(predictions)
+        return
+    text = render(predictions, fmt)
+    if output is None:
+        console.out(text, end="")
+    else:
+        atomic_write_text(output, text)
+        err_console.print(
+            f"{len(predictions.labels)} prediction(s) written to {output}", soft_wrap=True
+        )
+
+
+def render(predictions: Predictions, fmt: OutputFormat) -> str:
+    """The predictions as JSON (one document), JSON lines or CSV text."""
+    from mritumor.fsutil import json_safe
+
+    records = predictions.records()
+    if fmt == "json":
+        document = {
+            "threshold": predictions.threshold,
+            "predictions": records,
+            "unreadable": predictions.failures,
+        }
+        return json.dumps(json_safe(document), indent=2) + "\n"
+    if fmt == "jsonl":
+        return "".join(json.dumps(json_safe(record)) + "\n" for record in records)
+    return _csv(predictions, records)
+
+
+def _csv(predictions: Predictions, records: list[dict[str, object]]) -> str:
+    names = predictions.class_names
+    optional = [
+        key
+        for key in ("tumour_score_std", "disagreement", "decision", "triage")
+        if records and key in records[0]
+    ]
+    header = ["path", "predicted_class", *(f"p_{n}" for n in names), "tumour_score", "entropy"]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow([*header, *optional])
+    for record in records:
+        probabilities = record["probabilities"]
+        assert isinstance(probabilities, dict)
+        writer.writerow(
+            [
+                record["path"],
+                record["predicted_class"],
+                *(f"{probabilities[n]:.6f}" for n in names),
+                f"{record['tumour_score']:.6f}",
+                f"{record['entropy']:.6f}",
+                *(_cell(record[key]) for key in optional),
+            ]
+        )
+    return buffer.getvalue()
+
+
+def _cell(value: object) -> str:
+    return f"{value:.6f}" if isinstance(value, float) else str(value)
+
+
+def _print_table(predictions: Predictions) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    title = "Predictions" + (
+        f" (threshold {predictions.threshold:.3f})" if predictions.threshold is not None else ""
+    )
+    table = Table(title=title, title_justify="left")
+    table.add_column("image", overflow="fold")
+    table.add_column("predicted")
+    table.add_column("p", justify="right")
+    table.add_column("tumour score", justify="right")
+    if predictions.score_std is not None:
+        table.add_column("± std", justify="right")
+    if predictions.disagreement is not None:
+        table.add_column("spread", justify="right")
+    if predictions.triage is not None:
+        table.add_column("triage")
+    for i, label in enumerate(predictions.labels):
+        predicted = predictions.predicted[i]
+        row = [
+            escape(label),
+            predictions.class_names[predicted],
+            f"{predictions.probabilities[i, predicted]:.3f}",
+            f"{predictions.tumour_score[i]:.3f}",
+        ]
+        if predictions.score_std is not None:
+            row.append(f"{predictions.score_std[i]:.3f}")
+        if predictions.disagreement is not None:
+            row.append(f"{predictions.disagreement[i]:.3f}")
+        if predictions.triage is not None:
+            row.append(predictions.triage[i])
+        table.add_row(*row)
+    console.print(table)
