@@ -545,3 +545,41 @@ def test_threshold_roc_marks_and_annotates_the_operating_point() -> None:
     assert isinstance(annotation, Annotation)
     assert annotation.get_text() == label
     assert annotation.xy == (0.12, 0.95)
+
+
+def gradcam_inputs() -> tuple[Any, Any, Any]:
+    heatmap = np.zeros((12, 16), dtype=np.float32)
+    heatmap[2:5, 3:7] = np.linspace(0.2, 1.0, 12).reshape(3, 4)
+    image = uint8_image(12, 16, 1)
+    blended = np.repeat(image, 3, axis=-1)
+    return image, heatmap, blended
+
+
+def test_gradcam_panel_shows_image_heat_map_and_overlay() -> None:
+    image, heatmap, blended = gradcam_inputs()
+    title = "glioma 0.93 (Grad-CAM, top_conv)"
+    figure = plots._gradcam_panel_figure(image, heatmap, blended, title=title)
+    with_images = [axes for axes in figure.axes if axes.images]
+    assert len(with_images) == 3
+    assert len(figure.axes) == 4  # and the heat map's colour bar
+    assert [axes.get_title() for axes in with_images] == ["image", "heat map", "overlay"]
+    assert not any(axes.axison for axes in with_images)
+    assert figure.get_suptitle() == title
+    grey, heat, colour = (axes.images[0] for axes in with_images)
+    assert pixel_shape(grey) == (12, 16)
+    assert grey.get_cmap().name == "gray"
+    assert pixel_shape(heat) == (12, 16)
+    assert heat.get_cmap().name == "jet"
+    assert heat.get_clim() == (0.0, 1.0)
+    assert pixel_shape(colour) == (12, 16, 3)
+    with pytest.raises(ValueError, match="2-D"):
+        plots._gradcam_panel_figure(image, heatmap[..., np.newaxis], blended, title=title)
+
+
+def test_gradcam_panel_is_a_whole_png(tmp_path: Path) -> None:
+    image, heatmap, blended = gradcam_inputs()
+    path = tmp_path / plots.GRADCAM_DIR / "glioma_0001.png"
+    assert plots.plot_gradcam_panel(image, heatmap, blended, path, title="glioma 0.93") == path
+    assert_png(path, plots.GRADCAM_FIGURE_SIZE)
+    assert plots.GRADCAM_DIR == "gradcam"
+    assert [entry.name for entry in path.parent.iterdir()] == ["glioma_0001.png"]

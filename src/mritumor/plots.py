@@ -721,3 +721,40 @@ def _annotate_point(axes: Axes, x: float, y: float, label: str) -> None:
         bbox={"boxstyle": "round", "facecolor": "white", "alpha": 0.9},
         arrowprops={"arrowstyle": "->", "color": "0.3"},
     )
+
+
+GRADCAM_DIR = "gradcam"
+GRADCAM_FIGURE_SIZE = (10.5, 3.8)
+GRADCAM_PANEL_TITLES = ("image", "heat map", "overlay")
+
+
+def plot_gradcam_panel(
+    image: ArrayLike, heatmap: ArrayLike, overlay: ArrayLike, path: Path, *, title: str
+) -> Path:
+    """Image, heat map and overlay side by side, under ``title``.
+
+    ``image`` is uint8 (H x W or H x W x 1 shown grey, or H x W x 3), ``heatmap``
+    a 2-D map in [0, 1] drawn in "jet" with a colour bar, ``overlay`` the uint8
+    H x W x 3 blend (:func:`mritumor.gradcam.overlay`). ``title`` is e.g.
+    ``"glioma 0.93 (Grad-CAM, top_conv)"``.
+    """
+    return save_figure(_gradcam_panel_figure(image, heatmap, overlay, title=title), path)
+
+
+def _gradcam_panel_figure(
+    image: ArrayLike, heatmap: ArrayLike, overlay: ArrayLike, *, title: str
+) -> Figure:
+    heat = np.asarray(heatmap, dtype=float)
+    if heat.ndim != 2:
+        raise ValueError(f"a heat map must be 2-D, not shape {heat.shape}")
+    figure = _new_figure(GRADCAM_FIGURE_SIZE)
+    image_axes, heat_axes, overlay_axes = figure.subplots(1, 3)
+    _show_image(image_axes, image)
+    drawn = heat_axes.imshow(heat, cmap="jet", vmin=0.0, vmax=1.0)
+    figure.colorbar(drawn, ax=heat_axes, fraction=0.046, pad=0.04)
+    _show_image(overlay_axes, overlay)
+    for axes, name in zip((image_axes, heat_axes, overlay_axes), GRADCAM_PANEL_TITLES, strict=True):
+        axes.set_title(name, fontsize="medium")
+        axes.set_axis_off()
+    figure.suptitle(title)
+    return figure
