@@ -259,12 +259,12 @@ def test_small_cnn_maps_survive_a_save_and_load(
     small_cnn: Any, tmp_path: Path, method: str
 ) -> None:
     layer = default_layer(small_cnn, "small_cnn")
-    assert layer == "last_conv"
+    assert layer == "block4_relu"
     images = np.concatenate([pixels(2), np.zeros((1, SIZE, SIZE, 3), np.float32)])
     before = explain(small_cnn, images, layer=layer, method=method)
     for explanation in before:
         assert_valid_map(explanation, (SIZE, SIZE))
-        assert explanation.layer == "last_conv"
+        assert explanation.layer == "block4_relu"
     small_cnn.save(tmp_path / "model.keras")
     after = explain(load_model(tmp_path / "model.keras"), images, layer=layer, method=method)
     for one, other in zip(before, after, strict=True):
@@ -297,9 +297,9 @@ def test_conv_layers_and_the_default(small_cnn: Any) -> None:
     assert names[0] == "rescale" and "image" not in names
     assert names.index("block1_conv") < names.index("last_conv") < names.index("block4_relu")
     assert not {"pool", "dropout", "logits"} & set(names)
-    assert default_layer(small_cnn) == "last_conv"  # read from the model's name
-    assert default_layer(small_cnn, "small_cnn") == "last_conv"
-    assert default_layer(small_cnn, "efficientnetb0") == "block4_relu"  # no top_conv here
+    assert default_layer(small_cnn) == "block4_relu"  # read from the model's name
+    assert default_layer(small_cnn, "small_cnn") == "block4_relu"
+    assert default_layer(small_cnn, "efficientnetb0") == "block4_relu"  # no top_activation here
     assert default_layer(small_cnn, "not_installed_plugin") == "block4_relu"
     assert conv_layer_names(corner_model()) == ["conv"]
     inputs = keras.Input((4,))
@@ -315,7 +315,7 @@ def test_an_unknown_layer_lists_conv_layers_and_the_default(small_cnn: Any) -> N
     assert "no layer 'last_cnv'" in message
     assert "did you mean 'last_conv'?" in message
     assert "'block4_relu'" in message
-    assert "the default is 'last_conv'" in message
+    assert "the default is 'block4_relu'" in message
 
 
 @pytest.mark.parametrize("layer", ["logits", "pool", "image"])
@@ -323,7 +323,7 @@ def test_a_layer_without_a_feature_map_is_refused(small_cnn: Any, layer: str) ->
     with pytest.raises(UsageError, match="Grad-CAM needs a convolutional feature map") as raised:
         explain(small_cnn, pixels(1), layer=layer)
     assert f"layer {layer!r}" in str(raised.value)
-    assert "the default is 'last_conv'" in str(raised.value)
+    assert "the default is 'block4_relu'" in str(raised.value)
 
 
 def test_bad_arguments(small_cnn: Any) -> None:

@@ -3,8 +3,13 @@
 Measured on the 2-core development machine with exactly these settings
 (seed 1): val accuracy 0.70, test accuracy 0.667 and tumour-score AUC 0.954
 after 20 epochs (about 20 s); seed 2 gave test accuracy 0.60. Chance is 0.25
-(four balanced classes) and 0.5 (AUC). The floors below leave room for
-run-to-run noise on other CPUs.
+(four balanced classes) and 0.5 (AUC).
+
+Grad-CAM (the default layer, block4_relu, explaining the true class) put its
+maximum inside the lesion mask for 0.51 of the 45 tumour test images with
+seeds 1 and 2, with 0.20 and 0.28 of the heat-map energy inside the masks;
+the masks cover 6% of the image, so chance is about 0.06 for both. The floors
+below leave room for run-to-run noise on other CPUs.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ from mritumor.data.synth import SynthConfig, write_synthetic_dataset
 
 ACCURACY_FLOOR = 0.45
 AUC_FLOOR = 0.75
+POINTING_GAME_FLOOR = 0.3
+ENERGY_FLOOR = 0.1
 TRAIN_FLAGS = (
     "--backbone", "small_cnn", "--weights", "none", "--freeze-epochs", "0",
     "--epochs", "20", "--batch-size", "16", "--image-size", "64", "--seed", "1",
@@ -31,7 +38,7 @@ TRAIN_FLAGS = (
 
 
 @pytest.mark.slow
-def test_small_cnn_beats_chance_on_synthetic_data(tmp_path: Path) -> None:
+def test_small_cnn_beats_chance_and_grad_cam_finds_the_lesions(tmp_path: Path) -> None:
     data = tmp_path / "data"
     write_synthetic_dataset(
         data,
@@ -49,3 +56,7 @@ def test_small_cnn_beats_chance_on_synthetic_data(tmp_path: Path) -> None:
     assert summary["n_images"] == 60
     assert summary["metrics"]["accuracy"] >= ACCURACY_FLOOR
     assert summary["tumour_vs_no_tumour"]["auc"] >= AUC_FLOOR
+    localisation = summary["localisation"]
+    assert localisation["images"] == 45 and localisation["layer"] == "block4_relu"
+    assert localisation["pointing_game"] >= POINTING_GAME_FLOOR
+    assert localisation["energy_inside"] >= ENERGY_FLOOR

@@ -110,11 +110,11 @@ def test_builtin_specs() -> None:
     spec = registry.get("v2b0")
     assert spec.aliases == ("efficientnetv2b0", "efficientnetv2-b0")
     assert spec.input_size == 224
-    assert spec.last_conv_layer == "top_conv"
+    assert spec.last_conv_layer == "top_activation"
     assert spec.source == BUILTIN_SOURCE
     assert spec.description == "keras.applications.EfficientNetV2B0"
     small = registry.get("small_cnn")
-    assert (small.input_size, small.last_conv_layer, small.params) == (128, "last_conv", 98_160)
+    assert (small.input_size, small.last_conv_layer, small.params) == (128, "block4_relu", 98_160)
     assert "cnn" in registry.names(include_aliases=True)
     assert "cnn" not in registry.names()
 

@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from mritumor import __version__
 from mritumor.data.splits import SplitFiles
@@ -213,6 +213,11 @@ class Bundle:
     def negative_index(self) -> int:
         """Output index of :attr:`negative_class`."""
         return self.class_names.index(self.negative_class)
+
+    @property
+    def resize_mode(self) -> Literal["plain", "pad"]:
+        """:attr:`resize` as the input pipeline's type (validated to be one of the two)."""
+        return "pad" if self.resize == "pad" else "plain"
 
     @property
     def input_shape(self) -> tuple[int, int, int]:

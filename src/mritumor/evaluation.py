@@ -231,6 +231,8 @@ def evaluate(
         "run": str(run_dir),
         **_eval_summary(bundle, scored, probabilities, predicted, settings),
     }
+    if settings.evaluation.localisation:
+        summary["localisation"] = _localisation(predictor, scored)
     _write_eval_tables(report_dir, bundle, scored, probabilities, predicted)
     _write_eval_figures(report_dir, bundle, scored, probabilities, predicted, settings)
     atomic_write_json(report_dir / SUMMARY_FILE, summary)
@@ -276,6 +278,23 @@ def _eval_summary(
         "mritumor_version": __version__,
         "created": bundles.utc_now(),
     }
+
+
+def _localisation(predictor: Predictor, scored: Scored) -> dict[str, Any] | None:
+    """Grad-CAM pointing game and energy inside the lesion mask, for tumour images with masks."""
+    from mritumor.data.synth import find_mask
+    from mritumor.explanations import localisation
+
+    negative = predictor.bundle.negative_index
+    chosen = [
+        (path, int(label), mask)
+        for path, label in zip(scored.paths, scored.labels, strict=True)
+        if label != negative and (mask := find_mask(path)) is not None
+    ]
+    if not chosen:
+        return None
+    paths, labels, masks = zip(*chosen, strict=True)
+    return localisation(predictor, paths, labels, masks).to_dict()
 
 
 def _accuracy(labels: NDArray[np.int64], predicted: NDArray[np.int64]) -> float:

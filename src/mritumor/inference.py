@@ -141,7 +141,7 @@ class Predictor:
         if mc_samples:
             self._enable_mc_dropout(seed)
         passes = max(mc_samples, 1)
-        batches, failures = self._batches(inputs, batch_size)
+        batches, failures = self.batches(inputs, batch_size)
         outputs: list[NDArray[np.float64]] = []
         positions: list[int] = []
         for index_batch, images in batches:
@@ -168,7 +168,7 @@ class Predictor:
 
     # ------------------------------------------------------------------ internals
 
-    def _batches(
+    def batches(
         self, inputs: Sequence[ImageInput], batch_size: int
     ) -> tuple[Iterator[tuple[list[int], Any]], dict[str, str]]:
         """Model-input batches with the input positions they hold, and the unreadable inputs."""
@@ -205,7 +205,7 @@ class Predictor:
         options = PipelineOptions(
             image_size=bundle.image_size,
             channels=bundle.channels,
-            resize="pad" if bundle.resize == "pad" else "plain",
+            resize=bundle.resize_mode,
             batch_size=batch_size,
             seed=0,
             cache="none",
@@ -248,8 +248,8 @@ class Predictor:
             except UnreadableImageError as error:
                 failures[item.label] = str(error)
                 continue
-            mode: Literal["plain", "pad"] = "pad" if bundle.resize == "pad" else "plain"
-            pending.append((position, resize_image(tf.constant(pixels), bundle.image_size, mode)))
+            resized = resize_image(tf.constant(pixels), bundle.image_size, bundle.resize_mode)
+            pending.append((position, resized))
             if len(pending) == batch_size:
                 yield _stacked(pending)
                 pending = []

@@ -736,7 +736,7 @@ def plot_gradcam_panel(
     ``image`` is uint8 (H x W or H x W x 1 shown grey, or H x W x 3), ``heatmap``
     a 2-D map in [0, 1] drawn in "jet" with a colour bar, ``overlay`` the uint8
     H x W x 3 blend (:func:`mritumor.gradcam.overlay`). ``title`` is e.g.
-    ``"glioma 0.93 (Grad-CAM, top_conv)"``.
+    ``"glioma 0.93 (Grad-CAM, top_activation)"``.
     """
     return save_figure(_gradcam_panel_figure(image, heatmap, overlay, title=title), path)
 

@@ -4,7 +4,7 @@ Built-in backbones and third-party ones register the same way::
 
     from mritumor.registry import register_backbone
 
-    @register_backbone("mynet", aliases=("my-net",), input_size=224, last_conv_layer="top_conv")
+    @register_backbone("mynet", aliases=("my-net",), input_size=224, last_conv_layer="top_activation")
     def build_mynet(inputs, weights):
         import keras
         ...
@@ -63,6 +63,9 @@ class BackboneSpec:
     aliases: tuple[str, ...]
     input_size: int
     last_conv_layer: str
+    """The layer Grad-CAM explains by default: the last convolutional feature map,
+    taken after its normalisation and activation (Keras's Grad-CAM example uses
+    EfficientNet's ``top_activation``)."""
     params: int | None
     """Parameters of the backbone without a classification head, if declared."""
     imagenet_weights: bool

@@ -207,6 +207,13 @@ class EvaluationSettings(Section):
     error_gallery: int = Field(
         16, ge=0, le=100, description="Most confident mistakes shown in error_gallery.png."
     )
+    localisation: bool = Field(
+        True,
+        description=(
+            "Where tumour images have lesion masks (synthetic data), report the Grad-CAM "
+            "pointing game and the heat-map energy inside the mask."
+        ),
+    )
 
 
 class CalibrationSettings(Section):

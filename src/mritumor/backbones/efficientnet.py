@@ -10,7 +10,8 @@ from typing import Any, NamedTuple
 
 from mritumor.registry import BackboneBuilder, register_backbone
 
-LAST_CONV_LAYER = "top_conv"
+#: Grad-CAM's default: the top conv's feature map after BatchNorm and activation.
+LAST_CONV_LAYER = "top_activation"
 
 
 class _Variant(NamedTuple):

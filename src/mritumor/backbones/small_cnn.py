@@ -8,13 +8,15 @@ from mritumor.registry import register_backbone
 
 FILTERS = (16, 32, 64, 128)
 LAST_CONV_LAYER = "last_conv"
+#: Grad-CAM's default: the last block's feature map after BatchNorm and ReLU.
+EXPLAINED_LAYER = f"block{len(FILTERS)}_relu"
 
 
 @register_backbone(
     "small_cnn",
     aliases=("cnn", "tiny"),
     input_size=128,
-    last_conv_layer=LAST_CONV_LAYER,
+    last_conv_layer=EXPLAINED_LAYER,
     params=98_160,
     imagenet_weights=False,
     description="Four conv blocks (16-128 filters); trains on a CPU in minutes.",

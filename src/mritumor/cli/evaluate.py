@@ -207,6 +207,14 @@ def _show_eval(report: StepReport) -> None:
                 f"{_number(at['sensitivity'])} / {_number(at['specificity'])}",
             )
         )
+    found = summary.get("localisation")
+    if found:
+        rows.append(
+            (
+                f"pointing game / energy in mask ({found['images']} tumours)",
+                f"{_number(found['pointing_game'])} / {_number(found['energy_inside'])}",
+            )
+        )
     _table(f"{summary['split']}", rows)
     console.print(f"Reports in {report.report_dir}", soft_wrap=True)
 

@@ -71,6 +71,10 @@ def infer(
     force: Annotated[
         bool, typer.Option("--force", help="Replace an existing --output file.")
     ] = False,
+    gradcam: Annotated[
+        Path | None,
+        typer.Option(help="Also write a Grad-CAM panel per image into this folder."),
+    ] = None,
     batch_size: InferenceBatchOption = None,
     seed: SeedOption = None,
     quiet: QuietOption = False,
@@ -138,6 +142,14 @@ def infer(
             soft_wrap=True,
         )
     _emit(predictions, fmt, output)
+    if gradcam is not None:
+        from mritumor.explanations import write_panels
+
+        with optional_progress(quiet, "Explaining") as progress:
+            panels = write_panels(members[0], inputs, gradcam, progress=progress)
+        err_console.print(
+            f"Grad-CAM panels ({panels.layer}, {members[0].run_dir}) in {gradcam}", soft_wrap=True
+        )
     report_unreadable(predictions.failures)
     if predictions.failures or missing:
         raise typer.Exit(EXIT_PARTIAL)

@@ -695,6 +695,19 @@ def mask_path(root: Path, image: Path) -> Path:
     return root / MASKS_DIR / image.relative_to(root).with_suffix(".png")
 
 
+def find_mask(image: Path, max_depth: int = 4) -> Path | None:
+    """The lesion mask of ``image`` in the synthetic layout, looked up from its folders.
+
+    Tries ``<ancestor>/masks/<path below the ancestor>.png`` for the nearest
+    ``max_depth`` ancestors, so masks are found wherever the dataset was moved.
+    """
+    for ancestor in list(image.parents)[:max_depth]:
+        candidate = mask_path(ancestor, image)
+        if candidate.is_file():
+            return candidate
+    return None
+
+
 def _plan(config: SynthConfig) -> list[_Job]:
     """Every image to write, with its file style and scene seed fixed up front."""
     jobs: list[_Job] = []

@@ -1,0 +1,79 @@
+"""``mritumor gradcam``: Grad-CAM / Grad-CAM++ panels for images, with a run's model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from mritumor.cli.evaluate import RunOption
+from mritumor.cli.options import QuietOption
+from mritumor.cli.state import SetOption, resolve_settings
+from mritumor.cli.ui import console, err_console, optional_progress, report_unreadable
+from mritumor.errors import EXIT_PARTIAL, UsageError
+
+
+def gradcam(
+    ctx: typer.Context,
+    paths: Annotated[
+        list[str], typer.Argument(help="Image files, folders (searched recursively) or globs.")
+    ],
+    run: RunOption = None,
+    class_name: Annotated[
+        str | None,
+        typer.Option("--class", help="Explain this class [default: each image's predicted class]."),
+    ] = None,
+    layer: Annotated[
+        str | None,
+        typer.Option(help="Conv layer to explain [default: the backbone's last conv layer]."),
+    ] = None,
+    method: Annotated[str, typer.Option(help="gradcam or gradcam++.")] = "gradcam",
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Output folder [default: <run>/reports/gradcam]."),
+    ] = None,
+    npy: Annotated[
+        bool, typer.Option("--npy", help="Also save each raw heat map as .npy.")
+    ] = False,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per gradient pass.")] = 8,
+    quiet: QuietOption = False,
+    assignments: SetOption = None,
+) -> None:
+    """Explain predictions with Grad-CAM or Grad-CAM++: image | heat map | overlay panels.
+
+    One PNG per image, titled with the class and its calibrated probability.
+    Exit code 3 when some inputs could not be read.
+    """
+    from mritumor.bundle import latest_run
+    from mritumor.explanations import write_panels
+    from mritumor.gradcam import METHODS
+    from mritumor.inference import Predictor, gather_inputs
+
+    if method not in METHODS:
+        raise UsageError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
+    settings = resolve_settings(ctx, {}, assignments or ()).settings
+    inputs, missing = gather_inputs(paths)
+    for spec in missing:
+        err_console.print(f"[yellow]warning:[/] no image matches {spec}", soft_wrap=True)
+    if not inputs:
+        raise UsageError(f"no images found in {', '.join(paths)}")
+    predictor = Predictor(run or latest_run(settings.paths.runs_dir))
+    folder = out or predictor.run_dir / "reports" / "gradcam"
+    with optional_progress(quiet, "Explaining") as progress:
+        panels = write_panels(
+            predictor,
+            inputs,
+            folder,
+            class_name=class_name,
+            layer=layer,
+            method=method,
+            save_maps=npy,
+            batch_size=batch_size,
+            progress=progress,
+        )
+    count = sum(path.suffix == ".png" for path in panels.written)
+    console.print(f"{count} panel(s) at layer {panels.layer} in {folder}", soft_wrap=True)
+    report_unreadable(panels.failures)
+    if panels.failures or missing:
+        raise typer.Exit(EXIT_PARTIAL)

@@ -1,0 +1,136 @@
+"""``mritumor gradcam``, ``infer --gradcam`` and eval's localisation on synthetic masks."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from helpers import build_run
+from mritumor.cli.main import app
+from mritumor.data.synth import SynthConfig, write_synthetic_dataset
+from mritumor.errors import EXIT_PARTIAL
+
+WIDE = {"COLUMNS": "200"}
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("gradcam data") / "data"
+    write_synthetic_dataset(
+        root, SynthConfig(train=2, val=2, test=3, image_size=40, seed=4), workers=1
+    )
+    return root
+
+
+@pytest.fixture(scope="module")
+def built_run(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_run(tmp_path_factory.mktemp("runs") / "train-1", data_root)
+
+
+@pytest.fixture
+def run_dir(built_run: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(built_run, tmp_path / "train-1"))
+
+
+def invoke(*args: str) -> object:
+    return CliRunner().invoke(app, list(args), env=WIDE)
+
+
+def test_gradcam_writes_a_panel_and_a_map_per_image(run_dir: Path, data_root: Path) -> None:
+    result = invoke(
+        "gradcam", str(data_root / "test" / "glioma"), "--run", str(run_dir), "--npy", "-q"
+    )
+    assert result.exit_code == 0, result.output
+    folder = run_dir / "reports" / "gradcam"
+    panels = sorted(folder.glob("*.png"))
+    maps = sorted(folder.glob("*.npy"))
+    assert len(panels) == len(maps) == 3
+    with Image.open(panels[0]) as panel:
+        assert panel.format == "PNG" and panel.width > 3 * panel.height / 2
+    heatmap = np.load(maps[0])
+    assert heatmap.shape == (32, 32) and heatmap.min() >= 0.0 and heatmap.max() <= 1.0
+    assert "3 panel(s) at layer block4_relu" in result.stdout
+
+
+def test_same_stems_in_different_folders_get_distinct_panels(
+    run_dir: Path, data_root: Path, tmp_path: Path
+) -> None:
+    first = sorted((data_root / "test" / "glioma").iterdir())[0]
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        shutil.copy(first, tmp_path / folder / "scan.jpg")
+    out = tmp_path / "panels out"
+    result = invoke(
+        "gradcam",
+        str(tmp_path / "a"),
+        str(tmp_path / "b"),
+        "--run",
+        str(run_dir),
+        "-o",
+        str(out),
+        "-q",
+    )
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == ["scan.png", "scan_2.png"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--class", "astrocytoma"), "not one of the model's classes"),
+        (("--layer", "logits"), "convolutional feature map"),
+        (("--layer", "block4_rleu"), "did you mean 'block4_relu'"),
+        (("--method", "cam"), "--method must be one of gradcam, gradcam++"),
+    ],
+)
+def test_bad_options_are_one_line_usage_errors(
+    run_dir: Path, data_root: Path, args: tuple[str, ...], message: str
+) -> None:
+    result = invoke("gradcam", str(data_root / "test" / "glioma"), "--run", str(run_dir), *args)
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr and "Traceback" not in result.output
+
+
+def test_a_corrupt_file_is_skipped_and_the_exit_code_says_so(
+    run_dir: Path, data_root: Path, tmp_path: Path
+) -> None:
+    folder = Path(shutil.copytree(data_root / "test" / "pituitary", tmp_path / "scans"))
+    (folder / "zero.jpg").write_bytes(b"")
+    out = tmp_path / "out"
+    result = invoke(
+        "gradcam", str(folder), "--run", str(run_dir), "-o", str(out), "--method", "gradcam++"
+    )
+    assert result.exit_code == EXIT_PARTIAL, result.output
+    assert "zero.jpg" in result.stderr
+    assert len(list(out.glob("*.png"))) == 3
+
+
+def test_infer_can_write_panels_too(run_dir: Path, data_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "cams"
+    result = invoke(
+        "infer", str(data_root / "test" / "meningioma"), "--run", str(run_dir), "--gradcam", str(out),
+        "--format", "jsonl", "-q",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert len(result.stdout.splitlines()) == 3
+    assert len(list(out.glob("*.png"))) == 3
+
+
+def test_eval_reports_localisation_where_lesion_masks_exist(run_dir: Path, data_root: Path) -> None:
+    result = invoke("eval", "--run", str(run_dir), "--set", "evaluation.bootstrap_samples=0", "-q")
+    assert result.exit_code == 0, result.output
+    summary = json.loads((run_dir / "reports" / "eval-test" / "summary.json").read_text())
+    found = summary["localisation"]
+    assert found["images"] == 9  # the tumour images of test; no_tumor has no lesion
+    assert 0.0 <= found["pointing_game"] <= 1.0 and 0.0 <= found["energy_inside"] <= 1.0
+    assert "pointing game" in result.stdout
+    off = invoke("eval", "--run", str(run_dir), "--set", "evaluation.localisation=false", "-q")
+    assert off.exit_code == 0
+    summary = json.loads((run_dir / "reports" / "eval-test" / "summary.json").read_text())
+    assert "localisation" not in summary
