@@ -420,7 +420,7 @@ def test_resume_after_ctrl_c_finishes_without_repeating_epochs(resumed: Resumed)
 
 def test_second_ctrl_c_quits_at_once_and_handlers_are_restored() -> None:
     before = signal.getsignal(signal.SIGINT)
-    with training._stop_on_sigint() as stop_requested:
+    with training.stop_on_sigint() as stop_requested:
         assert not stop_requested()
         signal.raise_signal(signal.SIGINT)
         assert stop_requested()
@@ -436,7 +436,7 @@ def test_stop_on_sigint_outside_the_main_thread_installs_nothing() -> None:
 
     def worker() -> None:
         try:
-            with training._stop_on_sigint() as stop_requested:
+            with training.stop_on_sigint() as stop_requested:
                 outcome.append(stop_requested())
         except Exception as error:  # reported below
             outcome.append(error)

@@ -103,10 +103,12 @@ Purpose = str  # "eval", "calibrate" or "threshold"
 
 
 def default_split(run_dir: Path, purpose: Purpose) -> str:
-    """``test`` for eval; ``cal`` when the run has one, else ``val``, for fitting."""
+    """``test`` for eval. For fitting: ``ext_val`` in a finetune run (the adapted model is
+    used on the external domain), else ``cal`` when the run has one, else ``val``."""
     if purpose == "eval":
         return "test"
-    return "cal" if "cal" in bundles.list_splits(run_dir) else "val"
+    stored = bundles.list_splits(run_dir)
+    return next(name for name in ("ext_val", "cal", "val") if name in stored or name == "val")
 
 
 def resolve_eval_set(
@@ -122,10 +124,20 @@ def resolve_eval_set(
 
     A folder holds class sub-folders, or (``allow_binary``) ``yes/`` and ``no/``.
     """
-    from mritumor.data.splits import load_binary_folder, load_class_folder, load_split
+    from mritumor.data.splits import (
+        BINARY_CLASSES,
+        EXTERNAL_SPLITS,
+        load_binary_folder,
+        load_class_folder,
+        load_split,
+    )
 
     name = spec or default_split(run_dir, purpose)
     names = bundle.class_names
+    if name in EXTERNAL_SPLITS and name in bundles.list_splits(run_dir):
+        split = bundles.read_split(run_dir, name, BINARY_CLASSES)
+        binary = np.asarray(split.labels, np.int64)
+        return EvalSet(name, split.paths, binary, True, _notes(bundle, name, purpose))
     if name in bundles.list_splits(run_dir):
         split = bundles.read_split(run_dir, name, names, data_root=data_root)
     elif name == "test":
@@ -220,11 +232,21 @@ def evaluate(
     *,
     progress: ProgressCallback | None = None,
 ) -> StepReport:
-    """Score a labelled 4-class set and write every report into ``reports/eval-<split>/``."""
+    """Score a labelled set and write every report into ``reports/eval-<split>/``.
+
+    A 4-class set gets the full report; a yes/no set (``--external DIR``, or a
+    finetune run's ``ext_*`` splits) the binary one: tumour-score AUC and ROC,
+    and the counts at the bundle's threshold.
+    """
     run_dir, bundle = predictor.run_dir, predictor.bundle
-    eval_set = resolve_eval_set(run_dir, bundle, spec, settings.paths.data_dir, purpose="eval")
+    eval_set = resolve_eval_set(
+        run_dir, bundle, spec, settings.paths.data_dir, purpose="eval", allow_binary=True
+    )
     scored = score(predictor, eval_set, batch_size=settings.inference.batch_size, progress=progress)
     report_dir = run_dir / bundles.REPORTS_DIR / f"{EVAL_DIR_PREFIX}{_folder_name(eval_set.name)}"
+    if eval_set.binary:
+        summary = _binary_report(report_dir, bundle, scored, settings)
+        return StepReport(report_dir, summary, eval_set.notes, scored.failures)
     probabilities = softmax(scored.logits, bundle.temperature)
     predicted = probabilities.argmax(axis=1)
     summary = {
@@ -237,6 +259,71 @@ def evaluate(
     _write_eval_figures(report_dir, bundle, scored, probabilities, predicted, settings)
     atomic_write_json(report_dir / SUMMARY_FILE, summary)
     return StepReport(report_dir, summary, eval_set.notes, scored.failures)
+
+
+def _binary_report(
+    report_dir: Path, bundle: Bundle, scored: Scored, settings: Settings
+) -> dict[str, Any]:
+    """A yes/no set: tumour-score AUC, ROC, counts and rates at the bundle's threshold."""
+    from mritumor import plots
+    from mritumor.metrics import roc_auc, roc_curve
+    from mritumor.threshold import bootstrap_rates, confusion_at
+
+    tumour = scored.labels
+    scores = tumour_score(softmax(scored.logits, bundle.temperature), bundle.negative_index)
+    fpr, tpr, _ = roc_curve(tumour, scores)
+    auc = float(roc_auc(fpr, tpr))
+    summary: dict[str, Any] = {
+        "split": scored.eval_set.name,
+        "binary": True,
+        "n_images": len(tumour),
+        "n_tumour": int(tumour.sum()),
+        "n_unreadable": len(scored.failures),
+        "temperature": bundle.temperature,
+        "score": f"1 - p({bundle.negative_class}) at T",
+        "auc": auc,
+        "threshold": bundle.threshold,
+        "notes": list(scored.eval_set.notes),
+        "mritumor_version": __version__,
+        "created": bundles.utc_now(),
+    }
+    point: tuple[float, float] | None = None
+    if bundle.threshold is not None:
+        tp, fp, tn, fn = confusion_at(tumour, scores, bundle.threshold)
+        intervals = bootstrap_rates(
+            tumour,
+            scores,
+            bundle.threshold,
+            n_samples=settings.evaluation.bootstrap_samples,
+            seed=settings.seed,
+        )
+        sensitivity, specificity = _ratio(tp, tp + fn), _ratio(tn, tn + fp)
+        summary["at_threshold"] = {
+            "tp": tp,
+            "fp": fp,
+            "tn": tn,
+            "fn": fn,
+            "sensitivity": sensitivity,
+            "specificity": specificity,
+            "ci95": {key: list(value) for key, value in intervals.items()},
+        }
+        point = (1.0 - (specificity or 0.0), sensitivity or 0.0)
+    rows = [["path", "tumour", "tumour_score"]]
+    rows += [
+        [path.as_posix(), str(int(label)), f"{value:.6f}"]
+        for path, label, value in zip(scored.paths, tumour, scores, strict=True)
+    ]
+    atomic_write_text(report_dir / PREDICTIONS_FILE, _csv_text(rows))
+    plots.plot_threshold_roc(
+        fpr,
+        tpr,
+        *(point or (float("nan"), float("nan"))),
+        report_dir / plots.THRESHOLD_ROC_FILE,
+        auc=auc,
+        label="" if point is None else f"t = {bundle.threshold:.3f}",
+    )
+    atomic_write_json(report_dir / SUMMARY_FILE, summary)
+    return summary
 
 
 def _eval_summary(

@@ -758,3 +758,54 @@ def _gradcam_panel_figure(
         axes.set_axis_off()
     figure.suptitle(title)
     return figure
+
+
+FINETUNE_METRICS = (
+    ("ext_holdout", "sensitivity", "sensitivity\n(ext. holdout)"),
+    ("ext_holdout", "specificity", "specificity\n(ext. holdout)"),
+    ("ext_holdout", "auc", "AUC\n(ext. holdout)"),
+    ("test", "accuracy", "accuracy\n(4-class test)"),
+    ("test", "macro_f1", "macro-F1\n(4-class test)"),
+)
+
+
+def plot_finetune_comparison(report: Mapping[str, Any], path: Path) -> Path:
+    """Before and after fine-tuning, side by side, with 95% intervals where there are some.
+
+    ``report`` is ``finetune_report.json``: ``before`` and ``after`` each hold
+    ``ext_holdout`` (sensitivity, specificity, auc, ci95) and optionally ``test``.
+    """
+    return save_figure(_finetune_comparison_figure(report), path)
+
+
+def _finetune_comparison_figure(report: Mapping[str, Any]) -> Figure:
+    shown = [m for m in FINETUNE_METRICS if m[0] in report["before"] and m[0] in report["after"]]
+    figure = _new_figure()
+    axes = figure.subplots()
+    width = 0.38
+    for offset, (when, colour) in enumerate((("before", _TRAIN_COLOUR), ("after", _VAL_COLOUR))):
+        values, errors = [], []
+        for part, key, _ in shown:
+            value = float(report[when][part][key])
+            low, high = report[when][part].get("ci95", {}).get(key, (None, None))
+            values.append(value)
+            errors.append((_spread(value, low), _spread(high, value)))
+        positions = [i + (offset - 0.5) * width for i in range(len(shown))]
+        axes.bar(
+            positions, values, width, color=colour, label=when,
+            yerr=np.asarray(errors).T if errors else None, capsize=3,
+        )  # fmt: skip
+        for x, value in zip(positions, values, strict=True):
+            axes.text(x, value + 0.02, f"{value:.2f}", ha="center", fontsize=7)
+    axes.set_xticks(range(len(shown)), [label for _, _, label in shown], fontsize=8)
+    axes.set_ylim(0.0, 1.12)
+    axes.set_title("Before and after fine-tuning")
+    axes.legend(loc="lower right")
+    return figure
+
+
+def _spread(upper: Any, lower: Any) -> float:
+    """``upper - lower`` for an error bar; 0 where an interval end is missing or not finite."""
+    if upper is None or lower is None or not math.isfinite(float(upper) - float(lower)):
+        return 0.0
+    return max(float(upper) - float(lower), 0.0)

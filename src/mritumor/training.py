@@ -117,7 +117,7 @@ def train(
 ) -> TrainResult:
     """Train into ``run_dir`` (fresh: an empty new run directory; resume: an existing run)."""
     _check_compatible(settings)
-    _configure_runtime(settings)
+    configure_runtime(settings)
     splits = _splits(settings, run_dir, resume=resume)
     train_split, val_split = splits[:2]
     compiled_for: StageName | None
@@ -128,11 +128,11 @@ def train(
         # Built before anything is written: a bad backbone or weights leaves no half-made run.
         model, compiled_for = build_classifier(settings), None
         _start_run(settings, run_dir, splits)
-    book = _Bookkeeping(run_dir, settings.train.monitor, resume=resume)
+    book = Bookkeeping(run_dir, settings.train.monitor, resume=resume)
     train_data = build_pipeline(train_split, PipelineOptions.from_settings(settings, training=True))
     val_data = build_pipeline(val_split, PipelineOptions.from_settings(settings, training=False))
     interrupted = False
-    with _stop_on_sigint() as stop_requested:
+    with stop_on_sigint() as stop_requested:
         run = _Run(settings, train_data, val_data, book, stop_requested, observer)
         try:
             for stage in _remaining_stages(settings.train, book):
@@ -145,7 +145,7 @@ def train(
         except TrainingInterruptedError:
             interrupted = True
             book.save_last(model)
-    _write_curves(run_dir, book)
+    write_curves(run_dir, book)
     return TrainResult(
         run_dir=run_dir,
         epochs_completed=len(book.history),
@@ -173,7 +173,7 @@ def _check_compatible(settings: Settings) -> None:
         )
 
 
-def _configure_runtime(settings: Settings) -> None:
+def configure_runtime(settings: Settings) -> None:
     keras.utils.set_random_seed(settings.seed)
     if settings.train.deterministic:
         tf.config.experimental.enable_op_determinism()
@@ -239,7 +239,7 @@ def _stage_of(model: Any) -> StageName:
     return "full" if any(layer.trainable for layer in backbone_layers(model)) else "frozen"
 
 
-def _remaining_stages(train: TrainSettings, book: _Bookkeeping) -> Iterator[Stage]:
+def _remaining_stages(train: TrainSettings, book: Bookkeeping) -> Iterator[Stage]:
     """The stages still to run, each starting at the first epoch not yet completed.
 
     Evaluated lazily, so a frozen stage that stopped early hands over to the
@@ -273,7 +273,7 @@ class _Run:
     settings: Settings
     train_data: InputPipeline
     val_data: InputPipeline
-    book: _Bookkeeping
+    book: Bookkeeping
     stop_requested: Callable[[], bool]
     observer: TrainingObserver | None
 
@@ -284,12 +284,7 @@ def _run_stage(stage: Stage, model: Any, run: _Run) -> None:
     book.begin_stage(stage)
     if observer is not None:
         observer.on_stage_begin(stage, settings.train.epochs)
-    with warnings.catch_warnings():
-        # Validation data of unknown length (failed images are filtered out) ends with
-        # an expected end-of-data, which Keras reports as if it were a mistake.
-        warnings.filterwarnings(
-            "ignore", message="Your input ran out of data", category=UserWarning
-        )
+    with expected_end_of_data():
         model.fit(
             # Repeated with a fixed number of steps: Keras counts one optimizer step too
             # many per epoch on a dataset of unknown length, which moves the schedule.
@@ -304,12 +299,26 @@ def _run_stage(stage: Stage, model: Any, run: _Run) -> None:
         )
 
 
+@contextmanager
+def expected_end_of_data() -> Iterator[None]:
+    """Hide Keras's warning at the end of validation data of unknown length.
+
+    Failed images are filtered out of a dataset, so its length is unknown and it
+    ends with an end-of-data that Keras reports as if it were a mistake.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message="Your input ran out of data", category=UserWarning
+        )
+        yield
+
+
 def _callbacks(run: _Run) -> list[Any]:
     settings, book, observer = run.settings, run.book, run.observer
-    callbacks: list[Any] = [_StopOnRequest(run.stop_requested), _EpochEnd(book)]
+    callbacks: list[Any] = [StopOnRequest(run.stop_requested), EpochEnd(book)]
     patience = settings.train.early_stopping_patience
     if patience:
-        callbacks.append(_early_stopping(settings.train.monitor, patience, book))
+        callbacks.append(early_stopping(settings.train.monitor, patience, book))
     if settings.train.reduce_lr_on_plateau:
         callbacks.append(
             keras.callbacks.ReduceLROnPlateau(
@@ -320,7 +329,9 @@ def _callbacks(run: _Run) -> list[Any]:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(book.run_dir / "tensorboard")))
     if observer is not None:
         callbacks.append(
-            _Observe(observer, settings.train.batch_size, run.train_data, run.val_data, book)
+            ObserverCallback(
+                observer, settings.train.batch_size, run.train_data, run.val_data, book
+            )
         )
     return callbacks
 
@@ -329,7 +340,7 @@ def _mode(monitor: str) -> Literal["min", "max"]:
     return "min" if monitor.endswith("loss") else "max"
 
 
-class _Bookkeeping:
+class Bookkeeping:
     """Checkpoints, history and bundle updates: the state that makes a run resumable."""
 
     def __init__(self, run_dir: Path, monitor: str, *, resume: bool) -> None:
@@ -403,7 +414,7 @@ def _current_lr(model: Any) -> float:
     return float(rate.numpy() if hasattr(rate, "numpy") else rate)
 
 
-def _early_stopping(monitor: str, patience: int, book: _Bookkeeping) -> Any:
+def early_stopping(monitor: str, patience: int, book: Bookkeeping) -> Any:
     class _EarlyStopping(keras.callbacks.EarlyStopping):  # type: ignore[misc]
         def on_train_end(self, logs: Mapping[str, float] | None = None) -> None:
             super().on_train_end(logs)
@@ -412,8 +423,8 @@ def _early_stopping(monitor: str, patience: int, book: _Bookkeeping) -> Any:
     return _EarlyStopping(monitor=monitor, patience=patience, mode=_mode(monitor))
 
 
-class _EpochEnd(keras.callbacks.Callback):  # type: ignore[misc]
-    def __init__(self, book: _Bookkeeping) -> None:
+class EpochEnd(keras.callbacks.Callback):  # type: ignore[misc]
+    def __init__(self, book: Bookkeeping) -> None:
         super().__init__()
         self.book = book
 
@@ -421,7 +432,7 @@ class _EpochEnd(keras.callbacks.Callback):  # type: ignore[misc]
         self.book.end_epoch(self.model, epoch, dict(logs or {}))
 
 
-class _StopOnRequest(keras.callbacks.Callback):  # type: ignore[misc]
+class StopOnRequest(keras.callbacks.Callback):  # type: ignore[misc]
     def __init__(self, stop_requested: Callable[[], bool]) -> None:
         super().__init__()
         self.stop_requested = stop_requested
@@ -431,7 +442,7 @@ class _StopOnRequest(keras.callbacks.Callback):  # type: ignore[misc]
             raise TrainingInterruptedError("training interrupted")
 
 
-class _Observe(keras.callbacks.Callback):  # type: ignore[misc]
+class ObserverCallback(keras.callbacks.Callback):  # type: ignore[misc]
     """Forwards Keras events to the observer, with images per second."""
 
     def __init__(
@@ -440,7 +451,7 @@ class _Observe(keras.callbacks.Callback):  # type: ignore[misc]
         batch_size: int,
         data: InputPipeline,
         val_data: InputPipeline,
-        book: _Bookkeeping,
+        book: Bookkeeping,
     ) -> None:
         super().__init__()
         self.book = book
@@ -470,7 +481,7 @@ class _Observe(keras.callbacks.Callback):  # type: ignore[misc]
 
 
 @contextmanager
-def _stop_on_sigint() -> Iterator[Callable[[], bool]]:
+def stop_on_sigint() -> Iterator[Callable[[], bool]]:
     """A first Ctrl-C asks training to stop after the batch; a second one quits at once.
 
     Python lets only the main thread install signal handlers; training started
@@ -493,7 +504,7 @@ def _stop_on_sigint() -> Iterator[Callable[[], bool]]:
         signal.signal(signal.SIGINT, previous)
 
 
-def _write_curves(run_dir: Path, book: _Bookkeeping) -> None:
+def write_curves(run_dir: Path, book: Bookkeeping) -> None:
     from mritumor.plots import plot_training_curves
 
     if book.history:

@@ -40,6 +40,10 @@ def evaluate(
             help="test, another split of the run, or a folder of class sub-folders [default: test]."
         ),
     ] = None,
+    external: Annotated[
+        Path | None,
+        typer.Option(help="Evaluate on an external yes/no folder instead (tumour score, ROC)."),
+    ] = None,
     batch_size: InferenceBatchOption = None,
     quiet: QuietOption = False,
     assignments: SetOption = None,
@@ -49,8 +53,18 @@ def evaluate(
     Writes reports/eval-<split>/: summary.json, classification_report.txt,
     confusion_matrix.csv, predictions.csv, cm.png, cm_norm.png, roc_curves.png,
     pr_curves.png, reliability_diagram.png, confidence_hist.png, error_gallery.png.
+    A yes/no set (--external, or a finetune run's ext_* splits) gets the tumour-score
+    AUC, threshold_roc.png and the counts at the run's threshold.
     """
+    from mritumor.errors import UsageError
     from mritumor.evaluation import evaluate as evaluate_run
+
+    if external is not None:
+        if split is not None:
+            raise UsageError("give --split or --external, not both")
+        if not external.is_dir():
+            raise UsageError(f"--external {external} is not a folder")
+        split = str(external)
 
     report = _run_step(ctx, evaluate_run, run, split, batch_size, quiet, assignments, {})
     _show_eval(report)
@@ -186,6 +200,9 @@ def _table(title: str, rows: list[tuple[str, str]]) -> None:
 
 def _show_eval(report: StepReport) -> None:
     summary = report.summary
+    if summary.get("binary"):
+        _show_binary(report)
+        return
     metrics, calibration = summary["metrics"], summary["calibration"]
     binary = summary["tumour_vs_no_tumour"]
     rows = [
@@ -216,6 +233,25 @@ def _show_eval(report: StepReport) -> None:
             )
         )
     _table(f"{summary['split']}", rows)
+    console.print(f"Reports in {report.report_dir}", soft_wrap=True)
+
+
+def _show_binary(report: StepReport) -> None:
+    summary = report.summary
+    rows = [
+        ("images (tumour)", f"{summary['n_images']} ({summary['n_tumour']})"),
+        (f"tumour AUC (T = {summary['temperature']:.3f})", _number(summary["auc"])),
+    ]
+    at = summary.get("at_threshold")
+    if at:
+        ci = at["ci95"]
+        rows += [
+            ("threshold", _number(summary["threshold"])),
+            ("sensitivity [95% CI]", _interval(at["sensitivity"], ci.get("sensitivity"))),
+            ("specificity [95% CI]", _interval(at["specificity"], ci.get("specificity"))),
+            ("TP / FP / TN / FN", "{tp} / {fp} / {tn} / {fn}".format(**at)),
+        ]
+    _table(f"{summary['split']} (tumour vs no tumour)", rows)
     console.print(f"Reports in {report.report_dir}", soft_wrap=True)
 
 

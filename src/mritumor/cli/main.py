@@ -12,7 +12,17 @@ from rich.markup import escape
 from typer.core import TyperGroup
 
 from mritumor import __version__
-from mritumor.cli import backbones, config, data, evaluate, explain, infer, kfold, train
+from mritumor.cli import (
+    backbones,
+    config,
+    data,
+    evaluate,
+    explain,
+    finetune,
+    infer,
+    kfold,
+    train,
+)
 from mritumor.cli.state import AppState
 from mritumor.cli.ui import err_console
 from mritumor.environment import CONFIG_ENV_VAR, DEBUG_ENV_VAR, configure
@@ -55,6 +65,7 @@ app.command("calibrate")(evaluate.calibrate)
 app.command("threshold")(evaluate.threshold)
 app.command("infer")(infer.infer)
 app.command("gradcam")(explain.gradcam)
+app.command("finetune")(finetune.finetune)
 app.add_typer(config.app, name="config")
 app.add_typer(backbones.app, name="backbones")
 

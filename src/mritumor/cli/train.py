@@ -114,17 +114,19 @@ def train(
         created = False
     else:
         settings = resolve_settings(ctx, flags, assignments or ()).settings
-        run_dir, created = _new_run(settings, name, exist_ok)
+        run_dir, created = create_run_dir(settings, name, exist_ok)
     result = _fit(settings, run_dir, resume=resume is not None, created=created, quiet=quiet)
     _report(result, failures_shown=not quiet)
 
 
-def _new_run(settings: Settings, name: str | None, exist_ok: bool) -> tuple[Path, bool]:
+def create_run_dir(
+    settings: Settings, name: str | None, exist_ok: bool, command: str = "train"
+) -> tuple[Path, bool]:
     """The run directory, and whether this call created it (so only then may it go again)."""
     from mritumor.bundle import new_run_dir
 
     existed = name is not None and (settings.paths.runs_dir / name).exists()
-    run_dir = new_run_dir(settings.paths.runs_dir, "train", name=name, exist_ok=exist_ok)
+    run_dir = new_run_dir(settings.paths.runs_dir, command, name=name, exist_ok=exist_ok)
     return run_dir, not existed
 
 
@@ -133,12 +135,12 @@ def _fit(
 ) -> TrainResult:
     from mritumor.training import train as train_model
 
-    with _removed_unless_started(run_dir, keep=not created), _observer(quiet) as observer:
+    with removed_unless_started(run_dir, keep=not created), training_observer(quiet) as observer:
         return train_model(settings, run_dir, resume=resume, observer=observer)
 
 
 @contextmanager
-def _removed_unless_started(run_dir: Path, *, keep: bool) -> Iterator[None]:
+def removed_unless_started(run_dir: Path, *, keep: bool) -> Iterator[None]:
     """A run directory this command created is removed again if it failed before its bundle.
 
     A directory the user already had (``--name X --exist-ok``) is never removed.
@@ -156,7 +158,7 @@ def _removed_unless_started(run_dir: Path, *, keep: bool) -> Iterator[None]:
 
 
 @contextmanager
-def _observer(quiet: bool) -> Iterator[Any]:
+def training_observer(quiet: bool) -> Iterator[Any]:
     if quiet:
         yield None
         return

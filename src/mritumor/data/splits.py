@@ -18,6 +18,10 @@ from mritumor.data.files import iter_image_files, subfolders
 from mritumor.errors import UsageError
 
 MANIFEST_DIR = "manifests"
+#: Class names of binary (external yes/no) splits: label 1 is tumour.
+BINARY_CLASSES = ("no", "yes")
+#: The splits ``finetune`` carves from an external yes/no set.
+EXTERNAL_SPLITS = ("ext_train", "ext_val", "ext_holdout")
 
 
 @dataclass(frozen=True)
