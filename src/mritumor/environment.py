@@ -6,6 +6,7 @@ this on every start, including ``--help`` and shell completion.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from typing import Any
@@ -59,4 +60,7 @@ def import_tensorflow() -> Any:
         os.dup2(saved, 2)
         os.close(saved)
         os.close(devnull)
+    # Python-side warnings too (e.g. "triggered tf.function retracing" when a last,
+    # smaller batch is predicted): advice for TensorFlow developers, not for users.
+    tensorflow.get_logger().setLevel(logging.ERROR)
     return tensorflow

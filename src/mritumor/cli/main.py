@@ -21,6 +21,7 @@ from mritumor.cli import (
     finetune,
     infer,
     kfold,
+    pipeline,
     train,
 )
 from mritumor.cli.state import AppState
@@ -66,6 +67,8 @@ app.command("threshold")(evaluate.threshold)
 app.command("infer")(infer.infer)
 app.command("gradcam")(explain.gradcam)
 app.command("finetune")(finetune.finetune)
+app.command("pipeline")(pipeline.pipeline)
+app.command("demo")(pipeline.demo)
 app.add_typer(config.app, name="config")
 app.add_typer(backbones.app, name="backbones")
 
