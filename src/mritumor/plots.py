@@ -795,8 +795,8 @@ def _finetune_comparison_figure(report: Mapping[str, Any]) -> Figure:
             positions, values, width, color=colour, label=when,
             yerr=np.asarray(errors).T if errors else None, capsize=3,
         )  # fmt: skip
-        for x, value in zip(positions, values, strict=True):
-            axes.text(x, value + 0.02, f"{value:.2f}", ha="center", fontsize=7)
+        for x, value, (_, above) in zip(positions, values, errors, strict=True):
+            axes.text(x, value + above + 0.015, f"{value:.2f}", ha="center", fontsize=7)
     axes.set_xticks(range(len(shown)), [label for _, _, label in shown], fontsize=8)
     axes.set_ylim(0.0, 1.12)
     axes.set_title("Before and after fine-tuning")
