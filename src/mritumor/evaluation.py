@@ -166,7 +166,9 @@ def _is_binary_folder(folder: Path) -> bool:
     from mritumor.data.files import subfolders
     from mritumor.data.layout import normalise_binary_label
 
-    return any(normalise_binary_label(sub.name) is not None for sub in subfolders(folder))
+    # Every sub-folder must be a yes/no label: "no_tumor" alone also reads as "no".
+    found = subfolders(folder)
+    return bool(found) and all(normalise_binary_label(sub.name) is not None for sub in found)
 
 
 def _notes(bundle: Bundle, name: str, purpose: Purpose) -> tuple[str, ...]:
@@ -174,10 +176,15 @@ def _notes(bundle: Bundle, name: str, purpose: Purpose) -> tuple[str, ...]:
     notes: list[str] = []
     if name == "train":
         notes.append("the model was trained on these images: every number here is optimistic")
-    if name == "val":
+    if name == "val" and purpose == "eval":
         notes.append(
             f"val selected the checkpoint (best {bundle.monitor}) and stopped training early, "
             "so numbers on it are optimistic; report test"
+        )
+    elif name == "val":
+        notes.append(
+            f"{purpose} fits on val, which also selected the checkpoint: one small set used "
+            "twice (data.cal_size carves a cal split that nothing else sees)"
         )
     if purpose == "eval":
         if _fitted_on(bundle.temperature_source, name):

@@ -27,7 +27,10 @@ OutOption = Annotated[
 ForceOption = Annotated[
     bool, typer.Option("--force", help="Replace the splits being written if they hold files.")
 ]
-SeedOption = Annotated[int | None, typer.Option(help="Seed for carved splits [default: seed].")]
+SeedOption = Annotated[
+    int | None,
+    typer.Option(help="Seed of the random draws: carved splits, phantoms [default: seed]."),
+]
 ValSizeOption = Annotated[
     float | None,
     typer.Option(
@@ -236,7 +239,8 @@ def check(
     fix: Annotated[
         bool,
         typer.Option(
-            "--fix", help="Move leaking val/test copies into ROOT/quarantine (never deletes)."
+            "--fix",
+            help="Move leaking val/test/external copies into ROOT/quarantine (never deletes).",
         ),
     ] = False,
     strict: Annotated[

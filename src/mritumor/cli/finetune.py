@@ -41,7 +41,10 @@ def finetune(
     ] = None,
     replay_fraction: Annotated[
         float | None,
-        typer.Option(help="Share of each batch replayed from the 4-class train split."),
+        typer.Option(
+            help="Share of each batch replayed from the 4-class train split "
+            "[default: finetune.replay_fraction]."
+        ),
     ] = None,
     seed: SeedOption = None,
     name: Annotated[
