@@ -1,4 +1,4 @@
-"""Every built-in backbone builds, exposes its Grad-CAM layer and has the declared size."""
+"""Every built-in backbone builds, has the declared size, and Grad-CAM explains its default layer."""
 
 from __future__ import annotations
 
@@ -27,9 +27,26 @@ def test_builtin_backbone_builds(name: str) -> None:
         assert len(model.get_layer(spec.last_conv_layer).output.shape) == 4  # a feature map
         assert spec.params is not None
         assert model.count_params() == spec.params
+        _explains_its_default_layer(model, spec.last_conv_layer)
     finally:
         del model
         keras.backend.clear_session()
+
+
+def _explains_its_default_layer(backbone: object, layer: str) -> None:
+    """Grad-CAM runs on the default layer of a classifier built on this backbone."""
+    import keras
+    import numpy as np
+
+    from mritumor.gradcam import explain
+
+    pooled = keras.layers.GlobalAveragePooling2D()(backbone.output)  # type: ignore[attr-defined]
+    classifier = keras.Model(backbone.inputs, keras.layers.Dense(4)(pooled))  # type: ignore[attr-defined]
+    image = np.random.default_rng(1).uniform(0, 255, (1, 32, 32, 3)).astype("float32")
+    (found,) = explain(classifier, image, layer=layer, method="gradcam++")
+    assert found.heatmap.shape == (32, 32)
+    assert np.all(np.isfinite(found.heatmap))
+    assert found.heatmap.min() >= 0.0 and found.heatmap.max() <= 1.0
 
 
 def test_small_cnn_saves_and_loads_safely(tmp_path: Path) -> None:

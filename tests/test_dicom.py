@@ -327,3 +327,18 @@ def test_without_pydicom_the_message_names_the_extra(
 def test_importing_the_module_does_not_import_pydicom() -> None:
     code = "import sys, mritumor.data.dicom; sys.exit('pydicom' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_a_pipeline_over_dicom_files_without_pydicom_is_one_usage_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mritumor.data import dicom
+    from mritumor.data.pipeline import PipelineOptions, build_pipeline
+    from mritumor.data.splits import SplitFiles
+
+    monkeypatch.setattr(dicom, "pydicom_available", lambda: False)
+    split = SplitFiles("test", (tmp_path / "scan.DCM",), (0,), ("a", "b"))
+    (tmp_path / "scan.DCM").write_bytes(b"DICM")
+    options = PipelineOptions(image_size=8, channels=1, resize="plain", batch_size=1, seed=0)
+    with pytest.raises(UsageError, match=r"mritumor\[dicom\]"):
+        build_pipeline(split, options)

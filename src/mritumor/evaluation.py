@@ -47,7 +47,8 @@ if TYPE_CHECKING:
 
     from mritumor.bundle import Bundle
     from mritumor.inference import Predictor
-    from mritumor.settings import Settings
+    from mritumor.settings import Settings, ThresholdSettings
+    from mritumor.threshold import OperatingPoint
 
 EVAL_DIR_PREFIX = "eval-"
 CALIBRATION_DIR = "calibration"
@@ -678,7 +679,7 @@ def choose_operating_point(
     """
     from mritumor import plots
     from mritumor.metrics import roc_auc, roc_curve
-    from mritumor.threshold import bootstrap_rates, choose_threshold
+    from mritumor.threshold import bootstrap_rates
 
     run_dir, bundle = predictor.run_dir, predictor.bundle
     eval_set = resolve_eval_set(
@@ -692,14 +693,7 @@ def choose_operating_point(
     )
     scores = tumour_score(softmax(scored.logits, bundle.temperature), bundle.negative_index)
     options = settings.threshold
-    point = choose_threshold(
-        tumour,
-        scores,
-        options.strategy,
-        target_recall=options.target_recall,
-        max_fp_rate=options.max_fp_rate,
-        beta=options.beta,
-    )
+    point = operating_point(tumour, scores, options)
     intervals = bootstrap_rates(
         tumour, scores, point.threshold, n_samples=options.bootstrap_samples, seed=settings.seed
     )
@@ -750,6 +744,22 @@ def choose_operating_point(
         },
     )
     return StepReport(report_dir, summary, eval_set.notes, scored.failures)
+
+
+def operating_point(
+    labels: NDArray[np.int64], scores: NDArray[np.float64], options: ThresholdSettings
+) -> OperatingPoint:
+    """The threshold the ``threshold`` settings ask for, on binary labels and tumour scores."""
+    from mritumor.threshold import choose_threshold
+
+    return choose_threshold(
+        labels,
+        scores,
+        options.strategy,
+        target_recall=options.target_recall,
+        max_fp_rate=options.max_fp_rate,
+        beta=options.beta,
+    )
 
 
 def _constraints(settings: Settings) -> dict[str, float]:

@@ -449,20 +449,14 @@ def write_report(settings: Settings, parent_dir: Path, run_dir: Path) -> dict[st
 def _scores(
     predictor: Predictor, splits: Mapping[str, SplitFiles], settings: Settings
 ) -> dict[str, Any]:
+    from mritumor.evaluation import operating_point
     from mritumor.metrics import classification_metrics, roc_auc, roc_curve
-    from mritumor.threshold import bootstrap_rates, choose_threshold, confusion_at
+    from mritumor.threshold import bootstrap_rates, confusion_at
 
     options = settings.threshold
     batch = settings.inference.batch_size
     val_labels, val_scores = _binary_scores(predictor, splits["ext_val"], batch)
-    point = choose_threshold(
-        val_labels,
-        val_scores,
-        options.strategy,
-        target_recall=options.target_recall,
-        max_fp_rate=options.max_fp_rate,
-        beta=options.beta,
-    )
+    point = operating_point(val_labels, val_scores, options)
     labels, scores = _binary_scores(predictor, splits["ext_holdout"], batch)
     tp, fp, tn, fn = confusion_at(labels, scores, point.threshold)
     fpr, tpr, _ = roc_curve(labels, scores)

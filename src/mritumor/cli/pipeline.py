@@ -11,7 +11,7 @@ import typer
 
 from mritumor.cli.options import QuietOption
 from mritumor.cli.state import SetOption, app_state, resolve_settings
-from mritumor.cli.ui import console, err_console
+from mritumor.cli.ui import console, err_console, status_progress
 
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
@@ -119,22 +119,7 @@ class PipelineDisplay:
     """One progress display: a bar over the steps and one over a training step's epochs."""
 
     def __init__(self) -> None:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-        )
-
-        self.progress: Progress = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TextColumn("{task.fields[status]}"),
-            console=err_console,
-        )
+        self.progress: Progress = status_progress()
         self.steps: TaskID | None = None
         self.epochs: TaskID | None = None
         self.training = _EpochBar(self)

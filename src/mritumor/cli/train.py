@@ -18,7 +18,7 @@ from mritumor.cli.options import (
     WeightsOption,
 )
 from mritumor.cli.state import SetOption, resolve_settings, resumed_settings
-from mritumor.cli.ui import console, err_console
+from mritumor.cli.ui import console, err_console, status_progress
 from mritumor.errors import EXIT_INTERRUPTED
 
 if TYPE_CHECKING:
@@ -177,22 +177,7 @@ class RichTrainingObserver:
     """
 
     def __init__(self) -> None:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-        )
-
-        self.progress: Progress = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TextColumn("{task.fields[status]}"),
-            console=err_console,
-        )
+        self.progress: Progress = status_progress()
         self.epochs: TaskID | None = None
         self.steps: TaskID | None = None
         self.total_epochs = 0

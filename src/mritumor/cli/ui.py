@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 
 if TYPE_CHECKING:
+    from rich.progress import Progress
     from rich.table import Table
 
     from mritumor.progress import ProgressCallback
@@ -58,6 +59,26 @@ def progress_bar(description: str) -> Iterator[ProgressCallback]:
     finally:
         if progress.live.is_started:
             progress.stop()
+
+
+def status_progress() -> Progress:
+    """Bars with a count, the elapsed time and a free-text ``status`` field, on stderr."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[status]}"),
+        console=err_console,
+    )
 
 
 @contextmanager

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import math
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -34,6 +35,7 @@ from mritumor.data.balance import class_weights, oversample_indices
 from mritumor.data.files import UnreadableImageError, read_image
 from mritumor.data.splits import SplitFiles
 from mritumor.environment import import_tensorflow
+from mritumor.errors import UsageError
 from mritumor.settings import AugmentSettings, Settings
 
 if TYPE_CHECKING:
@@ -116,6 +118,7 @@ def build_pipeline(split: SplitFiles, options: PipelineOptions) -> InputPipeline
     Images keep raw 0-255 values: every backbone rescales inside the model, so
     the saved model alone defines its preprocessing.
     """
+    _require_dicom_reader(split.paths)
     indices = np.arange(len(split))
     if options.oversample:
         indices = oversample_indices(split.labels, options.seed)
@@ -150,6 +153,14 @@ def build_pipeline(split: SplitFiles, options: PipelineOptions) -> InputPipeline
         class_weights=weights,
         failures=failures,
     )
+
+
+def _require_dicom_reader(paths: Sequence[Path]) -> None:
+    """One clear error up front: inside tf.data a missing pydicom would surface as a traceback."""
+    from mritumor.data.dicom import MISSING_PYDICOM, is_dicom_file, pydicom_available
+
+    if not pydicom_available() and any(is_dicom_file(path) for path in paths):
+        raise UsageError(MISSING_PYDICOM)
 
 
 def cache_key(paths: list[str], options: PipelineOptions) -> str:
