@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -180,7 +180,6 @@ class _Data:
     train: Any
     val: Any
     steps_per_epoch: int
-    external_batch: int
     pipelines: tuple[InputPipeline, ...]
 
 
@@ -191,10 +190,10 @@ def _mixed_batches(settings: Settings, splits: Mapping[str, SplitFiles], classes
     external = max(batch - replayed, 1)
     base = PipelineOptions.from_settings(settings, training=True)
     # MixUp would blend external and replayed targets; class weights are for 4-class training.
-    base = _replace(base, use_class_weights=False, oversample=False)
+    base = replace(base, use_class_weights=False, oversample=False)
     augment = None if base.augment is None else base.augment.model_copy(update={"mixup_alpha": 0.0})
     external_pipeline = build_pipeline(
-        splits["ext_train"], _replace(base, batch_size=external, augment=augment)
+        splits["ext_train"], replace(base, batch_size=external, augment=augment)
     )
     parts = [
         external_pipeline.dataset.map(
@@ -204,7 +203,7 @@ def _mixed_batches(settings: Settings, splits: Mapping[str, SplitFiles], classes
     pipelines = [external_pipeline]
     if replayed:
         replay_pipeline = build_pipeline(
-            splits["train"], _replace(base, batch_size=replayed, augment=augment)
+            splits["train"], replace(base, batch_size=replayed, augment=augment)
         )
         parts.append(
             replay_pipeline.dataset.map(
@@ -222,19 +221,12 @@ def _mixed_batches(settings: Settings, splits: Mapping[str, SplitFiles], classes
         train=train.prefetch(tf.data.AUTOTUNE),
         val=val,
         steps_per_epoch=math.ceil(len(splits["ext_train"]) / external),
-        external_batch=external,
         pipelines=(*pipelines, val_pipeline),
     )
 
 
 def _concatenated(*pairs: Any) -> Any:
     return tf.concat([p[0] for p in pairs], axis=0), tf.concat([p[1] for p in pairs], axis=0)
-
-
-def _replace(options: PipelineOptions, **changes: Any) -> PipelineOptions:
-    import dataclasses
-
-    return dataclasses.replace(options, **changes)
 
 
 # --------------------------------------------------------------------------- fitting
