@@ -273,3 +273,18 @@ def test_fitting_never_raises_the_nll(data: tuple[np.ndarray, np.ndarray]) -> No
 def test_bad_inputs_raise_usage_errors(call: Callable[[], object], message: str) -> None:
     with pytest.raises(UsageError, match=re.escape(message)):
         call()
+
+
+def test_the_binary_fit_recovers_a_temperature_from_tumour_labels_alone() -> None:
+    """Labels drawn from softmax(z); only tumour / no tumour is kept; logits scaled by 1/T."""
+    from mritumor.calibration import fit_temperature_binary
+
+    rng = np.random.default_rng(11)
+    logits = rng.normal(0.0, 2.0, size=(20_000, 4))
+    probabilities = softmax(logits)
+    labels = np.array([rng.choice(4, p=row) for row in probabilities])
+    tumour = (labels != 2).astype(int)
+    for true_t in (2.5, 0.5):
+        fit = fit_temperature_binary(logits * true_t, tumour, 2)
+        assert fit.temperature == pytest.approx(true_t, rel=0.08)
+        assert fit.nll_after <= fit.nll_before

@@ -160,7 +160,8 @@ def test_eval_of_a_folder_with_spaces_writes_reports_named_after_it(
     folder = Path(shutil.copytree(data_root / "test", tmp_path / "site B scans"))
     result = invoke("eval", "--run", str(run_dir), "--split", str(folder), "-q")
     assert result.exit_code == 0, result.output
-    summary = read_json(run_dir / "reports" / "eval-site B scans" / evaluation.SUMMARY_FILE)
+    (report_dir,) = (run_dir / "reports").glob("eval-site B scans-*")
+    summary = read_json(report_dir / evaluation.SUMMARY_FILE)
     assert summary["split"] == str(folder.resolve())
     assert summary["n_images"] == 24
 
@@ -173,7 +174,8 @@ def test_unreadable_images_are_listed_and_skipped(
     result = invoke("eval", "--run", str(run_dir), "--split", str(folder), "-q")
     assert result.exit_code == 0, result.output
     assert "broken.jpg" in result.stderr
-    summary = read_json(run_dir / "reports" / "eval-scans" / evaluation.SUMMARY_FILE)
+    (report_dir,) = (run_dir / "reports").glob("eval-scans-*")
+    summary = read_json(report_dir / evaluation.SUMMARY_FILE)
     assert summary["n_images"] == 24
     assert summary["n_unreadable"] == 1
 

@@ -77,7 +77,21 @@ def test_same_stems_in_different_folders_get_distinct_panels(
         "-q",
     )
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in out.iterdir()) == ["scan.png", "scan_2.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["scan_2_gradcam.png", "scan_gradcam.png"]
+
+
+def test_panels_never_replace_the_input_images(
+    run_dir: Path, data_root: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    first = sorted((data_root / "test" / "glioma").iterdir())[0]
+    shutil.copy(first, folder / "case_gradcam.png")
+    shutil.copy(first, folder / "case.png")
+    before = (folder / "case_gradcam.png").read_bytes()
+    result = invoke("gradcam", str(folder), "--run", str(run_dir), "-o", str(folder))
+    assert result.exit_code == 2 and "would replace the input image" in result.stderr
+    assert (folder / "case_gradcam.png").read_bytes() == before
 
 
 @pytest.mark.parametrize(

@@ -232,7 +232,13 @@ def test_calibrate_and_threshold_default_to_ext_val_in_a_finetune_run(
     copy = Path(shutil.copytree(run_dir, tmp_path / "ft"))
     runner = CliRunner()
     assert runner.invoke(app, ["calibrate", "--run", str(copy), "-q"], env=WIDE).exit_code == 0
-    assert bundles.read_bundle(copy).temperature_source["split"] == "ext_val"  # type: ignore[index]
+    source = bundles.read_bundle(copy).temperature_source
+    assert source is not None and source["split"] == "ext_val"
+    assert source["target"] == "the tumour score (binary NLL)"
+    spent = runner.invoke(
+        app, ["threshold", "--run", str(copy), "--split", "ext_holdout"], env=WIDE
+    )
+    assert spent.exit_code == 2 and "kept for reported numbers only" in spent.stderr
     holdout = runner.invoke(
         app, ["eval", "--run", str(copy), "--split", "ext_holdout", "-q"], env=WIDE
     )
@@ -254,9 +260,12 @@ def test_partial_unfreezing_trains_the_last_blocks_and_never_batchnorm(
     from mritumor.model import load_model
 
     model = load_model(build_run(tmp_path / "run", data_root) / bundles.MODEL_FILE)
-    _set_trainable(model, 2)
+    _set_trainable(model, 1)
     trainable = {w.path.split("/")[0] for w in model.trainable_weights}
     assert trainable == {"last_conv", "logits"}
+    _set_trainable(model, 2)
+    trainable = {w.path.split("/")[0] for w in model.trainable_weights}
+    assert trainable == {"block3_conv", "last_conv", "logits"}
     _set_trainable(model, None)
     assert not any(
         layer.trainable
@@ -277,11 +286,12 @@ def test_eval_on_an_external_folder_reports_the_binary_view(
         app, ["eval", "--run", str(copy), "--external", str(external)], env=WIDE
     )
     assert result.exit_code == 0, result.output
-    summary = json.loads((copy / "reports" / "eval-synthetic" / "summary.json").read_text())
+    (report_dir,) = (copy / "reports").glob("eval-synthetic-*")
+    summary = json.loads((report_dir / "summary.json").read_text())
     assert summary["n_images"] == 20 and summary["n_tumour"] == 10
     at = summary["at_threshold"]
     assert at["tp"] + at["fn"] == 10 and at["tn"] + at["fp"] == 10
-    assert (copy / "reports" / "eval-synthetic" / "threshold_roc.png").is_file()
+    assert (report_dir / "threshold_roc.png").is_file()
     assert "tumour vs no tumour" in result.stdout
 
 

@@ -242,3 +242,14 @@ def test_inputs_are_gathered_once_from_files_folders_and_globs(data_root: Path) 
     assert paths[0] == first
     assert missing == ["absent/*.png"]
     assert all(isinstance(item, ImageInput) and item.frame is None for item in inputs)
+
+
+def test_run_and_ensemble_together_and_a_table_to_a_file_are_refused_up_front(
+    runs: tuple[Path, ...], data_root: Path, tmp_path: Path
+) -> None:
+    test = str(data_root / "test")
+    both = invoke("infer", test, "--run", str(runs[0]), "--ensemble", str(runs[1]))
+    assert both.exit_code == 2 and "not both" in both.stderr
+    table = invoke("infer", test, "--run", str(runs[0]), "-o", str(tmp_path / "p.txt"))
+    assert table.exit_code == 2 and "--output needs --format" in table.stderr
+    assert "Predicting" not in table.stderr

@@ -127,3 +127,31 @@ def test_pipeline_refuses_to_replace_a_run_it_did_not_make(
     assert result.exit_code == 2, result.output
     assert "was not made by `mritumor pipeline`" in result.stderr
     assert (runs / TRAIN_RUN / "mine.txt").read_text(encoding="utf-8") == "keep"
+
+
+def test_a_step_that_reruns_reruns_every_step_after_it(demo: tuple[Path, str]) -> None:
+    out, _ = demo
+    (out / "runs" / TRAIN_RUN / "reports" / "calibration" / "calibration_metrics.json").unlink()
+    again = CliRunner().invoke(app, ["demo", "--out", str(out), "--quick", "-q"], env=WIDE)
+    assert again.exit_code == 0, again.output
+    statuses = [
+        cells[2]
+        for line in again.stdout.splitlines()
+        if len(cells := [c.strip() for c in line.split("│")]) > 3 and cells[2] in ("ran", "skipped")
+    ]
+    assert statuses == ["skipped", "skipped"] + ["ran"] * 9
+
+
+def test_the_data_stamp_follows_the_images_not_the_checks_own_report(tmp_path: Path) -> None:
+    from mritumor.pipeline import _data_stamp
+    from mritumor.settings import load_settings
+
+    root = tmp_path / "data"
+    (root / "train" / "glioma").mkdir(parents=True)
+    (root / "train" / "glioma" / "a.png").write_bytes(b"one")
+    settings = load_settings(None, {"paths": {"data_dir": root}}).settings
+    first = _data_stamp(settings)
+    (root / "check.json").write_text("{}")
+    assert _data_stamp(settings) == first
+    (root / "train" / "glioma" / "b.png").write_bytes(b"two")
+    assert _data_stamp(settings) != first

@@ -8,6 +8,7 @@ softens over-confident predictions, and the predicted class never changes.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -123,25 +124,83 @@ def fit_temperature(
     global minimum inside ``bounds`` (which must contain 1). The reference
     framework instead takes a fixed number of Adam steps, which can stop short.
     """
+    array = _as_logits(logits)
+    label_array = as_labels(labels, array.shape[1])
+    require_same_length(logits=array, labels=label_array)
+    return _minimise_over_log_t(lambda t: _mean_nll(array / t, label_array), bounds, grid=False)
+
+
+def fit_temperature_binary(
+    logits: ArrayLike,
+    tumour: ArrayLike,
+    negative_index: int,
+    *,
+    bounds: tuple[float, float] = (0.05, 20.0),
+) -> TemperatureFit:
+    """The T that minimises the binary NLL of the tumour score ``1 - softmax(z / T)[neg]``.
+
+    For a yes/no set (a finetune run's ``ext_val``): only tumour / no tumour is
+    known, so T is fitted to the decision statistic itself. This NLL is not
+    convex in 1/T (its tumour term is a difference of two log-sum-exps), so the
+    bounded search starts from the best of a grid of 41 points over log T.
+    """
+    array = _as_logits(logits)
+    labels = as_labels(tumour, 2)
+    require_same_length(logits=array, tumour=labels)
+    if not 0 <= negative_index < array.shape[1]:
+        raise UsageError(f"negative_index {negative_index} is not a column of the logits")
+    return _minimise_over_log_t(
+        lambda t: _binary_nll(array / t, labels, negative_index), bounds, grid=True
+    )
+
+
+def binary_probabilities(
+    logits: ArrayLike, negative_index: int, temperature: float = 1.0
+) -> FloatArray:
+    """``(n, 2)`` columns [no tumour, tumour] of ``softmax(logits / T)``, for binary metrics."""
+    probabilities = softmax(logits, temperature)
+    score = tumour_score(probabilities, negative_index)
+    return np.stack([1.0 - score, score], axis=1)
+
+
+def _binary_nll(scaled: FloatArray, tumour: NDArray[np.int64], negative_index: int) -> float:
+    from scipy.special import logsumexp
+
+    total = logsumexp(scaled, axis=1)
+    log_no_tumour = scaled[:, negative_index] - total
+    log_tumour = logsumexp(np.delete(scaled, negative_index, axis=1), axis=1) - total
+    return float(-np.mean(np.where(tumour == 1, log_tumour, log_no_tumour)))
+
+
+def _minimise_over_log_t(
+    objective: Callable[[float], float], bounds: tuple[float, float], *, grid: bool
+) -> TemperatureFit:
+    """Minimise ``objective(T)`` over tau = log T by a bounded Brent search to 1e-8.
+
+    With ``grid`` the search runs between the neighbours of the best of 41
+    grid points (for objectives that may have several local minima). The fit
+    never ends worse than T = 1.
+    """
     from scipy.optimize import minimize_scalar
 
     low, high = bounds
     if not 0.0 < low <= 1.0 <= high or low == high:
         raise UsageError(f"temperature bounds must satisfy 0 < low <= 1 <= high, got {bounds}")
-    array = _as_logits(logits)
-    label_array = as_labels(labels, array.shape[1])
-    require_same_length(logits=array, labels=label_array)
-
     log_bounds = (math.log(low), math.log(high))
+    search = log_bounds
+    if grid:
+        points = np.linspace(*log_bounds, 41)
+        best = int(np.argmin([objective(math.exp(tau)) for tau in points]))
+        search = (float(points[max(best - 1, 0)]), float(points[min(best + 1, 40)]))
     result = minimize_scalar(
-        lambda tau: _mean_nll(array / math.exp(tau), label_array),
+        lambda tau: objective(math.exp(tau)),
         method="bounded",
-        bounds=log_bounds,
+        bounds=search,
         options={"xatol": 1e-8},
     )
-    nll_before = _mean_nll(array, label_array)
+    nll_before = objective(1.0)
     tau = float(result.x)
-    nll_after = _mean_nll(array / math.exp(tau), label_array)
+    nll_after = objective(math.exp(tau))
     if nll_after > nll_before:
         tau, nll_after = 0.0, nll_before
     return TemperatureFit(

@@ -21,6 +21,7 @@ reported on the same images):
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -32,8 +33,10 @@ import numpy as np
 from mritumor import __version__
 from mritumor import bundle as bundles
 from mritumor.calibration import (
+    binary_probabilities,
     calibration_metrics,
     fit_temperature,
+    fit_temperature_binary,
     reliability_bins,
     softmax,
     tumour_score,
@@ -136,6 +139,8 @@ def resolve_eval_set(
     name = spec or default_split(run_dir, purpose)
     names = bundle.class_names
     if name in EXTERNAL_SPLITS and name in bundles.list_splits(run_dir):
+        if not allow_binary:
+            raise UsageError(f"{name} is a tumour / no-tumour split; this step needs 4 classes")
         split = bundles.read_split(run_dir, name, BINARY_CLASSES)
         binary = np.asarray(split.labels, np.int64)
         return EvalSet(name, split.paths, binary, True, _notes(bundle, name, purpose))
@@ -172,19 +177,31 @@ def _is_binary_folder(folder: Path) -> bool:
     return bool(found) and all(normalise_binary_label(sub.name) is not None for sub in found)
 
 
+_TRAINED_ON = ("train", "ext_train")
+_SELECTED_ON = ("val", "ext_val")
+
+
 def _notes(bundle: Bundle, name: str, purpose: Purpose) -> tuple[str, ...]:
-    """How the images of split ``name`` were used before, as warnings for the report."""
-    notes: list[str] = []
-    if name == "train":
-        notes.append("the model was trained on these images: every number here is optimistic")
-    if name == "val" and purpose == "eval":
-        notes.append(
-            f"val selected the checkpoint (best {bundle.monitor}) and stopped training early, "
-            "so numbers on it are optimistic; report test"
+    """How the images of split ``name`` were used before, as warnings for the report.
+
+    Raises for fitting on ``ext_holdout``: a finetune run keeps it for reported
+    numbers only.
+    """
+    if purpose != "eval" and name == "ext_holdout":
+        raise UsageError(
+            f"ext_holdout is kept for reported numbers only; {purpose} on ext_val (the default)"
         )
-    elif name == "val":
+    notes: list[str] = []
+    if name in _TRAINED_ON:
+        notes.append("the model was trained on these images: every number here is optimistic")
+    if name in _SELECTED_ON and purpose == "eval":
         notes.append(
-            f"{purpose} fits on val, which also selected the checkpoint: one small set used "
+            f"{name} selected the checkpoint (best {bundle.monitor}) and stopped training early, "
+            "so numbers on it are optimistic; report the held-out split"
+        )
+    elif name in _SELECTED_ON:
+        notes.append(
+            f"{purpose} fits on {name}, which also selected the checkpoint: one small set used "
             "twice (data.cal_size carves a cal split that nothing else sees)"
         )
     if purpose == "eval":
@@ -594,17 +611,29 @@ def calibrate(
 ) -> StepReport:
     """Fit the temperature on held-out logits; write the reports and T into bundle.json.
 
-    A threshold chosen at the old temperature no longer means what it meant, so
-    it is cleared (its report stays in ``reports/threshold/``).
+    A yes/no set (a finetune run's ``ext_val``) fits T to the tumour score's
+    binary NLL, and its metrics are those of the two-column [no tumour, tumour]
+    probabilities. A threshold chosen at the old temperature no longer means
+    what it meant, so it is cleared (its report stays in ``reports/threshold/``).
     """
     run_dir, bundle = predictor.run_dir, predictor.bundle
-    eval_set = resolve_eval_set(run_dir, bundle, spec, settings.paths.data_dir, purpose="calibrate")
+    eval_set = resolve_eval_set(
+        run_dir, bundle, spec, settings.paths.data_dir, purpose="calibrate", allow_binary=True
+    )
     scored = score(predictor, eval_set, batch_size=settings.inference.batch_size, progress=progress)
-    n_bins = settings.calibration.n_bins
-    fit = fit_temperature(scored.logits, scored.labels)
-    before = calibration_metrics(softmax(scored.logits), scored.labels, n_bins)
-    calibrated = softmax(scored.logits, fit.temperature)
-    after = calibration_metrics(calibrated, scored.labels, n_bins)
+    n_bins, negative = settings.calibration.n_bins, bundle.negative_index
+    if eval_set.binary:
+        fit = fit_temperature_binary(scored.logits, scored.labels, negative)
+    else:
+        fit = fit_temperature(scored.logits, scored.labels)
+
+    def probabilities(temperature: float) -> NDArray[np.float64]:
+        if eval_set.binary:
+            return binary_probabilities(scored.logits, negative, temperature)
+        return softmax(scored.logits, temperature)
+
+    before = calibration_metrics(probabilities(1.0), scored.labels, n_bins)
+    after = calibration_metrics(probabilities(fit.temperature), scored.labels, n_bins)
     report_dir = run_dir / bundles.REPORTS_DIR / CALIBRATION_DIR
     notes = list(eval_set.notes)
     if fit.at_bound:
@@ -612,6 +641,14 @@ def calibrate(
             f"the fitted temperature {fit.temperature:.3g} sits at the search bound: "
             "the model's logits are far from calibrated on this set"
         )
+    changes: dict[str, Any] = {}
+    if bundle.threshold is not None:
+        changes.update(threshold=None, threshold_info=None)
+        notes.append(
+            f"the threshold {bundle.threshold:.4g} was chosen at T = {bundle.temperature:.4g} "
+            "and was cleared: run `mritumor threshold` again"
+        )
+    target = "the tumour score (binary NLL)" if eval_set.binary else "the class (NLL)"
     summary = {
         **after,
         "T": fit.temperature,
@@ -620,13 +657,13 @@ def calibrate(
         "n_images": len(scored.labels),
         "before": {**before, "T": 1.0},
         "after": {**after, "T": fit.temperature},
-        "method": "NLL minimised over log T by a bounded 1-D search, run to convergence",
+        "method": f"NLL of {target} minimised over log T by a bounded 1-D search, to convergence",
         "notes": notes,
         "created": bundles.utc_now(),
     }
     _write_calibration_figures(
         report_dir,
-        softmax(scored.logits),
+        probabilities(1.0),
         scored.labels,
         n_bins,
         reliability_file=RELIABILITY_BEFORE_FILE,
@@ -635,28 +672,23 @@ def calibrate(
     )
     _write_calibration_figures(
         report_dir,
-        calibrated,
+        probabilities(fit.temperature),
         scored.labels,
         n_bins,
         title=f"After calibration (T = {fit.temperature:.3f})",
     )
     atomic_write_json(report_dir / CALIBRATION_METRICS_FILE, summary)
-    changes: dict[str, Any] = {
-        "temperature": fit.temperature,
-        "temperature_source": {
+    changes.update(
+        temperature=fit.temperature,
+        temperature_source={
             "split": eval_set.name,
             "n_images": len(scored.labels),
+            "target": target,
             "nll_before": fit.nll_before,
             "nll_after": fit.nll_after,
             "fitted": summary["created"],
         },
-    }
-    if bundle.threshold is not None:
-        changes.update(threshold=None, threshold_info=None)
-        notes.append(
-            f"the threshold {bundle.threshold:.4g} was chosen at T = {bundle.temperature:.4g} "
-            "and was cleared: run `mritumor threshold` again"
-        )
+    )
     predictor.bundle = bundles.update_bundle(run_dir, **changes)
     return StepReport(report_dir, summary, tuple(notes), scored.failures)
 
@@ -776,8 +808,12 @@ def _constraints(settings: Settings) -> dict[str, float]:
 
 
 def _folder_name(name: str) -> str:
-    """A report folder name for a split or a folder path (its last component)."""
-    return Path(name).name or "data"
+    """A report folder name: the split's name, or for a folder its name and a hash of its
+    full path, so ``--split /siteB/test`` never overwrites the run's own ``eval-test``."""
+    if "/" not in name and "\\" not in name:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    return f"{Path(name).name or 'data'}-{digest}"
 
 
 def _ratio(numerator: int, denominator: int) -> float | None:

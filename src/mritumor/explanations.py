@@ -26,6 +26,9 @@ if TYPE_CHECKING:
     from mritumor.gradcam import Explanation
 
 
+PANEL_SUFFIX = "_gradcam"
+
+
 @dataclass(frozen=True)
 class Panels:
     """What a Grad-CAM run wrote."""
@@ -54,6 +57,7 @@ def write_panels(
     chosen_layer = layer or default_layer(predictor.model, predictor.bundle.backbone)
     target = _class_index(predictor, class_name)
     names = _file_names(inputs)
+    _refuse_to_overwrite_inputs(inputs, out_dir, names, save_maps)
     batches, failures = predictor.batches(inputs, batch_size)
     written: list[Path] = []
     done = 0
@@ -117,7 +121,7 @@ def _class_index(predictor: Predictor, class_name: str | None) -> int | None:
 
 
 def _file_names(inputs: Sequence[ImageInput]) -> list[str]:
-    """A distinct file stem per input: the image's stem, the frame, a counter on clashes."""
+    """A distinct output stem per input: ``<stem>[_frame<k>][_<n>]_gradcam``."""
     names: list[str] = []
     taken: set[str] = set()
     for item in inputs:
@@ -127,8 +131,22 @@ def _file_names(inputs: Sequence[ImageInput]) -> list[str]:
             counter += 1
             name = f"{stem}_{counter}"
         taken.add(name)
-        names.append(name)
+        names.append(f"{name}{PANEL_SUFFIX}")
     return names
+
+
+def _refuse_to_overwrite_inputs(
+    inputs: Sequence[ImageInput], out_dir: Path, names: Sequence[str], save_maps: bool
+) -> None:
+    sources = {item.path.resolve() for item in inputs}
+    suffixes = (".png", ".npy") if save_maps else (".png",)
+    for name in names:
+        for suffix in suffixes:
+            target = (out_dir / f"{name}{suffix}").resolve()
+            if target in sources:
+                raise UsageError(
+                    f"a panel would replace the input image {target}; choose another --out"
+                )
 
 
 # --------------------------------------------------------------------------- localisation

@@ -388,11 +388,20 @@ def _set_trainable(model: Any, unfreeze_blocks: int | None) -> None:
     """Train the last ``unfreeze_blocks`` blocks (all with None); BatchNorm stays frozen.
 
     A block is a run of consecutive backbone layers whose names share the prefix
-    before the first ``_`` (``block6a_...``, ``top_...``). BatchNorm layers keep
+    before the first ``_`` (``block6a_...``, ``top_...``) and that has weights
+    besides BatchNorm's. BatchNorm layers keep
     the parent's statistics: a small external set would otherwise shift them.
     """
     layers = backbone_layers(model)
-    prefixes = list(dict.fromkeys(_block_of(layer) for layer in layers))
+    # Only blocks with weights to train count: BatchNorm stays frozen, and an
+    # activation or pooling layer has none.
+    prefixes = list(
+        dict.fromkeys(
+            _block_of(layer)
+            for layer in layers
+            if layer.weights and not isinstance(layer, keras.layers.BatchNormalization)
+        )
+    )
     if unfreeze_blocks is not None:
         prefixes = prefixes[len(prefixes) - unfreeze_blocks :] if unfreeze_blocks else []
     for layer in model.layers:

@@ -217,9 +217,10 @@ class Predictor:
             # The dataset drops failed decodes in order; a file's failure is recorded
             # before the batch holding the files after it is formed, so skip those here.
             kept: list[int] = []
+            failed = pipeline.failures.items()
             while len(kept) < int(images.shape[0]):
                 index = next(remaining)
-                if str(inputs[index].path) not in pipeline.failures.items():
+                if str(inputs[index].path) not in failed:
                     kept.append(index)
             yield [positions[i] for i in kept], images
         failures.update(pipeline.failures.items())

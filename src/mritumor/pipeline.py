@@ -93,13 +93,16 @@ def run_pipeline(
     steps = _steps(settings)
     state = {} if force else _read_state(runs)
     result = PipelineResult(train_run=context.train_run)
-    previous = ""
+    previous = _data_stamp(settings)
+    ran = False
     for index, step in enumerate(steps):
         key = _key(previous, step, settings)
         previous = key
         if observer is not None:
             observer.on_step_begin(step.name, index, len(steps))
-        outcome = _run_step(step, context, key, state.get(step.name))
+        # Once a step has run, everything after it runs too: its inputs are new.
+        outcome = _run_step(step, context, key, None if ran else state.get(step.name))
+        ran = ran or outcome.status == "ran"
         result.outcomes.append(outcome)
         if observer is not None:
             observer.on_step_end(outcome)
@@ -131,6 +134,24 @@ def _key(previous: str, step: _Step, settings: Settings) -> str:
     relevant = {section: settings.model_dump(mode="json")[section] for section in step.sections}
     text = json.dumps([previous, step.name, relevant], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _data_stamp(settings: Settings) -> str:
+    """A hash of every file's path, size and modification time under the data root and the
+    external set, so that added, removed or changed images rerun the chain."""
+    digest = hashlib.sha256()
+    roots = [settings.paths.data_dir, settings.finetune.external]
+    for root in (r for r in roots if r is not None and r.is_dir()):
+        for path in sorted(p for p in root.rglob("*") if p.is_file()):
+            if any(part in _DERIVED for part in path.relative_to(root).parts):
+                continue
+            stat = path.stat()
+            digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+_DERIVED = frozenset({"check.json", "quarantine"})
+"""Files the pipeline's own check writes under the data root: not inputs."""
 
 
 def _read_state(runs: Path) -> dict[str, Any]:

@@ -92,6 +92,8 @@ def infer(
     from mritumor.inference import infer as run_inference
 
     fmt = _output_format(output_format)
+    if output is not None and fmt == "table":
+        raise UsageError("--output needs --format json, jsonl or csv")
     if output is not None and output.exists() and not force:
         raise UsageError(f"{output} exists; pass --force to replace it")
     settings = resolve_settings(
@@ -109,7 +111,11 @@ def infer(
         assignments or (),
     ).settings
     options = settings.inference
-    runs = list(options.ensemble_members) or [run or latest_run(settings.paths.runs_dir)]
+    if run is not None and ensemble:
+        raise UsageError("give --run or --ensemble, not both")
+    # An explicit --run wins over ensemble members from a config file.
+    runs = [run] if run is not None else list(options.ensemble_members)
+    runs = runs or [latest_run(settings.paths.runs_dir)]
     inputs, missing = gather_inputs(paths)
     for spec in missing:
         err_console.print(
@@ -167,8 +173,6 @@ def _emit(predictions: Predictions, fmt: OutputFormat, output: Path | None) -> N
     from mritumor.fsutil import atomic_write_text
 
     if fmt == "table":
-        if output is not None:
-            raise UsageError("--output needs --format json, jsonl or csv")
         _print_table(predictions)
         return
     text = render(predictions, fmt)

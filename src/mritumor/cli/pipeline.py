@@ -88,10 +88,12 @@ def _synth_changed(data: Path, synth: Any) -> bool:
     from mritumor.data.synth import MANIFEST_NAME
 
     try:
-        recorded = json.loads((data / MANIFEST_NAME).read_text(encoding="utf-8")).get("config")
+        manifest = json.loads((data / MANIFEST_NAME).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return True
-    return bool(recorded != json.loads(json.dumps(asdict(synth), default=list)))
+    if not isinstance(manifest, dict) or manifest.get("complete") is not True:
+        return True  # an interrupted synthesis
+    return bool(manifest.get("config") != json.loads(json.dumps(asdict(synth), default=list)))
 
 
 def _status(quiet: bool, text: str) -> Any:
