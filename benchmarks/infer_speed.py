@@ -45,7 +45,6 @@ recognised.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import resource
@@ -56,6 +55,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from _measure import child_env, cpu_model, emit_result, run_child, usable_cores
 
 from mritumor.data.files import CLASS_NAMES
 from mritumor.data.synth import SynthConfig, write_synthetic_dataset
@@ -256,27 +257,10 @@ def run_one(args: argparse.Namespace) -> None:
         result = measure_mritumor(args)
     else:
         result = measure_bare(args)
-    import keras
-    import tensorflow as tf
-
-    result.update(
-        backbone=backbone,
-        mode=mode,
-        peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        process_seconds=time.perf_counter() - started,
-        tensorflow=tf.__version__,
-        keras=keras.__version__,
-    )
-    print(RESULT_PREFIX + json.dumps(result), flush=True)
+    emit_result(RESULT_PREFIX, result, started, backbone=backbone, mode=mode)
 
 
 # --------------------------------------------------------------------------- the driver
-
-
-def child_env() -> dict[str, str]:
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "tensorflow"}
-    env.pop("MRITUMOR_CONFIG", None)  # the settings here are the benchmark's own
-    return env
 
 
 def spawn(
@@ -301,15 +285,7 @@ def spawn(
         "--passes",
         str(args.passes),
     ]
-    print(f"  {backbone} / {mode} ...", file=sys.stderr, flush=True)
-    done = subprocess.run(command, env=child_env(), capture_output=True, text=True, check=False)
-    for line in done.stdout.splitlines():
-        if line.startswith(RESULT_PREFIX):
-            result: dict[str, Any] = json.loads(line.removeprefix(RESULT_PREFIX))
-            print(f"    {result['process_seconds']:.0f} s", file=sys.stderr, flush=True)
-            return result
-    sys.stderr.write(done.stdout + done.stderr)
-    raise SystemExit(f"{backbone} / {mode} failed (exit status {done.returncode})")
+    return run_child(command, RESULT_PREFIX, f"{backbone} / {mode}")
 
 
 def mritumor_command() -> list[str]:
@@ -396,19 +372,9 @@ def loads(row: dict[str, Any]) -> str:
     return f"{row['load_before']:.2f} / {row['load_after']:.2f}"
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.partition(":")[2].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def report(args: argparse.Namespace, results: dict[tuple[str, str], dict[str, Any]]) -> None:
     first = next(iter(results.values()))
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = usable_cores()
     print(f"command: python benchmarks/infer_speed.py {shlex.join(sys.argv[1:])}".rstrip())
     print(
         f"machine: {cpu_model()}, {os.cpu_count()} CPUs ({cores} usable), no GPU used; "

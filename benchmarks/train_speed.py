@@ -36,19 +36,18 @@ TensorFlow, the model, the data and the run.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import platform
-import resource
 import shlex
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from _measure import cpu_model, emit_result, run_child, usable_cores
 
 from mritumor.data.files import CLASS_NAMES
 from mritumor.data.synth import SynthConfig, write_synthetic_dataset
@@ -216,16 +215,7 @@ def run_one(args: argparse.Namespace) -> None:
         work = Path(folder)
         settings = settings_for(args, backbone, args.data, work)
         result = measure_mritumor(settings, work) if mode == "mritumor" else measure_bare(settings)
-    import tensorflow as tf
-
-    result.update(
-        backbone=backbone,
-        mode=mode,
-        peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        process_seconds=time.perf_counter() - started,
-        tensorflow=tf.__version__,
-    )
-    print(RESULT_PREFIX + json.dumps(result), flush=True)
+    emit_result(RESULT_PREFIX, result, started, backbone=backbone, mode=mode)
 
 
 # --------------------------------------------------------------------------- the driver
@@ -248,17 +238,7 @@ def spawn(args: argparse.Namespace, backbone: str, mode: str, root: Path) -> dic
         str(args.epochs),
         *(f"--set={text}" for text in args.set),
     ]
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "tensorflow"}
-    env.pop("MRITUMOR_CONFIG", None)  # the settings here are the benchmark's own
-    print(f"  {backbone} / {mode} ...", file=sys.stderr, flush=True)
-    done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
-    for line in done.stdout.splitlines():
-        if line.startswith(RESULT_PREFIX):
-            result: dict[str, Any] = json.loads(line.removeprefix(RESULT_PREFIX))
-            print(f"    {result['process_seconds']:.0f} s", file=sys.stderr, flush=True)
-            return result
-    sys.stderr.write(done.stdout + done.stderr)
-    raise SystemExit(f"{backbone} / {mode} failed (exit status {done.returncode})")
+    return run_child(command, RESULT_PREFIX, f"{backbone} / {mode}")
 
 
 def measured(result: dict[str, Any]) -> dict[str, Any]:
@@ -268,19 +248,9 @@ def measured(result: dict[str, Any]) -> dict[str, Any]:
     return {**epoch, "rate": epoch["images"] / epoch["train_seconds"]}
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.partition(":")[2].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def report(args: argparse.Namespace, results: dict[tuple[str, str], dict[str, Any]]) -> None:
     first = next(iter(results.values()))
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = usable_cores()
     print(f"command: python benchmarks/train_speed.py {shlex.join(sys.argv[1:])}".rstrip())
     print(
         f"machine: {cpu_model()}, {os.cpu_count()} CPUs ({cores} usable), no GPU used; "
