@@ -37,7 +37,6 @@ Fold assignment, the inner carve and the aggregation import no TensorFlow.
 from __future__ import annotations
 
 import csv
-import dataclasses
 import io
 import json
 import math
@@ -52,6 +51,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
+from mritumor.calibration import softmax
 from mritumor.data.splits import MANIFEST_DIR, SplitFiles, load_split
 from mritumor.errors import UsageError
 from mritumor.fsutil import atomic_write_json, atomic_write_text
@@ -160,12 +160,6 @@ class Summary:
     ci_low: float
     ci_high: float
     n: int
-
-
-def softmax(logits: NDArray[np.floating[Any]]) -> NDArray[np.float64]:
-    shifted = np.asarray(logits, np.float64) - np.max(logits, axis=1, keepdims=True)
-    exp = np.exp(shifted)
-    return np.asarray(exp / exp.sum(axis=1, keepdims=True), np.float64)
 
 
 def fold_metrics(
@@ -449,23 +443,13 @@ def heldout_split(pool: Pool, fold: int, class_names: Sequence[str]) -> SplitFil
 def _score_fold(settings: Settings, folder: Path, pool: Pool, fold: int) -> FoldMetrics:
     """Score the held-out fold with the fold's checkpoint; write its predictions and metrics."""
     from mritumor import bundle as bundles
-    from mritumor.data.pipeline import PipelineOptions, build_pipeline
-    from mritumor.model import load_model
+    from mritumor.inference import Predictor
 
     names = settings.data.class_names
     split = heldout_split(pool, fold, names)
     bundles.write_splits(folder, settings.paths.data_dir, [split])
-    options = PipelineOptions.from_settings(settings, training=False)
-    pipeline = build_pipeline(split, dataclasses.replace(options, cache="none"))
-    model = load_model(folder / bundles.MODEL_FILE)
-    with warnings.catch_warnings():
-        # A dataset of unknown length (unreadable files are filtered out) ends as expected.
-        warnings.filterwarnings(
-            "ignore", message="Your input ran out of data", category=UserWarning
-        )
-        logits = np.asarray(model.predict(pipeline.dataset, verbose=0), np.float64)
-    failed = pipeline.failures.items()
-    kept = [i for i, path in enumerate(split.paths) if str(path) not in failed]
+    scored = Predictor(folder).logits(split.paths, batch_size=settings.inference.batch_size)
+    logits, kept, failed = scored.logits, scored.kept.tolist(), scored.failures
     truth = [split.labels[i] for i in kept]
     probabilities = softmax(logits)
     metrics = fold_metrics(truth, probabilities, len(names))
