@@ -8,9 +8,10 @@ from typing import Annotated
 import typer
 
 from mritumor.cli.evaluate import RunOption
+from mritumor.cli.infer import image_inputs
 from mritumor.cli.options import QuietOption
 from mritumor.cli.state import SetOption, resolve_settings
-from mritumor.cli.ui import console, err_console, optional_progress, report_unreadable
+from mritumor.cli.ui import console, optional_progress, report_unreadable
 from mritumor.errors import EXIT_PARTIAL, UsageError
 
 
@@ -48,16 +49,12 @@ def gradcam(
     from mritumor.bundle import latest_run
     from mritumor.explanations import write_panels
     from mritumor.gradcam import METHODS
-    from mritumor.inference import Predictor, gather_inputs
+    from mritumor.inference import Predictor
 
     if method not in METHODS:
         raise UsageError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
     settings = resolve_settings(ctx, {}, assignments or ()).settings
-    inputs, missing = gather_inputs(paths)
-    for spec in missing:
-        err_console.print(f"[yellow]warning:[/] no image matches {spec}", soft_wrap=True)
-    if not inputs:
-        raise UsageError(f"no images found in {', '.join(paths)}")
+    inputs, missing = image_inputs(paths)
     predictor = Predictor(run or latest_run(settings.paths.runs_dir))
     folder = out or predictor.run_dir / "reports" / "gradcam"
     with optional_progress(quiet, "Explaining") as progress:

@@ -17,7 +17,7 @@ from mritumor.cli.ui import console, err_console, optional_progress, report_unre
 from mritumor.errors import EXIT_PARTIAL, UsageError
 
 if TYPE_CHECKING:
-    from mritumor.inference import Predictions
+    from mritumor.inference import ImageInput, Predictions
 
 OutputFormat = Literal["table", "json", "jsonl", "csv"]
 
@@ -88,7 +88,7 @@ def infer(
     inputs could not be read (the others are still predicted).
     """
     from mritumor.bundle import latest_run
-    from mritumor.inference import InferOptions, gather_inputs, load_members
+    from mritumor.inference import InferOptions, load_members
     from mritumor.inference import infer as run_inference
 
     fmt = _output_format(output_format)
@@ -116,13 +116,7 @@ def infer(
     # An explicit --run wins over ensemble members from a config file.
     runs = [run] if run is not None else list(options.ensemble_members)
     runs = runs or [latest_run(settings.paths.runs_dir)]
-    inputs, missing = gather_inputs(paths)
-    for spec in missing:
-        err_console.print(
-            f"[yellow]warning:[/] no image matches {spec}", soft_wrap=True, markup=True
-        )
-    if not inputs:
-        raise UsageError(f"no images found in {', '.join(paths)}")
+    inputs, missing = image_inputs(paths)
     members = load_members(runs)
     with optional_progress(quiet, "Predicting") as progress:
         predictions = run_inference(
@@ -159,6 +153,20 @@ def infer(
     report_unreadable(predictions.failures)
     if predictions.failures or missing:
         raise typer.Exit(EXIT_PARTIAL)
+
+
+def image_inputs(paths: list[str]) -> tuple[list[ImageInput], list[str]]:
+    """The images of ``paths``; a warning per spec that matched nothing, an error for none."""
+    from rich.markup import escape
+
+    from mritumor.inference import gather_inputs
+
+    inputs, missing = gather_inputs(paths)
+    for spec in missing:
+        err_console.print(f"[yellow]warning:[/] no image matches {escape(spec)}", soft_wrap=True)
+    if not inputs:
+        raise UsageError(f"no images found in {', '.join(paths)}")
+    return inputs, missing
 
 
 def _output_format(text: str) -> OutputFormat:
