@@ -270,7 +270,7 @@ def evaluate(
     scored = score(predictor, eval_set, batch_size=settings.inference.batch_size, progress=progress)
     report_dir = run_dir / bundles.REPORTS_DIR / f"{EVAL_DIR_PREFIX}{_folder_name(eval_set.name)}"
     if eval_set.binary:
-        summary = _binary_report(report_dir, bundle, scored, settings)
+        summary = _binary_report(report_dir, predictor, scored, settings)
         return StepReport(report_dir, summary, eval_set.notes, scored.failures)
     probabilities = softmax(scored.logits, bundle.temperature)
     predicted = probabilities.argmax(axis=1)
@@ -287,15 +287,16 @@ def evaluate(
 
 
 def _binary_report(
-    report_dir: Path, bundle: Bundle, scored: Scored, settings: Settings
+    report_dir: Path, predictor: Predictor, scored: Scored, settings: Settings
 ) -> dict[str, Any]:
     """A yes/no set: tumour-score AUC, ROC, counts and rates at the bundle's threshold."""
     from mritumor import plots
     from mritumor.metrics import roc_auc, roc_curve
     from mritumor.threshold import bootstrap_rates, confusion_at
 
+    bundle = predictor.bundle
     tumour = scored.labels
-    scores = tumour_score(softmax(scored.logits, bundle.temperature), bundle.negative_index)
+    scores = predictor.tumour_scores(scored.logits)
     fpr, tpr, _ = roc_curve(tumour, scores)
     auc = float(roc_auc(fpr, tpr))
     summary: dict[str, Any] = {
@@ -723,7 +724,7 @@ def choose_operating_point(
         if eval_set.binary
         else (scored.labels != bundle.negative_index).astype(np.int64)
     )
-    scores = tumour_score(softmax(scored.logits, bundle.temperature), bundle.negative_index)
+    scores = predictor.tumour_scores(scored.logits)
     options = settings.threshold
     point = operating_point(tumour, scores, options)
     intervals = bootstrap_rates(

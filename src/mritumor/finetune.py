@@ -34,7 +34,6 @@ import keras
 
 from mritumor import bundle as bundles
 from mritumor import training
-from mritumor.calibration import softmax, tumour_score
 from mritumor.data.pipeline import InputPipeline, PipelineOptions, build_pipeline
 from mritumor.data.splits import BINARY_CLASSES, EXTERNAL_SPLITS, SplitFiles, load_binary_folder
 from mritumor.errors import UsageError
@@ -496,5 +495,4 @@ def _binary_scores(
 ) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
     logits = predictor.logits(split.paths, batch_size=batch_size)
     labels = np.asarray(split.labels, dtype=np.int64)[logits.kept]
-    probabilities = softmax(logits.logits, predictor.temperature)
-    return labels, tumour_score(probabilities, predictor.bundle.negative_index)
+    return labels, predictor.tumour_scores(logits.logits)
