@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from mritumor.cli.evaluate import RunOption
-from mritumor.cli.options import QuietOption, SeedOption
+from mritumor.cli.options import ExistOkOption, QuietOption, SeedOption
 from mritumor.cli.state import SetOption, resolve_settings, resumed_settings
 from mritumor.cli.train import create_run_dir, removed_unless_started, training_observer
 from mritumor.cli.ui import console
@@ -51,9 +51,7 @@ def finetune(
         str | None,
         typer.Option(help="Run directory name under paths.runs_dir [default: finetune-<n>]."),
     ] = None,
-    exist_ok: Annotated[
-        bool, typer.Option("--exist-ok", help="Allow --name to reuse an existing run directory.")
-    ] = False,
+    exist_ok: ExistOkOption = False,
     resume: Annotated[
         Path | None,
         typer.Option(help="Continue this finetune run from its last.keras."),

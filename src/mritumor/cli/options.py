@@ -1,4 +1,4 @@
-"""Options shared by the commands that build and train models (train, kfold)."""
+"""Options shared by the commands that build and train models (train, kfold, finetune)."""
 
 from __future__ import annotations
 
@@ -24,4 +24,7 @@ ImageSizeOption = Annotated[int | None, typer.Option(help="[default: data.image_
 SeedOption = Annotated[int | None, typer.Option(help="[default: seed]")]
 QuietOption = Annotated[
     bool, typer.Option("--quiet", "-q", help="No progress display; the summary only.")
+]
+ExistOkOption = Annotated[
+    bool, typer.Option("--exist-ok", help="Allow --name to reuse an existing run directory.")
 ]

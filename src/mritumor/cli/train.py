@@ -12,6 +12,7 @@ import typer
 from mritumor.cli.options import (
     BackboneOption,
     BatchSizeOption,
+    ExistOkOption,
     ImageSizeOption,
     QuietOption,
     SeedOption,
@@ -68,9 +69,7 @@ def train(
         str | None,
         typer.Option(help="Run directory name under paths.runs_dir [default: train-<n>]."),
     ] = None,
-    exist_ok: Annotated[
-        bool, typer.Option("--exist-ok", help="Allow --name to reuse an existing run directory.")
-    ] = False,
+    exist_ok: ExistOkOption = False,
     resume: Annotated[
         Path | None,
         typer.Option(help="Continue this run from its last.keras, with its own settings."),
