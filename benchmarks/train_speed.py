@@ -107,6 +107,9 @@ class RecordingObserver:
     def on_warning(self, message: str) -> None:
         print(f"warning: {message}", file=sys.stderr)
 
+    def on_note(self, message: str) -> None:
+        print(message, file=sys.stderr)
+
 
 def measure_mritumor(settings: Any, work: Path) -> dict[str, Any]:
     from mritumor.data.splits import load_split

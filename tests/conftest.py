@@ -24,6 +24,18 @@ def _clean_mritumor_env(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(name)
 
 
+@pytest.fixture(autouse=True)
+def _float32_policy_afterwards() -> Iterator[None]:
+    """``train.precision: auto`` may pick mixed_bfloat16 on this CPU: never let it leak.
+
+    Keras's global policy outlives the test that set it; later tests build float32 models.
+    """
+    yield
+    keras = sys.modules.get("keras")
+    if keras is not None:
+        keras.mixed_precision.set_global_policy("float32")
+
+
 @pytest.fixture
 def runner() -> CliRunner:
     return CliRunner()

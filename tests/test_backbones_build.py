@@ -65,3 +65,26 @@ def test_small_cnn_saves_and_loads_safely(tmp_path: Path) -> None:
     np.testing.assert_array_equal(actual, expected)
     assert isinstance(loaded.get_layer("last_conv"), keras.layers.Conv2D)
     assert loaded.count_params() == registry.get("small_cnn").params
+
+
+def test_slim_resnet_on_grayscale_saves_loads_safely_and_counts_its_blocks(tmp_path: Path) -> None:
+    import keras
+    import numpy as np
+
+    from mritumor.finetune import _block_of
+
+    keras.backend.clear_session()
+    model = registry.build("slim-resnet18", keras.Input((32, 32, 1)), weights=None)
+    path = tmp_path / "slim resnet.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True)
+    images = np.random.default_rng(0).uniform(0, 255, size=(2, 32, 32, 1)).astype("float32")
+    expected = keras.ops.convert_to_numpy(model(images, training=False))
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(loaded(images, training=False)), expected
+    )
+    assert expected.shape == (2, 1, 1, 256)  # five stride-2 steps: 32 px -> 1
+    # Grayscale drops two thirds of the stem's 3x3x3x32 weights; everything else is the same.
+    assert loaded.count_params() == registry.get("resnet18s").params - 2 * 3 * 3 * 32
+    blocks = {_block_of(layer) for layer in loaded.layers if layer.weights}
+    assert blocks == {"stem", *(f"block{stage}{letter}" for stage in "1234" for letter in "ab")}

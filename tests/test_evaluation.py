@@ -166,6 +166,69 @@ def test_eval_of_a_folder_with_spaces_writes_reports_named_after_it(
     assert summary["n_images"] == 24
 
 
+def test_eval_reports_accuracy_without_copies_of_training_images(
+    run_dir: Path, data_root: Path, tmp_path: Path
+) -> None:
+    folder = Path(shutil.copytree(data_root / "test", tmp_path / "site with copies"))
+    train = bundles.read_split(run_dir, "train", CLASS_NAMES)
+    copied = []
+    for index in (0, 7, 13):  # one exact copy, under another name, from three classes
+        source, label = train.paths[index], CLASS_NAMES[train.labels[index]]
+        copied.append(Path(shutil.copy(source, folder / label / f"copy {index}.png")))
+    result = invoke("eval", "--run", str(run_dir), "--split", str(folder))
+    assert result.exit_code == 0, result.output
+    (report_dir,) = (run_dir / "reports").glob("eval-site with copies-*")
+    summary = read_json(report_dir / evaluation.SUMMARY_FILE)
+    without = summary["without_training_copies"]
+    assert isinstance(without, dict)
+    assert (summary["n_images"], without["n_copies"], without["n_images"]) == (27, 3, 24)
+    listed = read_csv(report_dir / evaluation.TRAINING_COPIES_FILE)
+    assert sorted(Path(row["path"]).name for row in listed) == sorted(p.name for p in copied)
+    rows = read_csv(report_dir / evaluation.PREDICTIONS_FILE)
+    kept = [row for row in rows if not Path(row["path"]).name.startswith("copy ")]
+    expected = accuracy_score(
+        [row["true_class"] for row in kept], [row["predicted_class"] for row in kept]
+    )
+    assert without["accuracy"] == pytest.approx(expected)
+    low, high = without["accuracy_ci95"]
+    assert low <= without["accuracy"] <= high
+    assert "accuracy without 3 copies of training images" in result.stdout
+
+
+def test_eval_of_distinct_images_reports_no_copies_and_val_is_not_checked(run_dir: Path) -> None:
+    assert invoke("eval", "--run", str(run_dir), "-q").exit_code == 0
+    test = read_json(run_dir / "reports" / "eval-test" / evaluation.SUMMARY_FILE)
+    assert test["without_training_copies"] == {  # phantoms are all distinct
+        "n_copies": 0,
+        "n_images": test["n_images"],
+        "accuracy": test["metrics"]["accuracy"],  # type: ignore[index]
+        "accuracy_ci95": test["metrics"]["accuracy_ci95"],  # type: ignore[index]
+        "macro_f1": pytest.approx(test["metrics"]["macro_f1"]),  # type: ignore[index]
+    }
+    assert invoke("eval", "--run", str(run_dir), "--split", "val", "-q").exit_code == 0
+    val = read_json(run_dir / "reports" / "eval-val" / evaluation.SUMMARY_FILE)
+    assert "without_training_copies" not in val
+
+
+def test_external_eval_reports_auc_without_copies_of_training_images(
+    run_dir: Path, data_root: Path, tmp_path: Path
+) -> None:
+    external = Path(shutil.copytree(data_root / "external" / "synthetic", tmp_path / "ext"))
+    train = bundles.read_split(run_dir, "train", CLASS_NAMES)
+    no_tumour = [
+        p for p, y in zip(train.paths, train.labels, strict=True) if CLASS_NAMES[y] == "no_tumor"
+    ]
+    shutil.copy(no_tumour[0], external / "no" / "seen in training.png")
+    result = invoke("eval", "--run", str(run_dir), "--external", str(external), "-q")
+    assert result.exit_code == 0, result.output
+    (report_dir,) = (run_dir / "reports").glob("eval-ext-*")
+    summary = read_json(report_dir / evaluation.SUMMARY_FILE)
+    without = summary["without_training_copies"]
+    assert isinstance(without, dict)
+    assert (without["n_copies"], without["n_images"]) == (1, 12)
+    assert 0.0 <= without["auc"] <= 1.0
+
+
 def test_unreadable_images_are_listed_and_skipped(
     run_dir: Path, tmp_path: Path, data_root: Path
 ) -> None:

@@ -27,6 +27,7 @@ from mritumor.finetune import (  # noqa: E402  (TensorFlow must be imported quie
     HybridLoss,
     hybrid_targets,
     split_external,
+    training_duplicates,
 )
 
 NEGATIVE = 2  # no_tumor
@@ -117,7 +118,9 @@ def settings_for(**finetune: object) -> object:
 def test_the_external_split_is_stratified_disjoint_and_keeps_copies_together(
     external: Path,
 ) -> None:
-    splits = split_external(external, settings_for(val_size=0.2, holdout_size=0.3))  # type: ignore[arg-type]
+    carved = split_external(external, settings_for(val_size=0.2, holdout_size=0.3))  # type: ignore[arg-type]
+    assert carved.training_duplicates == ()
+    splits = carved.splits
     assert list(splits) == list(EXTERNAL_SPLITS)
     sets = [set(split.paths) for split in splits.values()]
     assert sum(len(s) for s in sets) == 41 and len(set.union(*sets)) == 41
@@ -127,7 +130,38 @@ def test_the_external_split_is_stratified_disjoint_and_keeps_copies_together(
     copies = {external / "yes/0.png", external / "yes/copy of 0.png"}
     assert any(copies <= s for s in sets)
     again = split_external(external, settings_for(val_size=0.2, holdout_size=0.3))  # type: ignore[arg-type]
-    assert again == splits
+    assert again == carved
+
+
+def test_external_copies_of_training_images_are_left_out_and_named(
+    external: Path, tmp_path: Path
+) -> None:
+    training = tmp_path / "train"
+    # Two exact copies (one of which has a copy of its own in yes/) and one re-encoded JPEG.
+    training.mkdir()
+    shutil.copy(external / "yes/0.png", training / "a.png")
+    shutil.copy(external / "No/5.png", training / "b.png")
+    save(training / "c.jpg", smooth_image(107, 32), "JPEG", quality=90)  # No/7.png, re-encoded
+    save(training / "unrelated.png", smooth_image(999, 32))
+    seen = sorted(training.iterdir())
+    carved = split_external(external, settings_for(val_size=0.2, holdout_size=0.3), seen)  # type: ignore[arg-type]
+    dropped = {path.relative_to(external).as_posix() for path in carved.training_duplicates}
+    assert dropped == {"yes/0.png", "yes/copy of 0.png", "No/5.png", "No/7.png"}
+    kept = set().union(*(set(split.paths) for split in carved.splits.values()))
+    assert len(kept) == 41 - 4
+    assert not kept & set(carved.training_duplicates)
+
+
+def test_an_external_set_that_only_copies_training_images_says_so(tmp_path: Path) -> None:
+    for index in range(3):
+        save(tmp_path / "ext" / "yes" / f"{index}.png", smooth_image(index, 32))
+        save(tmp_path / "ext" / "no" / f"{index}.png", smooth_image(50 + index, 32))
+    training = [
+        shutil.copy(path, tmp_path / f"t{i}.png")
+        for i, path in enumerate(sorted((tmp_path / "ext/no").iterdir()))
+    ]
+    with pytest.raises(UsageError, match=r"no images in no/ once 3 copies of training images"):
+        split_external(tmp_path / "ext", settings_for(), [Path(p) for p in training])  # type: ignore[arg-type]
 
 
 def test_an_external_set_without_no_images_is_refused(tmp_path: Path) -> None:
@@ -160,13 +194,18 @@ def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def finetuned(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]:
     runs = tmp_path_factory.mktemp("runs")
     parent = build_run(runs / "train-1", data_root, dropout=0.2)
+    # The external set also holds two copies of the parent's training images, which must go.
+    external = Path(shutil.copytree(data_root / "external" / "synthetic", runs / "site b"))
+    for index, source in enumerate(sorted((data_root / "train" / "no_tumor").iterdir())[:2]):
+        shutil.copy(source, external / "no" / f"also in training {index}.png")
     result = CliRunner().invoke(
         app,
         [
-            "finetune", "--run", str(parent), "--external", str(data_root / "external" / "synthetic"),
+            "finetune", "--run", str(parent), "--external", str(external),
             "--epochs", "2", "--unfreeze-blocks", "2", "--lr", "0.001",
             "--set", f"paths.runs_dir={runs}", "--set", "train.batch_size=8",
             "--set", "threshold.strategy=youden", "--set", "threshold.bootstrap_samples=20",
+            "--set", "train.precision=float32",
         ],
         env=WIDE,
     )  # fmt: skip
@@ -186,6 +225,22 @@ def test_a_finetune_run_is_a_bundle_that_names_its_parent(
         assert (run_dir / name).is_file(), name
     assert set(bundles.list_splits(run_dir)) == {"train", "val", "test", *EXTERNAL_SPLITS}
     assert "sensitivity (ext_holdout)" in stdout
+
+
+def test_copies_of_the_parents_training_images_are_left_out_and_reported(
+    finetuned: tuple[Path, Path, str],
+) -> None:
+    _, run_dir, stdout = finetuned
+    assert training_duplicates(run_dir) == [
+        "no/also in training 0.png",
+        "no/also in training 1.png",
+    ]
+    report = json.loads((run_dir / "reports" / REPORT_FILE).read_text())
+    assert report["external_training_duplicates_dropped"] == 2
+    assert "Left out 2 external image(s) that copy the parent's training images" in stdout
+    for name in EXTERNAL_SPLITS:
+        paths = bundles.read_split(run_dir, name, BINARY_CLASSES).paths
+        assert not any(path.name.startswith("also in training") for path in paths)
 
 
 def test_the_external_splits_never_overlap(finetuned: tuple[Path, Path, str]) -> None:

@@ -93,9 +93,9 @@ def test_unknown_name_suggests_the_nearest() -> None:
 
 def test_unknown_name_without_a_near_match() -> None:
     with pytest.raises(BackboneError) as caught:
-        registry.get("resnet50")
+        registry.get("vgg16")
     assert "did you mean" not in str(caught.value)
-    assert "unknown backbone 'resnet50'" in str(caught.value)
+    assert "unknown backbone 'vgg16'" in str(caught.value)
 
 
 def test_specs_filter_by_glob() -> None:
@@ -334,7 +334,10 @@ def test_failed_imagenet_download_is_an_offline_error(
     message = str(caught.value)
     assert message.startswith("could not download ImageNet weights for 'v2b0' (URL fetch failure")
     assert "(URL fetch failure on https://storage.googleapis.com/x.h5: None" in message
-    assert "set model.weights to none or to a local .weights.h5 file" in message
+    # The offline alternatives are named: from scratch, a recipe, a local weights file.
+    assert "--weights none" in message
+    assert "--recipe cpu-fast" in message and "mritumor recipes list" in message
+    assert "a local .weights.h5 file with --weights PATH" in message
     assert message.endswith(f"into {tmp_path / 'keras home' / 'models'}")
     assert "\n" not in message
     assert OfflineError.exit_code == 1

@@ -316,7 +316,7 @@ def test_imagenet_weights_offline_fail_in_one_line_and_leave_no_run(
     assert result.exit_code == 1
     message = one_error_line(result.stderr)
     assert message.startswith("error: could not download ImageNet weights for 'b0'")
-    assert "set model.weights to none" in message
+    assert "train from scratch with --weights none or a recipe" in message
     assert "Traceback" not in result.output
     assert list(runs.iterdir()) == []
 

@@ -87,6 +87,7 @@ class Recorder:
     fail_on_stage: str | None = None
     events: list[tuple[Any, ...]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
     models: list[Any] = field(default_factory=list)
     weights: dict[int, list[np.ndarray]] = field(default_factory=dict)
     epoch: int = -1
@@ -113,6 +114,9 @@ class Recorder:
 
     def on_warning(self, message: str) -> None:
         self.warnings.append(message)
+
+    def on_note(self, message: str) -> None:
+        self.notes.append(message)
 
 
 def run(
@@ -207,6 +211,13 @@ def test_short_run_writes_the_whole_bundle(finished: Finished) -> None:
     assert bundle.class_names == ["glioma", "meningioma", "no_tumor", "pituitary"]
     assert bundle.epochs_completed == 2
     assert bundle.extra["unfreeze_epoch"] == 1
+    assert bundle.extra["recipe"] is None
+    assert bundle.extra["precision"] == {
+        "policy": "float32",
+        "requested": "float32",
+        "reason": bundle.extra["precision"]["reason"],
+    }
+    assert result.precision == f"float32 (requested: {bundle.extra['precision']['reason']})"
     assert bundle.monitor == "val_loss"
     assert bundle.dataset_fingerprint.startswith("sha256:")
 
@@ -267,6 +278,7 @@ def test_observer_hears_stages_epochs_and_every_batch(finished: Finished) -> Non
         ("end", 2, "full"),
     ]
     assert finished.recorder.warnings == []
+    assert finished.recorder.notes == [f"precision {finished.result.precision}"]
 
 
 def test_model_keras_holds_the_best_epoch(finished: Finished) -> None:

@@ -17,8 +17,9 @@ from mritumor.settings import LoadedSettings, Section, Settings
 
 TEMPLATE_HEADER = """\
 # mritumor configuration.
-# Precedence: defaults < this file < MRITUMOR_<SECTION>__<KEY> environment variables
-# < command-line flags. Delete any key to use its default; an empty file is valid.
+# Precedence: defaults < the recipe named by `recipe:` < this file
+# < MRITUMOR_<SECTION>__<KEY> environment variables < command-line flags.
+# Delete any key to use its default (or its recipe's value); an empty file is valid.
 # `mritumor --config THIS_FILE config show` prints the settings it resolves to.
 """
 

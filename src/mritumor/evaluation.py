@@ -269,8 +269,17 @@ def evaluate(
     )
     scored = score(predictor, eval_set, batch_size=settings.inference.batch_size, progress=progress)
     report_dir = run_dir / bundles.REPORTS_DIR / f"{EVAL_DIR_PREFIX}{_folder_name(eval_set.name)}"
+    copies = (
+        training_copies(run_dir, bundle, scored, settings.paths.data_dir)
+        if settings.evaluation.training_copies
+        else None
+    )
     if eval_set.binary:
         summary = _binary_report(report_dir, predictor, scored, settings)
+        if copies is not None:
+            summary[TRAINING_COPIES_KEY] = _binary_without(predictor, scored, copies)
+            _write_copies(report_dir, scored, copies)
+        atomic_write_json(report_dir / SUMMARY_FILE, summary)
         return StepReport(report_dir, summary, eval_set.notes, scored.failures)
     probabilities = softmax(scored.logits, bundle.temperature)
     predicted = probabilities.argmax(axis=1)
@@ -278,12 +287,109 @@ def evaluate(
         "run": str(run_dir),
         **_eval_summary(bundle, scored, probabilities, predicted, settings),
     }
+    if copies is not None:
+        summary[TRAINING_COPIES_KEY] = _multiclass_without(
+            scored.labels, predicted, copies, len(bundle.class_names), settings
+        )
+        _write_copies(report_dir, scored, copies)
     if settings.evaluation.localisation:
         summary["localisation"] = _localisation(predictor, scored)
     _write_eval_tables(report_dir, bundle, scored, probabilities, predicted)
     _write_eval_figures(report_dir, bundle, scored, probabilities, predicted, settings)
     atomic_write_json(report_dir / SUMMARY_FILE, summary)
     return StepReport(report_dir, summary, eval_set.notes, scored.failures)
+
+
+#: The splits whose images a run learnt from or was selected and calibrated on.
+TRAINING_SPLITS = (*_TRAINED_ON, *_SELECTED_ON, "cal")
+TRAINING_COPIES_KEY = "without_training_copies"
+TRAINING_COPIES_FILE = "training_copies.csv"
+
+
+def training_copies(
+    run_dir: Path, bundle: Bundle, scored: Scored, data_root: Path
+) -> NDArray[np.bool_] | None:
+    """Which scored images are exact or near copies of the run's training images.
+
+    Training images are those of :data:`TRAINING_SPLITS` (a finetune run's
+    ``ext_train`` and ``ext_val`` too). Copies form connected groups, as in
+    ``data check``: an image that is a near copy of another scored image that
+    copies a training image counts as well.
+
+    None for those splits themselves, and when the run's split lists cannot be
+    read (its data moved without ``--data``). The public Kaggle Training and
+    Testing folders share 344 such groups, so a test accuracy with them in
+    measures memory as much as generalisation: ``eval`` reports both.
+    """
+    from mritumor.data.hashing import duplicate_groups, image_hashes
+    from mritumor.data.splits import BINARY_CLASSES, EXTERNAL_SPLITS
+
+    if scored.eval_set.name in TRAINING_SPLITS or not scored.paths:
+        return None
+    seen: list[Path] = []
+    try:
+        for name in TRAINING_SPLITS:
+            if name in bundles.list_splits(run_dir):
+                names = BINARY_CLASSES if name in EXTERNAL_SPLITS else bundle.class_names
+                split = bundles.read_split(run_dir, name, names, data_root=data_root)
+                seen.extend(split.paths)
+    except MritumorError:
+        return None
+    if not seen:
+        return None
+    count = len(scored.paths)
+    groups = duplicate_groups(image_hashes([*scored.paths, *seen]))
+    in_training = set(groups[count:])
+    return np.array([group in in_training for group in groups[:count]], dtype=bool)
+
+
+def _multiclass_without(
+    labels: NDArray[np.int64],
+    predicted: NDArray[np.int64],
+    copies: NDArray[np.bool_],
+    n_classes: int,
+    settings: Settings,
+) -> dict[str, Any]:
+    """Accuracy and macro-F1, with 95% intervals, on the images that copy no training image."""
+    from mritumor.metrics import bootstrap_interval
+
+    kept_labels, kept_predicted = labels[~copies], predicted[~copies]
+    result: dict[str, Any] = {"n_copies": int(copies.sum()), "n_images": len(kept_labels)}
+    if len(kept_labels):
+        samples, seed = settings.evaluation.bootstrap_samples, settings.seed
+        macro_f1 = _macro_f1(n_classes)
+        result |= {
+            "accuracy": _accuracy(kept_labels, kept_predicted),
+            "accuracy_ci95": list(
+                bootstrap_interval(
+                    _accuracy, kept_labels, kept_predicted, n_samples=samples, seed=seed
+                )
+            ),
+            "macro_f1": macro_f1(kept_labels, kept_predicted),
+        }
+    return result
+
+
+def _binary_without(
+    predictor: Predictor, scored: Scored, copies: NDArray[np.bool_]
+) -> dict[str, Any]:
+    """Tumour-score AUC on the images that copy no training image."""
+    from mritumor.metrics import roc_auc, roc_curve
+
+    kept = ~copies
+    labels = scored.labels[kept]
+    result: dict[str, Any] = {"n_copies": int(copies.sum()), "n_images": int(kept.sum())}
+    if len(set(labels.tolist())) == 2:
+        fpr, tpr, _ = roc_curve(labels, predictor.tumour_scores(scored.logits[kept]))
+        result["auc"] = float(roc_auc(fpr, tpr))
+    return result
+
+
+def _write_copies(report_dir: Path, scored: Scored, copies: NDArray[np.bool_]) -> None:
+    rows = [["path"]] + [
+        [str(path)] for path, copy in zip(scored.paths, copies, strict=True) if copy
+    ]
+    atomic_write_text(report_dir / TRAINING_COPIES_FILE, _csv_text(rows))
 
 
 def _binary_report(

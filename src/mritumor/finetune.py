@@ -48,6 +48,8 @@ if TYPE_CHECKING:
     from mritumor.inference import Predictor
 
 REPORT_FILE = "finetune_report.json"
+#: bundle.json ``extra`` key: external images left out as copies of the parent's training images.
+TRAINING_DUPLICATES_KEY = "external_training_duplicates"
 FIGURE_FILE = "finetune_comparison.png"
 
 
@@ -120,24 +122,48 @@ def hybrid_targets(labels: Any, classes: int, *, external: bool) -> Any:
 # --------------------------------------------------------------------------- splits
 
 
-def split_external(folder: Path, settings: Settings) -> dict[str, SplitFiles]:
+@dataclass(frozen=True)
+class ExternalSplits:
+    """The external splits, and the external images left out as copies of training images."""
+
+    splits: dict[str, SplitFiles]
+    training_duplicates: tuple[Path, ...]
+
+
+def split_external(
+    folder: Path, settings: Settings, training_images: Sequence[Path] = ()
+) -> ExternalSplits:
     """``ext_train``, ``ext_val`` and ``ext_holdout`` of a yes/no folder: stratified, seeded,
-    duplicates kept together (holdout first, then val from the rest)."""
+    duplicates kept together (holdout first, then val from the rest).
+
+    External images that are exact or near copies of ``training_images`` (the
+    images the 4-class model learnt from or was selected on) are dropped first:
+    the public Navoneel yes/no set shares many no-tumour slices with the masoud
+    Training folder, and scoring a model on images it trained on is not
+    external validation.
+    """
     from mritumor.data.hashing import duplicate_groups, image_hashes
     from mritumor.data.prepare import carve_splits
 
-    paths, labels = load_binary_folder(folder)
+    all_paths, all_labels = load_binary_folder(folder)
+    group_of = duplicate_groups(image_hashes([*all_paths, *training_images]))
+    seen_in_training = set(group_of[len(all_paths) :])
+    kept = [i for i in range(len(all_paths)) if group_of[i] not in seen_in_training]
+    paths = [all_paths[i] for i in kept]
+    labels = [all_labels[i] for i in kept]
+    dropped = tuple(all_paths[i] for i in range(len(all_paths)) if group_of[i] in seen_in_training)
     options = settings.finetune
-    groups = dict(zip(paths, duplicate_groups(image_hashes(paths)), strict=True))
+    groups = {all_paths[i]: group_of[i] for i in kept}
     by_label = {
         name: [p for p, label in zip(paths, labels, strict=True) if label == index]
         for index, name in enumerate(BINARY_CLASSES)
     }
     missing = [name for name, files in by_label.items() if not files]
     if missing:
+        copies = f" once {len(dropped)} copies of training images are left out" if dropped else ""
         raise UsageError(
-            f"{folder} has no images in {'/'.join(missing)}/: finetuning needs tumour (yes/) "
-            "and no-tumour (no/) images"
+            f"{folder} has no images in {'/'.join(missing)}/{copies}: finetuning needs tumour "
+            "(yes/) and no-tumour (no/) images"
         )
     first = carve_splits(
         by_label, ("ext_holdout",), options.holdout_size, settings.seed, groups=groups
@@ -156,7 +182,7 @@ def split_external(folder: Path, settings: Settings) -> dict[str, SplitFiles]:
                 f"{folder} is too small to split: {name} would lack tumour or no-tumour images; "
                 "add images or change finetune.val_size / finetune.holdout_size"
             )
-    return splits
+    return ExternalSplits(splits, dropped)
 
 
 def _binary_split(name: str, files: Mapping[str, Sequence[Path]]) -> SplitFiles:
@@ -349,14 +375,19 @@ def _start(
     external = settings.finetune.external
     if external is None:
         raise UsageError("finetune needs the external yes/no folder: --external DIR")
-    splits = split_external(external, settings)
-    for name in ("train", "val", "test"):
-        if name in bundles.list_splits(parent_dir):
-            splits[name] = bundles.read_split(
-                parent_dir, name, parent.class_names, data_root=settings.paths.data_dir
-            )
-    if "train" not in splits:
+    parent_splits = {
+        name: bundles.read_split(
+            parent_dir, name, parent.class_names, data_root=settings.paths.data_dir
+        )
+        for name in ("train", "val", "cal", "test")
+        if name in bundles.list_splits(parent_dir)
+    }
+    if "train" not in parent_splits:
         raise UsageError(f"{parent_dir} has no train split to replay")
+    seen = [path for name in ("train", "val", "cal") for path in _paths(parent_splits.get(name))]
+    external_splits = split_external(external, settings, seen)
+    splits: dict[str, SplitFiles] = dict(external_splits.splits)
+    splits.update((n, parent_splits[n]) for n in ("train", "val", "test") if n in parent_splits)
     bundles.write_config(run_dir, settings)
     bundles.write_splits(run_dir, external, [splits[n] for n in EXTERNAL_SPLITS])
     bundles.write_splits(
@@ -373,9 +404,25 @@ def _start(
         parent=str(parent_dir),
         monitor="val_loss",
         dataset_fingerprint=bundles.dataset_fingerprint(splits.values()),
+        extra={
+            TRAINING_DUPLICATES_KEY: _relative_to(external, external_splits.training_duplicates)
+        },
     )
     bundles.write_bundle(run_dir, bundle)
     return splits
+
+
+def _paths(split: SplitFiles | None) -> tuple[Path, ...]:
+    return split.paths if split is not None else ()
+
+
+def _relative_to(root: Path, paths: Sequence[Path]) -> list[str]:
+    return [path.relative_to(root).as_posix() for path in paths]
+
+
+def training_duplicates(run_dir: Path) -> list[str]:
+    """External images a finetune run left out as copies of its parent's training images."""
+    return list(bundles.read_bundle(run_dir).extra.get(TRAINING_DUPLICATES_KEY, []))
 
 
 def _read_split(run_dir: Path, name: str, class_names: Sequence[str]) -> SplitFiles:
@@ -438,6 +485,7 @@ def write_report(settings: Settings, parent_dir: Path, run_dir: Path) -> dict[st
         "threshold_strategy": settings.threshold.strategy,
         "threshold_chosen_on": "ext_val",
         "n": {name: len(split) for name, split in splits.items()},
+        "external_training_duplicates_dropped": len(training_duplicates(run_dir)),
     }
     for when, predictor in models.items():
         report[when] = _scores(predictor, splits, settings)

@@ -35,7 +35,11 @@ from mritumor.errors import BackboneError, OfflineError
 
 ENTRY_POINT_GROUP = "mritumor.backbones"
 BUILTIN_SOURCE = "built-in"
-BUILTIN_MODULES = ("mritumor.backbones.small_cnn", "mritumor.backbones.efficientnet")
+BUILTIN_MODULES = (
+    "mritumor.backbones.small_cnn",
+    "mritumor.backbones.resnet",
+    "mritumor.backbones.efficientnet",
+)
 
 
 class BackboneBuilder(Protocol):
@@ -260,8 +264,9 @@ def _offline_message(name: str) -> Iterator[None]:
         cache = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models"
         raise OfflineError(
             f"could not download ImageNet weights for {name!r} ({text.splitlines()[0]}); "
-            f"offline, set model.weights to none or to a local .weights.h5 file, or copy "
-            f"Keras's weights file into {cache}"
+            f"offline, train from scratch with --weights none or a recipe "
+            f"(--recipe cpu-fast, `mritumor recipes list`), give a local .weights.h5 file "
+            f"with --weights PATH, or copy Keras's weights file into {cache}"
         ) from None
 
 

@@ -1,9 +1,11 @@
 """The typed settings model and how it is resolved.
 
-Sources, lowest to highest precedence: the defaults below < a YAML file
-(``--config`` or ``MRITUMOR_CONFIG``) < environment variables
-``MRITUMOR_<SECTION>__<KEY>`` < command-line flags. The order is declared once,
-in :meth:`Settings.settings_customise_sources`.
+Sources, lowest to highest precedence: the defaults below < a named recipe
+(``recipe``, see :mod:`mritumor.recipes`) < a YAML file (``--config`` or
+``MRITUMOR_CONFIG``) < environment variables ``MRITUMOR_<SECTION>__<KEY>`` <
+command-line flags. The order is declared once, in
+:meth:`Settings.settings_customise_sources`; the recipe's name is read from the
+highest source that sets it.
 
 :func:`load_settings` also reports where each explicitly set value came from,
 and turns validation failures into one :class:`~mritumor.errors.ConfigError`
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import warnings
 from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -39,6 +42,7 @@ from mritumor.environment import (
     ENV_PREFIX,
 )
 from mritumor.errors import ConfigError
+from mritumor.recipes import get_recipe
 
 
 class Section(BaseModel):
@@ -182,7 +186,11 @@ class TrainSettings(Section):
     )
     reduce_lr_on_plateau: bool = Field(False, description="Halve the rate when the monitor stalls.")
     precision: Literal["auto", "float32", "mixed_float16", "mixed_bfloat16"] = Field(
-        "auto", description="auto: mixed_float16 on a GPU, float32 on a CPU."
+        "auto",
+        description=(
+            "auto: mixed_bfloat16 where the GPU or CPU runs bfloat16 natively, "
+            "mixed_float16 on older GPUs, float32 otherwise."
+        ),
     )
     xla: bool = Field(False, description="Compile the training step with XLA.")
     deterministic: bool = Field(False, description="Deterministic TensorFlow ops (slower).")
@@ -206,6 +214,13 @@ class EvaluationSettings(Section):
     )
     error_gallery: int = Field(
         16, ge=0, le=100, description="Most confident mistakes shown in error_gallery.png."
+    )
+    training_copies: bool = Field(
+        True,
+        description=(
+            "On sets other than the run's own, also report the metrics without the images that "
+            "copy a train/val/cal image (hashes every training image once per eval)."
+        ),
     )
     localisation: bool = Field(
         True,
@@ -317,7 +332,10 @@ class PathsSettings(Section):
     )
 
 
-_file_values: ContextVar[dict[str, Any]] = ContextVar("mritumor_file_values")
+_lower_layers: ContextVar[tuple[dict[str, Any], dict[str, Any]]] = ContextVar(
+    "mritumor_lower_layers"
+)
+"""The YAML file's values and the recipe's, both already parsed, for the settings sources."""
 
 
 class Settings(BaseSettings):
@@ -332,6 +350,10 @@ class Settings(BaseSettings):
     )
 
     seed: int = Field(42, ge=0, description="Seed for splits, shuffling, augmentation and init.")
+    recipe: str | None = Field(
+        None,
+        description="A named bundle of settings below the file, env and flags; `mritumor recipes list`.",
+    )
     data: DataSettings = Field(default_factory=DataSettings)
     augment: AugmentSettings = Field(default_factory=AugmentSettings)
     model: ModelSettings = Field(default_factory=ModelSettings)
@@ -343,6 +365,12 @@ class Settings(BaseSettings):
     finetune: FinetuneSettings = Field(default_factory=FinetuneSettings)
     paths: PathsSettings = Field(default_factory=PathsSettings)
 
+    @field_validator("recipe")
+    @classmethod
+    def _recipe_name(cls, name: str | None) -> str | None:
+        """Lower case; :func:`load_settings` checks that the recipe exists when it applies it."""
+        return name.strip().lower() if name is not None else None
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -352,12 +380,17 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        """Flags (init arguments) > environment > YAML file > defaults.
+        """Flags (init arguments) > environment > YAML file > recipe > defaults.
 
-        The YAML file arrives already parsed and checked by :func:`load_settings`.
+        The YAML file and the recipe arrive already parsed by :func:`load_settings`.
         """
-        file_values = InitSettingsSource(settings_cls, init_kwargs=_file_values.get({}))
-        return (init_settings, env_settings, file_values)
+        file_values, recipe_values = _lower_layers.get(({}, {}))
+        return (
+            init_settings,
+            env_settings,
+            InitSettingsSource(settings_cls, init_kwargs=file_values),
+            InitSettingsSource(settings_cls, init_kwargs=recipe_values),
+        )
 
 
 @dataclass(frozen=True)
@@ -371,14 +404,20 @@ class LoadedSettings:
 
 
 def load_settings(
-    config_file: Path | None = None, overrides: Mapping[str, Any] | None = None
+    config_file: Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    apply_recipe: bool = True,
 ) -> LoadedSettings:
-    """Resolve settings from defaults, ``config_file``, the environment and ``overrides``.
+    """Resolve settings from defaults, a recipe, ``config_file``, the environment and ``overrides``.
 
     ``overrides`` maps dotted keys (``"train.epochs"``) to values, as command-line
-    flags produce them. Raises :class:`ConfigError` with one line on any problem.
+    flags produce them. ``apply_recipe=False`` keeps the ``recipe`` name as a
+    label without applying its values: a run's own config.yaml already holds
+    every resolved value, and must load even if that recipe was renamed since.
+    Raises :class:`ConfigError` with one line on any problem.
     """
-    flag_values = _nest(dict(overrides or {}))
+    flag_values = nest_dotted_keys(dict(overrides or {}))
     file_values = _read_yaml(config_file) if config_file is not None else {}
     _reject_unknown_env_vars()
     try:
@@ -389,7 +428,11 @@ def load_settings(
             """e.g. MRITUMOR_DATA__CLASS_NAMES='["glioma", "no_tumor"]'"""
         ) from None
 
-    origins: dict[str, str] = {}
+    recipe_name, recipe_values = (
+        _recipe_layer(flag_values, env_values, file_values) if apply_recipe else (None, {})
+    )
+    _warn_if_overridden(recipe_name, recipe_values, file_values, config_file)
+    origins: dict[str, str] = dict.fromkeys(_leaf_keys(recipe_values), f"recipe {recipe_name}")
     for key in _leaf_keys(file_values):
         origins[key] = "file"
     for key in _leaf_keys(env_values):
@@ -397,14 +440,46 @@ def load_settings(
     for key in _leaf_keys(flag_values):
         origins[key] = "flag"
 
-    token = _file_values.set(file_values)
+    token = _lower_layers.set((file_values, recipe_values))
     try:
         settings = Settings(**flag_values)
     except ValidationError as error:
         raise ConfigError(_describe(error, origins, config_file)) from None
     finally:
-        _file_values.reset(token)
+        _lower_layers.reset(token)
     return LoadedSettings(settings=settings, config_file=config_file, origins=origins)
+
+
+def _recipe_layer(*sources: Mapping[str, Any]) -> tuple[str | None, dict[str, Any]]:
+    """The recipe named by the first source that sets ``recipe`` (highest first), nested."""
+    for source in sources:
+        if "recipe" in source:
+            name = source["recipe"]
+            if name is None:
+                return None, {}
+            recipe = get_recipe(str(name))
+            return recipe.name, nest_dotted_keys(dict(recipe.settings))
+    return None, {}
+
+
+def _warn_if_overridden(
+    recipe_name: str | None,
+    recipe_values: Mapping[str, Any],
+    file_values: Mapping[str, Any],
+    config_file: Path | None,
+) -> None:
+    """A recipe whose every key the config file sets again does nothing: say so.
+
+    A file written by ``config init`` (or a run's config.yaml) holds every key.
+    """
+    recipe_keys = set(_leaf_keys(recipe_values))
+    if recipe_keys and recipe_keys <= set(_leaf_keys(file_values)):
+        warnings.warn(
+            f"recipe {recipe_name} has no effect: {config_file} sets every key it sets "
+            f"(`mritumor recipes show {recipe_name}` lists them); remove them from the file",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def env_var_name(dotted_key: str) -> str:
@@ -515,14 +590,19 @@ def _suggestion(key: str, candidates: list[str]) -> str:
 
 
 def _sections() -> list[str]:
-    return list(Settings.model_fields)
+    """The top-level keys that hold a section (``data``, ``train``...), not a scalar (``seed``)."""
+    return [
+        name
+        for name, field in Settings.model_fields.items()
+        if isinstance(field.annotation, type) and issubclass(field.annotation, Section)
+    ]
 
 
 def _clean(message: str) -> str:
     return message.removeprefix("Value error, ")
 
 
-def _nest(flat: Mapping[str, Any]) -> dict[str, Any]:
+def nest_dotted_keys(flat: Mapping[str, Any]) -> dict[str, Any]:
     """``{"train.epochs": 3}`` -> ``{"train": {"epochs": 3}}``."""
     nested: dict[str, Any] = {}
     for dotted, value in flat.items():

@@ -45,10 +45,13 @@ from mritumor.data.splits import SplitFiles, carve_calibration_split, load_split
 from mritumor.errors import ConfigError, MritumorError, UsageError
 from mritumor.losses import make_loss, make_optimizer
 from mritumor.model import backbone_layers, build_classifier, load_model, set_backbone_trainable
+from mritumor.precision import PrecisionChoice, resolve_precision
 from mritumor.settings import Settings, TrainSettings
 
 StageName = Literal["frozen", "full"]
 UNFREEZE_KEY = "unfreeze_epoch"
+PRECISION_KEY = "precision"
+RECIPE_KEY = "recipe"
 BEST_VALUE_KEY = "best_value"
 
 
@@ -93,6 +96,8 @@ class TrainingObserver(Protocol):
 
     def on_warning(self, message: str) -> None: ...
 
+    def on_note(self, message: str) -> None: ...
+
 
 class TrainingInterruptedError(MritumorError):
     """Ctrl-C during training; ``last.keras`` holds the state reached."""
@@ -105,6 +110,8 @@ class TrainResult:
     best_epoch: int | None
     best_value: float | None
     interrupted: bool
+    precision: str = ""
+    """The policy trained with and why, e.g. ``float32 (auto: CPU without native bfloat16)``."""
     decode_failures: dict[str, str] = field(default_factory=dict)
 
 
@@ -117,18 +124,22 @@ def train(
 ) -> TrainResult:
     """Train into ``run_dir`` (fresh: an empty new run directory; resume: an existing run)."""
     _check_compatible(settings)
-    configure_runtime(settings)
+    precision = configure_runtime(settings)
     splits = _splits(settings, run_dir, resume=resume)
     train_split, val_split = splits[:2]
     compiled_for: StageName | None
     if resume:
         model = load_model(run_dir / bundles.LAST_FILE, compile=True)
         compiled_for = _stage_of(model)
+        precision = _kept_precision(model, precision)
     else:
         # Built before anything is written: a bad backbone or weights leaves no half-made run.
         model, compiled_for = build_classifier(settings), None
         _start_run(settings, run_dir, splits)
+    if observer is not None:
+        observer.on_note(f"precision {precision.describe()}")
     book = Bookkeeping(run_dir, settings.train.monitor, resume=resume)
+    book.record_runtime(settings, precision)
     train_data = build_pipeline(train_split, PipelineOptions.from_settings(settings, training=True))
     val_data = build_pipeline(val_split, PipelineOptions.from_settings(settings, training=False))
     interrupted = False
@@ -152,6 +163,7 @@ def train(
         best_epoch=book.best_epoch,
         best_value=book.best_value,
         interrupted=interrupted,
+        precision=precision.describe(),
         decode_failures={**train_data.failures.items(), **val_data.failures.items()},
     )
 
@@ -173,18 +185,29 @@ def _check_compatible(settings: Settings) -> None:
         )
 
 
-def configure_runtime(settings: Settings) -> None:
+def configure_runtime(settings: Settings) -> PrecisionChoice:
+    """Seed, determinism and the precision policy; the policy chosen (and why) is returned."""
     keras.utils.set_random_seed(settings.seed)
     if settings.train.deterministic:
         tf.config.experimental.enable_op_determinism()
-    keras.mixed_precision.set_global_policy(resolve_precision(settings.train.precision))
+    choice = resolve_precision(settings.train.precision)
+    if choice.warning is not None:
+        warnings.warn(choice.warning, UserWarning, stacklevel=2)
+    keras.mixed_precision.set_global_policy(choice.policy)
+    return choice
 
 
-def resolve_precision(precision: str) -> str:
-    """``auto``: mixed_float16 when a GPU is visible, float32 otherwise."""
-    if precision != "auto":
-        return precision
-    return "mixed_float16" if tf.config.list_physical_devices("GPU") else "float32"
+def _kept_precision(model: Any, chosen: PrecisionChoice) -> PrecisionChoice:
+    """A resumed model trains in the policy saved with its layers, whatever was chosen now."""
+    from mritumor.precision import detect_hardware, saved_precision
+
+    policy = model.dtype_policy.name
+    if policy == chosen.policy:
+        return chosen
+    kept = saved_precision(policy, detect_hardware())
+    if kept.warning is not None:
+        warnings.warn(kept.warning, UserWarning, stacklevel=3)
+    return kept
 
 
 def _splits(settings: Settings, run_dir: Path, *, resume: bool) -> tuple[SplitFiles, ...]:
@@ -361,6 +384,26 @@ class Bookkeeping:
         """The 0-based epoch the full stage began, or None while still frozen."""
         value = self.bundle.extra.get(UNFREEZE_KEY)
         return int(value) if value is not None else None
+
+    def record_runtime(self, settings: Settings, precision: PrecisionChoice) -> None:
+        """The recipe and the resolved precision, in bundle.json's ``extra``.
+
+        A resumed run may resume on other hardware: the precision of each
+        session is kept, the first one under ``precision``, later ones appended.
+        """
+        chosen = {
+            "policy": precision.policy,
+            "requested": precision.requested,
+            "reason": precision.reason,
+        }
+        extra = dict(self.bundle.extra)
+        extra.setdefault(RECIPE_KEY, settings.recipe)
+        previous = extra.get(PRECISION_KEY)
+        if previous is None:
+            extra[PRECISION_KEY] = chosen
+        elif previous != chosen:
+            extra[PRECISION_KEY + "_resumed"] = [*extra.get(PRECISION_KEY + "_resumed", []), chosen]
+        self._update(extra=extra)
 
     def begin_stage(self, stage: Stage) -> None:
         self.stage = stage.name

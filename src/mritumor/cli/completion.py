@@ -13,3 +13,11 @@ def complete_backbone(incomplete: str) -> list[tuple[str, str]]:
         for spec in registry.specs()
         if spec.name.startswith(prefix)
     ]
+
+
+def complete_recipe(incomplete: str) -> list[tuple[str, str]]:
+    """Recipe names that start with what was typed, with their summary."""
+    from mritumor.recipes import RECIPES
+
+    prefix = incomplete.lower()
+    return [(recipe.name, recipe.summary) for recipe in RECIPES if recipe.name.startswith(prefix)]

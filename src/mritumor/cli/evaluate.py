@@ -232,6 +232,14 @@ def _show_eval(report: StepReport) -> None:
                 f"{_number(found['pointing_game'])} / {_number(found['energy_inside'])}",
             )
         )
+    without = summary.get("without_training_copies")
+    if without and without.get("n_copies"):
+        rows.append(
+            (
+                f"accuracy without {without['n_copies']} copies of training images",
+                _interval(without.get("accuracy"), without.get("accuracy_ci95")),
+            )
+        )
     _table(f"{summary['split']}", rows)
     console.print(f"Reports in {report.report_dir}", soft_wrap=True)
 
@@ -251,6 +259,14 @@ def _show_binary(report: StepReport) -> None:
             ("specificity [95% CI]", _interval(at["specificity"], ci.get("specificity"))),
             ("TP / FP / TN / FN", "{tp} / {fp} / {tn} / {fn}".format(**at)),
         ]
+    without = summary.get("without_training_copies")
+    if without and without.get("n_copies"):
+        rows.append(
+            (
+                f"tumour AUC without {without['n_copies']} copies of training images",
+                _number(without.get("auc")),
+            )
+        )
     _table(f"{summary['split']} (tumour vs no tumour)", rows)
     console.print(f"Reports in {report.report_dir}", soft_wrap=True)
 

@@ -128,6 +128,15 @@ def _show(result: FinetuneResult) -> None:
         if any(value != "-" for value in values):
             table.add_row(label, *values)
     console.print(table)
+    dropped = report.get("external_training_duplicates_dropped", 0)
+    if dropped:
+        console.print(
+            f"Left out {dropped} external image(s) that copy the parent's training images "
+            f"(listed in {result.run_dir / 'bundle.json'}, extra.external_training_duplicates).",
+            soft_wrap=True,
+            markup=False,
+            highlight=False,
+        )
     console.print(
         f"Best epoch {result.best_epoch} of {result.epochs_completed}; report in "
         f"{result.run_dir / 'reports'}. Next: mritumor calibrate --run {result.run_dir}, "

@@ -14,6 +14,7 @@ from mritumor.cli.options import (
     BatchSizeOption,
     ImageSizeOption,
     QuietOption,
+    RecipeOption,
     SeedOption,
     WeightsOption,
 )
@@ -35,6 +36,7 @@ def kfold(
     fold: Annotated[
         int | None, typer.Option(help="Run this fold only (1..folds), e.g. one per machine.")
     ] = None,
+    recipe: RecipeOption = None,
     backbone: BackboneOption = None,
     weights: WeightsOption = None,
     epochs: Annotated[
@@ -66,6 +68,7 @@ def kfold(
     from mritumor.errors import UsageError
 
     flags = {
+        "recipe": recipe,
         "model.backbone": backbone,
         "model.weights": weights,
         "train.epochs": epochs,

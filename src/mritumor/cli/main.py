@@ -22,6 +22,7 @@ from mritumor.cli import (
     infer,
     kfold,
     pipeline,
+    recipes,
     train,
 )
 from mritumor.cli.state import AppState
@@ -71,6 +72,7 @@ app.command("pipeline")(pipeline.pipeline)
 app.command("demo")(pipeline.demo)
 app.add_typer(config.app, name="config")
 app.add_typer(backbones.app, name="backbones")
+app.add_typer(recipes.app, name="recipes")
 
 
 def _print_version(value: bool) -> None:

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from mritumor.cli.completion import complete_backbone
+from mritumor.cli.completion import complete_backbone, complete_recipe
 
 BackboneOption = Annotated[
     str | None,
@@ -27,4 +27,11 @@ QuietOption = Annotated[
 ]
 ExistOkOption = Annotated[
     bool, typer.Option("--exist-ok", help="Allow --name to reuse an existing run directory.")
+]
+RecipeOption = Annotated[
+    str | None,
+    typer.Option(
+        help="A named bundle of settings (`mritumor recipes list`); flags and --set still win.",
+        autocompletion=complete_recipe,
+    ),
 ]

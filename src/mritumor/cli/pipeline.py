@@ -170,6 +170,9 @@ class _EpochBar:
                 self.display.epochs, completed=int(row["epoch"]), status=status
             )
 
+    def on_note(self, message: str) -> None:
+        """Notes (the precision chosen) are in the run's bundle.json; the display stays compact."""
+
     def on_warning(self, message: str) -> None:
         from rich.markup import escape
 

@@ -86,4 +86,4 @@ def resumed_settings(
     overrides = {
         key: value for key, value in flags.items() if key in changeable and value is not None
     }
-    return load_settings(config, overrides).settings
+    return load_settings(config, overrides, apply_recipe=False).settings

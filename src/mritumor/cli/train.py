@@ -15,6 +15,7 @@ from mritumor.cli.options import (
     ExistOkOption,
     ImageSizeOption,
     QuietOption,
+    RecipeOption,
     SeedOption,
     WeightsOption,
 )
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 
 def train(
     ctx: typer.Context,
+    recipe: RecipeOption = None,
     backbone: BackboneOption = None,
     weights: WeightsOption = None,
     epochs: Annotated[
@@ -84,6 +86,7 @@ def train(
     curves. Ctrl-C saves last.keras and prints how to resume.
     """
     flags = {
+        "recipe": recipe,
         "model.backbone": backbone,
         "model.weights": weights,
         "train.epochs": epochs,
@@ -217,6 +220,9 @@ class RichTrainingObserver:
             f"[yellow]warning:[/] {escape(message)}", soft_wrap=True, markup=True
         )
 
+    def on_note(self, message: str) -> None:
+        self.progress.console.print(message, soft_wrap=True, markup=False, highlight=False)
+
     def close(self) -> None:
         if self.epochs is not None:
             self.progress.stop()
@@ -255,6 +261,7 @@ def _report(result: TrainResult, *, failures_shown: bool) -> None:
         raise typer.Exit(EXIT_INTERRUPTED)
     table = Table(title=f"Run {result.run_dir}", title_justify="left", show_header=False)
     table.add_row("epochs completed", str(result.epochs_completed))
+    table.add_row("precision", result.precision)
     table.add_row("best epoch", str(result.best_epoch))
     table.add_row(
         "best monitor value", f"{result.best_value:.4f}" if result.best_value is not None else "-"
