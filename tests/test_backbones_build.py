@@ -88,3 +88,30 @@ def test_slim_resnet_on_grayscale_saves_loads_safely_and_counts_its_blocks(tmp_p
     assert loaded.count_params() == registry.get("resnet18s").params - 2 * 3 * 3 * 32
     blocks = {_block_of(layer) for layer in loaded.layers if layer.weights}
     assert blocks == {"stem", *(f"block{stage}{letter}" for stage in "1234" for letter in "ab")}
+
+
+@pytest.mark.parametrize("name", ["v2b0", "b0"])
+def test_efficientnet_takes_grayscale_input_as_three_equal_channels(
+    name: str, tmp_path: Path
+) -> None:
+    """Their in-model normalisation has RGB statistics: 1 channel crashed the build."""
+    import keras
+    import numpy as np
+
+    from mritumor.model import build_classifier
+    from mritumor.settings import load_settings
+
+    keras.backend.clear_session()
+    settings = load_settings(
+        None,
+        {"model.backbone": name, "model.weights": "none", "data.channels": 1, "data.image_size": 32},
+    ).settings
+    model = build_classifier(settings)
+    gray = np.random.default_rng(2).uniform(0, 255, (2, 32, 32, 1)).astype("float32")
+    path = tmp_path / f"{name} gray.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True)
+    np.testing.assert_allclose(loaded.predict(gray, verbose=0), model.predict(gray, verbose=0))
+    assert loaded.input_shape == (None, 32, 32, 1)
+    assert loaded.output_shape == (None, 4)
+    keras.backend.clear_session()

@@ -43,9 +43,13 @@ _VARIANTS = (
 
 def _keras_application(keras_name: str) -> BackboneBuilder:
     def build(inputs: Any, weights: str | None) -> Any:
-        from keras import applications
+        from keras import applications, layers
 
         constructor = getattr(applications, keras_name)
+        if inputs.shape[-1] == 1:
+            # The networks normalise with per-RGB-channel statistics inside the model:
+            # a grayscale slice enters as three equal channels (no Lambda: safe_mode loads it).
+            inputs = layers.Concatenate(name="gray_to_rgb")([inputs, inputs, inputs])
         return constructor(include_top=False, weights=weights, input_tensor=inputs)
 
     build.__name__ = f"build_{keras_name.lower()}"
