@@ -65,6 +65,8 @@ SPLITS_DIR = "splits"
 REPORTS_DIR = "reports"
 HISTORY_FILE = "history.csv"
 HISTORY_JSON = "training_history.json"
+#: Held by the process that writes the run (see :mod:`mritumor.run_lock`); not run content.
+LOCK_FILE = ".lock"
 
 TRAIN_HINT = "train a model first: mritumor train"
 
@@ -921,7 +923,7 @@ def _named_run_dir(run_dir: Path, *, exist_ok: bool) -> Path:
                 f"{run_dir} already holds a run; continue it with --resume {run_dir} "
                 "or choose another --name"
             ) from None
-        if not exist_ok and any(run_dir.iterdir()):
+        if not exist_ok and any(path.name != LOCK_FILE for path in run_dir.iterdir()):
             raise BundleError(
                 f"run directory {run_dir} already exists and is not empty; "
                 "choose another --name, or pass --exist-ok to add to it"

@@ -81,6 +81,8 @@ def load_model(path: Path, *, compile: bool = False) -> Any:
         )
     if not path.is_file():
         raise UsageError(f"model file {path} not found")
+    if not zipfile.is_zipfile(path):
+        raise MritumorError(_damaged(path))
     import_tensorflow()
     import keras
 
@@ -89,3 +91,18 @@ def load_model(path: Path, *, compile: bool = False) -> Any:
     except (ValueError, OSError, KeyError, zipfile.BadZipFile) as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise MritumorError(f"cannot load {path}: {reason}") from None
+
+
+def _damaged(path: Path) -> str:
+    """A .keras file is a zip archive: one that is not (zero bytes, cut off) was damaged."""
+    from mritumor.bundle import LAST_FILE
+
+    size = path.stat().st_size
+    recovery = "retrain, or restore it from a copy"
+    last = path.with_name(LAST_FILE)
+    if path.name != LAST_FILE and zipfile.is_zipfile(last):
+        recovery = (
+            f"{last} holds the latest training state: continue the run with "
+            f"`mritumor train --resume {path.parent}`, or retrain"
+        )
+    return f"{path} is damaged ({size} bytes, not a complete .keras archive); {recovery}"

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from mritumor.errors import MritumorError, UsageError
 from mritumor.fsutil import atomic_write_json
+from mritumor.run_lock import claimed_run
 
 if TYPE_CHECKING:
     from mritumor.settings import Settings
@@ -222,7 +223,8 @@ def _train(context: _Context) -> tuple[Path, ...]:
     from mritumor.training import train
 
     run_dir = _fresh_run_dir(context.train_run)
-    result = train(context.settings, run_dir, observer=context.training_observer)
+    with claimed_run(run_dir, fresh=True):
+        result = train(context.settings, run_dir, observer=context.training_observer)
     if result.interrupted:
         raise MritumorError(f"training was interrupted; the state is in {run_dir}")
     return (run_dir / bundles.MODEL_FILE,)
@@ -240,8 +242,14 @@ def _fresh_run_dir(run_dir: Path) -> Path:
                 f"{run_dir} exists and was not made by `mritumor pipeline`; "
                 "move it, or set paths.runs_dir to another folder"
             )
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True)
+        with claimed_run(run_dir, fresh=False):  # never under a pipeline still working in it
+            shutil.rmtree(run_dir)
+    try:
+        run_dir.mkdir(parents=True)
+    except FileExistsError:
+        raise UsageError(
+            f"another process is making {run_dir}; run one pipeline at a time"
+        ) from None
     marker.write_text("made by mritumor pipeline; replaced when out of date\n", encoding="utf-8")
     return run_dir
 
@@ -287,9 +295,10 @@ def _finetune(context: _Context) -> tuple[Path, ...]:
     from mritumor.finetune import REPORT_FILE, finetune
 
     run_dir = _fresh_run_dir(context.finetune_run)
-    result = finetune(
-        context.settings, context.train_run, run_dir, observer=context.training_observer
-    )
+    with claimed_run(run_dir, fresh=True):
+        result = finetune(
+            context.settings, context.train_run, run_dir, observer=context.training_observer
+        )
     if result.interrupted:
         raise MritumorError(f"fine-tuning was interrupted; the state is in {run_dir}")
     return (run_dir / "reports" / REPORT_FILE,)

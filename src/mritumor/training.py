@@ -129,7 +129,7 @@ def train(
     train_split, val_split = splits[:2]
     compiled_for: StageName | None
     if resume:
-        model = load_model(run_dir / bundles.LAST_FILE, compile=True)
+        model = load_model(_resumable_state(run_dir), compile=True)
         compiled_for = _stage_of(model)
         precision = _kept_precision(model, precision)
     else:
@@ -166,6 +166,18 @@ def train(
         precision=precision.describe(),
         decode_failures={**train_data.failures.items(), **val_data.failures.items()},
     )
+
+
+def _resumable_state(run_dir: Path) -> Path:
+    """``last.keras``; a run stopped before its first checkpoint has none, and is incomplete."""
+    last = run_dir / bundles.LAST_FILE
+    if not last.exists():
+        raise UsageError(
+            f"{run_dir} is incomplete: it stopped before its first epoch ended, so there is no "
+            f"{bundles.LAST_FILE} to resume from; start a new run (remove {run_dir} or choose "
+            "another --name)"
+        )
+    return last
 
 
 def _check_compatible(settings: Settings) -> None:
@@ -442,10 +454,17 @@ class Bookkeeping:
 
 
 def _save_atomically(model: Any, path: Path) -> None:
+    """Save through a temporary file and a rename: a crash or a full disk keeps the old file."""
     temporary = path.with_name(f".{path.stem}.partial.keras")  # Keras wants the suffix
     try:
         model.save(temporary)
         temporary.replace(path)
+    except OSError as error:
+        temporary.unlink(missing_ok=True)
+        kept = f"; the previous {path.name} is kept" if path.exists() else ""
+        raise MritumorError(
+            f"cannot write checkpoint {path}: {error.strerror or error}{kept}"
+        ) from None
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise

@@ -68,6 +68,7 @@ def finetune(
     """
     from mritumor.bundle import latest_run, read_bundle
     from mritumor.finetune import finetune as finetune_run
+    from mritumor.run_lock import claimed_run
 
     flags = {
         "finetune.external": external,
@@ -89,7 +90,11 @@ def finetune(
         parent = run or latest_run(settings.paths.runs_dir, "train")
         read_bundle(parent)  # a clear error before a run directory is made
         run_dir, created = create_run_dir(settings, name, exist_ok, command="finetune")
-    with removed_unless_started(run_dir, keep=not created), training_observer(quiet) as observer:
+    with (
+        claimed_run(run_dir, fresh=resume is None),
+        removed_unless_started(run_dir, keep=not created),
+        training_observer(quiet) as observer,
+    ):
         result = finetune_run(
             settings, parent, run_dir, resume=resume is not None, observer=observer
         )

@@ -66,6 +66,7 @@ def kfold(
     """
     from mritumor import kfold as library
     from mritumor.errors import UsageError
+    from mritumor.run_lock import claimed_run
 
     flags = {
         "recipe": recipe,
@@ -91,12 +92,15 @@ def kfold(
         library.check_fold_number(fold, count)
         settings = resolve_settings(ctx, flags, assignments or ()).settings
         run_dir = _new_run(settings, name)
-        try:
-            pool = library.start_run(settings, run_dir, count)
-        except BaseException:
-            if not (run_dir / library.FOLDS_FILE).exists():  # nothing of the run was made
-                shutil.rmtree(run_dir, ignore_errors=True)
-            raise
+        # Held while the folds are drawn, so two `kfold --name X` never share a run;
+        # `--fold K` on several hosts then fill in the folds side by side.
+        with claimed_run(run_dir, fresh=True, run_file=library.FOLDS_FILE):
+            try:
+                pool = library.start_run(settings, run_dir, count)
+            except BaseException:
+                if not (run_dir / library.FOLDS_FILE).exists():  # nothing of the run was made
+                    shutil.rmtree(run_dir, ignore_errors=True)
+                raise
     result = library.run_folds(
         settings, run_dir, pool, only_fold=fold, observer=_FoldProgress(quiet)
     )

@@ -28,11 +28,11 @@ from mritumor.cli import (
 from mritumor.cli.state import AppState
 from mritumor.cli.ui import err_console
 from mritumor.environment import CONFIG_ENV_VAR, DEBUG_ENV_VAR, configure
-from mritumor.errors import MritumorError
+from mritumor.errors import EXIT_FAILURE, MritumorError
 
 
 class _ErrorHandlingGroup(TyperGroup):
-    """Turns a :class:`MritumorError` into one red line and its exit code.
+    """Turns a :class:`MritumorError` (or an OSError) into one red line and its exit code.
 
     The traceback is shown too, only with ``--debug`` or ``MRITUMOR_DEBUG=1``;
     the exit code stays the same either way.
@@ -42,11 +42,20 @@ class _ErrorHandlingGroup(TyperGroup):
         try:
             return super().invoke(ctx)
         except MritumorError as error:
-            state = ctx.find_object(AppState)
-            if state is not None and state.debug:
-                err_console.print_exception()
-            err_console.print(f"[bold red]error:[/] {escape(str(error))}", soft_wrap=True)
+            _print_error(ctx, str(error))
             raise typer.Exit(error.exit_code) from None
+        except OSError as error:  # a full disk, a permission denied: the system's words suffice
+            where = f": {error.filename}" if error.filename else ""
+            _print_error(ctx, f"{error.strerror or error}{where}")
+            raise typer.Exit(EXIT_FAILURE) from None
+
+
+def _print_error(ctx: Any, message: str) -> None:
+    """One red line; the traceback before it only with ``--debug``."""
+    state = ctx.find_object(AppState)
+    if state is not None and state.debug:
+        err_console.print_exception()
+    err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
 
 
 app = typer.Typer(

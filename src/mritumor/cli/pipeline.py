@@ -12,6 +12,7 @@ import typer
 from mritumor.cli.options import QuietOption
 from mritumor.cli.state import SetOption, app_state, resolve_settings
 from mritumor.cli.ui import console, err_console, status_progress
+from mritumor.errors import UsageError
 
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
@@ -73,6 +74,8 @@ def demo(
     from mritumor.data.synth import MANIFEST_NAME, write_synthetic_dataset
     from mritumor.pipeline import demo_settings
 
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file; give a folder for the demo's data and runs")
     base = resolve_settings(ctx, {}, ()).settings
     settings, synth = demo_settings(base, out, quick=quick)
     data = settings.paths.data_dir

@@ -135,9 +135,14 @@ def create_run_dir(
 def _fit(
     settings: Settings, run_dir: Path, *, resume: bool, created: bool, quiet: bool
 ) -> TrainResult:
+    from mritumor.run_lock import claimed_run
     from mritumor.training import train as train_model
 
-    with removed_unless_started(run_dir, keep=not created), training_observer(quiet) as observer:
+    with (
+        claimed_run(run_dir, fresh=not resume),
+        removed_unless_started(run_dir, keep=not created),
+        training_observer(quiet) as observer,
+    ):
         return train_model(settings, run_dir, resume=resume, observer=observer)
 
 
