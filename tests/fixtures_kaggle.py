@@ -30,9 +30,9 @@ NAVONEEL_DEBRIS = ("Thumbs.db", "notes.txt", ".DS_Store")
 
 
 def write_image(path: Path, index: int = 0) -> Path:
-    """A 16-32 px noise image whose mode and format cycle with ``index``."""
+    """A 32-48 px noise image (usable: at least MIN_IMAGE_SIDE) whose mode and format cycle."""
     mode, image_format = _VARIANTS[index % len(_VARIANTS)]
-    side = 16 + (index * 7) % 17
+    side = 32 + (index * 7) % 17
     pixels = np.random.default_rng(index).integers(0, 256, (side, side, 3), dtype=np.uint8)
     image = Image.fromarray(pixels, "RGB")
     image = image.convert(mode) if mode != "P" else image.quantize(colors=16)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +22,36 @@ def smooth_image(seed: int, size: int = 64) -> NDArray[np.uint8]:
 def save(path: Path, pixels: NDArray[np.uint8], format: str = "PNG", **options: int) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(pixels).save(path, format=format, **options)
+    return path
+
+
+@functools.cache
+def blank_png(width: int, height: int) -> bytes:
+    """A valid black PNG of any size, 1 bit per pixel, built row by row: a few KB.
+
+    A 14000x14000 one (a decompression bomb to Pillow) costs no memory to make;
+    Pillow only has to read its header to refuse it.
+    """
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        checksum = struct.pack(">I", zlib.crc32(kind + data))
+        return struct.pack(">I", len(data)) + kind + data + checksum
+
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # 1-bit greyscale
+    row = bytes(1 + (width + 7) // 8)  # filter type 0, then the packed bits
+    compressor = zlib.compressobj(9)
+    rows, rest = divmod(height, 256)
+    data = b"".join(compressor.compress(row * 256) for _ in range(rows))
+    data += compressor.compress(row * rest) + compressor.flush()
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
+    )
+
+
+def write_bomb(path: Path, side: int = 14_000) -> Path:
+    """``path`` holding :func:`blank_png` of ``side`` x ``side`` pixels (Pillow's limit: 9459²)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(blank_png(side, side))
     return path
 
 

@@ -13,14 +13,16 @@ import pytest
 from numpy.typing import NDArray
 from PIL import Image
 
-from helpers import save, smooth_image
+from helpers import save, smooth_image, write_bomb
 from mritumor.data import hashing
 from mritumor.data.check import (
     CheckReport,
     check_dataset,
     class_folders,
+    leaks_path,
     quarantine_leaks,
     restore_quarantine,
+    write_leaks,
     write_report,
 )
 from mritumor.data.hashing import DEFAULT_RADIUS, MIN_SIMILARITY
@@ -175,6 +177,8 @@ def test_each_kind_of_problem_is_reported_and_png_named_jpg_is_not(dataset: Data
     (folder / "Thumbs.db").write_bytes(bytes(range(256)))
     (folder / ".DS_Store").write_bytes(b"hidden, skipped like the pipeline does")
     save(folder / "png inside.jpg", smooth_image(9))
+    write_bomb(folder / "bomb.png")
+    save(folder / "tiny.png", smooth_image(10)[:8, :8])
 
     report = dataset.check()
 
@@ -184,6 +188,8 @@ def test_each_kind_of_problem_is_reported_and_png_named_jpg_is_not(dataset: Data
         "cut.jpg": "truncated",
         "notes.jpg": "not_an_image",
         "Thumbs.db": "not_an_image",
+        "bomb.png": "too_large",
+        "tiny.png": "too_small",
     }
     assert report.class_counts["train"]["glioma"] == 3  # two originals + the PNG named .jpg
     assert report.to_json()["summary"]["problems"] == {
@@ -191,7 +197,12 @@ def test_each_kind_of_problem_is_reported_and_png_named_jpg_is_not(dataset: Data
         "truncated": 1,
         "zero_bytes": 1,
         "not_an_image": 2,
+        "too_large": 1,
+        "too_small": 1,
     }
+    messages = {problem.path.name: problem.message for problem in report.problems}
+    assert messages["tiny.png"] == "8x8 pixels, smaller than the 32-pixel minimum side"
+    assert messages["bomb.png"] == "over the 89478485-pixel limit (decompression-bomb guard)"
 
 
 def test_empty_files_are_not_duplicates_of_each_other(dataset: Dataset) -> None:
@@ -241,6 +252,36 @@ def test_write_report_saves_the_leakage_table_as_json(dataset: Dataset, tmp_path
     assert saved["groups"][0]["near_pairs"] == []
     assert (saved["radius"], saved["min_similarity"]) == (DEFAULT_RADIUS, MIN_SIMILARITY)
     assert len(saved["files"][0]["phash"]) == 16
+
+
+def test_every_leak_goes_to_a_csv_with_full_relative_paths(
+    dataset: Dataset, tmp_path: Path
+) -> None:
+    for index in range(3):
+        pixels = smooth_image(30 + index)
+        dataset.image(f"train/glioma/a rather long scan name {index}.png", pixels)
+        dataset.image(f"test/glioma/copy {index}.png", pixels)
+    report = dataset.check()
+    path = leaks_path(tmp_path / "out" / "check.json")
+
+    write_leaks(report, path)
+
+    assert path == tmp_path / "out" / "leaks.csv"
+    assert path.read_text(encoding="utf-8").splitlines() == [
+        "kind,distance,similarity,kept,leaking_copy",
+        *(
+            f"exact,0,1.0000,train/glioma/a rather long scan name {i}.png,test/glioma/copy {i}.png"
+            for i in range(3)
+        ),
+    ]
+
+
+def test_without_leaks_the_csv_is_a_header(dataset: Dataset, tmp_path: Path) -> None:
+    write_leaks(dataset.check(), tmp_path / "leaks.csv")
+
+    assert (tmp_path / "leaks.csv").read_text(encoding="utf-8") == (
+        "kind,distance,similarity,kept,leaking_copy\n"
+    )
 
 
 def test_the_json_report_says_what_confirmed_a_near_pair(dataset: Dataset, tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 from pathlib import Path
@@ -20,6 +21,11 @@ WIDE = {"COLUMNS": "200"}
 
 def invoke(runner: CliRunner, *args: str) -> object:
     return runner.invoke(app, list(args), env=WIDE)
+
+
+def messages(stderr: str) -> list[str]:
+    """The lines of stderr but the progress bar's final state."""
+    return [line for line in stderr.splitlines() if not line.startswith("Preparing")]
 
 
 def test_synth_writes_layout_masks_and_counts(runner: CliRunner, tmp_path: Path) -> None:
@@ -202,3 +208,74 @@ def test_check_fix_still_fails_strict_on_unreadable_files(runner: CliRunner, lea
     result = invoke(runner, "data", "check", str(leaky), "--workers", "1", "--fix", "--strict")
     assert result.exit_code == 1, result.output
     assert not (leaky / "test" / "glioma" / "copy of shared.png").exists()
+
+
+def test_check_shows_20_leaks_and_writes_all_of_them_to_a_csv(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    root = tmp_path / "many leaks"
+    for index in range(25):
+        kept = write_image(root / "train" / "glioma" / f"Tr-gl_{index:04d} a long name.png", index)
+        copy = root / "test" / "glioma" / f"Te-gl_{index:04d} another long name.png"
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        copy.write_bytes(kept.read_bytes())
+    result = runner.invoke(
+        app, ["data", "check", str(root), "--workers", "1"], env={"COLUMNS": "40"}
+    )
+    assert result.exit_code == 0, result.output
+    assert (
+        "Leakage: 25 pair(s) of the same image in two splits (25 exact, 0 near); the first 20"
+        in (result.stdout)
+    )
+    rows = [line.split("\t") for line in result.stdout.splitlines() if line.startswith("exact\t")]
+    assert len(rows) == 20
+    assert rows[0] == [
+        "exact",
+        "0",
+        "1.000",
+        "train/glioma/Tr-gl_0000 a long name.png",
+        "test/glioma/Te-gl_0000 another long name.png",
+    ]
+    assert "…" not in result.stdout  # no path cut short, however narrow the console
+    assert f"All 25 leaking pair(s): {root / 'leaks.csv'}" in result.stdout
+    with (root / "leaks.csv").open(newline="", encoding="utf-8") as handle:
+        leaks = list(csv.DictReader(handle))
+    assert len(leaks) == 25
+    assert leaks[24]["leaking_copy"] == "test/glioma/Te-gl_0024 another long name.png"
+
+
+def test_prepare_refuses_a_class_whose_only_image_is_a_text_file(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    source = tmp_path.resolve() / "src"
+    (source / "glioma").mkdir(parents=True)
+    (source / "glioma" / "fake.jpg").write_text("not a scan\n", encoding="utf-8")
+    out = tmp_path / "data"
+    result = invoke(runner, "data", "prepare", str(source), "--out", str(out))
+    assert result.exit_code == 2, result.output
+    assert messages(result.stderr) == [
+        f"error: no usable images of glioma in {source} (1 file(s) left out, such as "
+        "glioma/fake.jpg: not an image file Pillow can identify); add readable images or "
+        "remove the class folder"
+    ]
+    assert not out.exists()
+
+
+def test_prepare_lists_what_it_left_out_and_warns_about_an_empty_split(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    source = tmp_path.resolve() / "src"
+    for index in range(2):
+        write_image(source / "Training" / "glioma" / f"{index}.jpg", index)
+    (source / "Training" / "glioma" / "fake.jpg").write_text("not a scan\n", encoding="utf-8")
+    out = tmp_path / "data"
+    result = invoke(runner, "data", "prepare", str(source), "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert messages(result.stderr) == [
+        "warning: left out 1 file(s) that are not usable images:",
+        f"  {source / 'Training' / 'glioma' / 'fake.jpg'}: not_an_image: not an image file "
+        "Pillow can identify",
+        "warning: val is empty: a carve at val_size 0.15 needs 4 usable images of a class",
+    ]
+    assert "fake.jpg" not in (out / "manifests" / "train.csv").read_text(encoding="utf-8")
+    assert sorted(path.name for path in (out / "train" / "glioma").iterdir()) == ["0.jpg", "1.jpg"]

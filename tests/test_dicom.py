@@ -22,11 +22,16 @@ from mritumor.data.dicom import (  # noqa: E402
     pydicom_available,
     read_dicom_frames,
 )
-from mritumor.data.files import UnreadableImageError  # noqa: E402
+from mritumor.data.files import ImageTooLargeError, UnreadableImageError, read_image  # noqa: E402
 from mritumor.errors import UsageError  # noqa: E402
 
 MR_IMAGE_STORAGE = UID("1.2.840.10008.5.1.4.1.1.4")
 RAMP = np.arange(1001, dtype=np.uint16).reshape(1, 1001)  # stored values 0..1000
+
+
+def noise(seed: int) -> np.ndarray:
+    """A 40-row, 48-column frame of stored values 0..1000, different for every seed."""
+    return np.random.default_rng(seed).integers(0, 1001, (40, 48), dtype=np.uint16)
 
 
 def write_dicom(
@@ -342,3 +347,53 @@ def test_a_pipeline_over_dicom_files_without_pydicom_is_one_usage_error(
     options = PipelineOptions(image_size=8, channels=1, resize="plain", batch_size=1, seed=0)
     with pytest.raises(UsageError, match=r"mritumor\[dicom\]"):
         build_pipeline(split, options)
+
+
+def test_a_dicom_frame_over_the_pixel_limit_is_refused_before_decoding(tmp_path: Path) -> None:
+    path = write_dicom(tmp_path / "huge.dcm", noise(1))
+    ds = pydicom.dcmread(path)
+    ds.Rows = ds.Columns = 10_000  # the header says 100 megapixels; the pixels are never read
+    ds.save_as(path)
+
+    with pytest.raises(ImageTooLargeError) as caught:
+        read_dicom_frames(path)
+    assert str(caught.value) == (
+        f"cannot read image {path}: 10000x10000 pixels is over the 89478485-pixel limit "
+        "(decompression-bomb guard)"
+    )
+
+
+def test_data_check_reads_a_dicom_file_as_training_does(tmp_path: Path) -> None:
+    from mritumor.data.check import check_dataset
+    from mritumor.data.hashing import hash_image, pixel_hash
+
+    folder = tmp_path / "data" / "train" / "glioma"
+    folder.mkdir(parents=True)
+    path = write_dicom(folder / "scan.dcm", noise(2))
+
+    record = hash_image(path)
+
+    assert record.problem is None and record.usable
+    assert (record.format, record.mode, record.width, record.height) == ("DICOM", None, 48, 40)
+    assert record.pixel_sha256 == pixel_hash(read_image(path))
+    report = check_dataset(tmp_path / "data", workers=1)
+    assert not report.problems and report.modes == {"DICOM": 1}
+    assert report.class_counts == {"train": {"glioma": 1}}
+
+
+def test_data_prepare_places_dicom_files(tmp_path: Path) -> None:
+    from mritumor.data.prepare import prepare
+
+    folder = tmp_path / "src" / "glioma"
+    folder.mkdir(parents=True)
+    for seed in range(4):
+        write_dicom(folder / f"scan {seed}.dcm", noise(10 + seed))
+
+    summary = prepare(tmp_path / "src", tmp_path / "data")
+
+    assert summary.left_out == () and summary.warnings == ()
+    assert summary.counts == {
+        "train": {"glioma": 2},
+        "val": {"glioma": 1},
+        "test": {"glioma": 1},
+    }

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from helpers import build_run
+from helpers import build_run, write_bomb
 from mritumor.cli.main import app
 from mritumor.data.synth import SynthConfig, write_synthetic_dataset
 from mritumor.errors import EXIT_PARTIAL
@@ -122,6 +122,19 @@ def test_a_corrupt_file_is_skipped_and_the_exit_code_says_so(
     )
     assert result.exit_code == EXIT_PARTIAL, result.output
     assert "zero.jpg" in result.stderr
+    assert len(list(out.glob("*.png"))) == 3
+
+
+def test_a_decompression_bomb_is_skipped_like_any_unreadable_file(
+    run_dir: Path, data_root: Path, tmp_path: Path
+) -> None:
+    folder = Path(shutil.copytree(data_root / "test" / "glioma", tmp_path / "scans"))
+    bomb = write_bomb(folder / "bomb.png")
+    out = tmp_path / "out"
+    result = invoke("gradcam", str(folder), "--run", str(run_dir), "-o", str(out), "-q")
+    assert result.exit_code == EXIT_PARTIAL, result.output
+    assert f"  {bomb}: cannot read image {bomb}: over the 89478485-pixel limit" in result.stderr
+    assert "Traceback" not in result.output and "DecompressionBomb" not in result.output
     assert len(list(out.glob("*.png"))) == 3
 
 

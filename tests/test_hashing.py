@@ -12,7 +12,7 @@ import pytest
 from numpy.typing import NDArray
 from PIL import Image, ImageFilter
 
-from helpers import save, smooth_image
+from helpers import save, smooth_image, write_bomb
 from mritumor.data import hashing
 from mritumor.data.hashing import (
     DEFAULT_RADIUS,
@@ -134,6 +134,49 @@ def test_an_image_with_a_non_image_extension_is_reported_but_fingerprinted(
     assert record.problem == "not_an_image"
     assert "PNG image named .txt" in (record.error or "")
     assert record.phash is not None
+
+
+def test_an_image_over_the_pixel_limit_is_too_large(tmp_path: Path) -> None:
+    record = hash_image(write_bomb(tmp_path / "bomb.png"))
+
+    assert (record.problem, record.usable) == ("too_large", False)
+    assert record.error == "over the 89478485-pixel limit (decompression-bomb guard)"
+    assert record.sha256 is not None and record.phash is None
+
+
+def test_an_image_pillow_warns_about_is_too_large_with_its_header_facts(tmp_path: Path) -> None:
+    record = hash_image(write_bomb(tmp_path / "large.png", 10_000))
+
+    assert record.problem == "too_large"
+    assert record.error == (
+        "10000x10000 pixels is over the 89478485-pixel limit (decompression-bomb guard)"
+    )
+    assert (record.format, record.mode, record.width, record.height) == ("PNG", "1", 10_000, 10_000)
+
+
+def test_an_image_under_32_pixels_is_too_small_but_fingerprinted(tmp_path: Path) -> None:
+    tiny = hash_image(save(tmp_path / "tiny.png", smooth_image(11, size=64)[:1, :1]))
+    narrow = hash_image(save(tmp_path / "narrow.png", smooth_image(12, size=64)[:, :31]))
+    edge = hash_image(save(tmp_path / "edge.png", smooth_image(13, size=32)))
+
+    assert (tiny.problem, tiny.error) == (
+        "too_small",
+        "1x1 pixels, smaller than the 32-pixel minimum side",
+    )
+    assert tiny.phash is not None and not tiny.usable
+    assert (narrow.problem, narrow.width, narrow.height) == ("too_small", 31, 64)
+    assert edge.problem is None and edge.usable
+
+
+def test_width_and_height_are_those_of_the_upright_image(tmp_path: Path) -> None:
+    path = tmp_path / "sideways.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown rotated 90° clockwise
+    Image.fromarray(smooth_image(14, size=64)[:40]).save(path, format="JPEG", exif=exif.tobytes())
+
+    record = hash_image(path)
+
+    assert (record.format, record.width, record.height) == ("JPEG", 40, 64)
 
 
 def test_perceptual_hash_reads_grayscale_in_any_shape() -> None:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from helpers import build_run
+from helpers import build_run, write_bomb
 from mritumor import bundle as bundles
 from mritumor import evaluation
 from mritumor.cli.main import app
@@ -54,6 +54,11 @@ def runs(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Pat
 
 def invoke(*args: str) -> object:
     return CliRunner().invoke(app, list(args), env=WIDE)
+
+
+def warnings(stderr: str) -> list[str]:
+    """stderr without the note that a run without a threshold gives no decision."""
+    return [line for line in stderr.splitlines() if not line.startswith("note:")]
 
 
 def csv_rows(text: str) -> dict[str, dict[str, str]]:
@@ -204,6 +209,53 @@ def test_unreadable_files_are_listed_and_the_exit_code_says_so(
     assert "broken.PNG" in result.stderr
     assert "no image matches" in result.stderr
     assert result.stdout.count("glioma") >= 3
+
+
+def test_a_decompression_bomb_is_one_unreadable_line_and_the_good_image_is_predicted(
+    runs: tuple[Path, ...], data_root: Path, tmp_path: Path
+) -> None:
+    good = sorted((data_root / "test" / "glioma").iterdir())[0]
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    shutil.copy(good, folder / good.name)
+    bomb = write_bomb(folder / "bomb.png")
+    result = invoke("infer", str(folder), "--run", str(runs[0]), "--format", "jsonl", "-q")
+    assert result.exit_code == EXIT_PARTIAL, result.output
+    assert warnings(result.stderr) == [
+        "warning: 1 unreadable image(s) skipped:",
+        f"  {bomb}: cannot read image {bomb}: over the 89478485-pixel limit "
+        "(decompression-bomb guard)",
+    ]
+    [record] = [json.loads(line) for line in result.stdout.splitlines()]
+    assert record["path"] == str(folder / good.name) and record["note"] is None
+
+
+def test_a_tiny_image_is_predicted_with_a_note(
+    runs: tuple[Path, ...], data_root: Path, tmp_path: Path
+) -> None:
+    from PIL import Image
+
+    folder = Path(shutil.copytree(data_root / "test" / "glioma", tmp_path / "scans"))
+    tiny = folder / "tiny.png"
+    Image.new("L", (1, 1), 90).save(tiny)
+    note = "smaller than 32 px (1x1), upsampled to the model's input"
+    args = ("infer", str(folder), "--run", str(runs[0]), "-q")
+
+    as_csv = invoke(*args, "--format", "csv")
+    assert as_csv.exit_code == 0, as_csv.output
+    rows = csv_rows(as_csv.stdout)
+    assert len(rows) == 4 and rows[str(tiny.resolve())]["note"] == note
+    assert {row["note"] for path, row in rows.items() if path != str(tiny.resolve())} == {""}
+    assert warnings(as_csv.stderr) == [
+        "warning: 1 image(s) predicted with a caution:",
+        f"  {tiny}: {note}",
+    ]
+    as_json = invoke(*args, "--format", "json")
+    notes = {r["path"]: r["note"] for r in json.loads(as_json.stdout)["predictions"]}
+    assert notes[str(tiny)] == note and sum(n is not None for n in notes.values()) == 1
+    table = invoke(*args)
+    assert table.exit_code == 0 and f"  {tiny}: {note}" in table.stderr
+    assert "tiny.png" in table.stdout
 
 
 def test_no_images_at_all_is_a_usage_error(runs: tuple[Path, ...], tmp_path: Path) -> None:

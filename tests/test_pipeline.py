@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 from sklearn.utils.class_weight import compute_class_weight
 
+from helpers import write_bomb
 from mritumor.data.balance import class_weights, oversample_indices
 from mritumor.data.files import read_image
 from mritumor.data.splits import SplitFiles, load_split
@@ -213,6 +214,18 @@ def test_unreadable_file_is_skipped_and_reported(tree: Path) -> None:
     images, _ = _collect(pipeline.dataset)
     assert len(images) == len(split) - 1
     assert list(pipeline.failures.items()) == [str(broken)]
+
+
+def test_a_decompression_bomb_in_the_training_set_is_skipped_and_reported(tree: Path) -> None:
+    bomb = write_bomb(tree / "train" / "glioma" / "bomb.png")
+    split = load_split(tree, "train", CLASSES)
+    pipeline = build_pipeline(split, _options())
+    images, _ = _collect(pipeline.dataset)
+    assert len(images) == len(split) - 1
+    assert pipeline.failures.items() == {
+        str(bomb): f"cannot read image {bomb}: over the 89478485-pixel limit "
+        "(decompression-bomb guard)"
+    }
 
 
 def test_pad_resize_keeps_aspect_ratio() -> None:

@@ -29,6 +29,7 @@ from fixtures_kaggle import (
     write_image,
     zip_folder,
 )
+from helpers import write_bomb
 from mritumor.cli.main import app
 from mritumor.data.files import iter_image_files, read_image
 from mritumor.data.hashing import duplicate_groups, image_hashes
@@ -294,7 +295,9 @@ def test_progress_counts_hashing_then_placing(masoud: Path, tmp_path: Path) -> N
     assert done[-summary.total :] == list(range(hashed + 1, total + 1))
 
 
-def test_progress_without_grouping_counts_every_placed_file(masoud: Path, tmp_path: Path) -> None:
+def test_progress_without_grouping_still_counts_the_verifying_hash(
+    masoud: Path, tmp_path: Path
+) -> None:
     calls: list[tuple[int, int]] = []
     summary = prepare(
         masoud,
@@ -302,7 +305,10 @@ def test_progress_without_grouping_counts_every_placed_file(masoud: Path, tmp_pa
         group_duplicates=False,
         progress=lambda done, total: calls.append((done, total)),
     )
-    assert calls == [(n, summary.total) for n in range(1, summary.total + 1)]
+    assert summary.grouping is None
+    total = 2 * summary.total  # every image hashed, then every image placed
+    assert calls[-summary.total :] == [(n, total) for n in range(summary.total + 1, total + 1)]
+    assert {t for _, t in calls} == {total}
 
 
 def test_a_source_without_images_is_refused(tmp_path: Path) -> None:
@@ -311,6 +317,78 @@ def test_a_source_without_images_is_refused(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="no images"):
         prepare(tmp_path / "src", tmp_path / "data")
     assert not (tmp_path / "data").exists()
+
+
+def test_files_that_are_not_usable_images_are_left_out_and_listed(tmp_path: Path) -> None:
+    source = write_distinct_tree(tmp_path.resolve() / "src", {"glioma": 8, "pituitary": 8})
+    (source / "glioma" / "fake.jpg").write_text("not a scan\n", encoding="utf-8")
+    (source / "glioma" / "empty.png").touch()
+    write_bomb(source / "pituitary" / "bomb.png")
+    Image.new("L", (1, 1)).save(source / "pituitary" / "tiny.png")
+    (source / "pituitary" / "notes.txt").write_text("read me\n", encoding="utf-8")
+
+    summary = prepare(source, tmp_path / "data")
+
+    assert {(entry.path, entry.kind) for entry in summary.left_out} == {
+        (source / "glioma" / "fake.jpg", "not_an_image"),
+        (source / "glioma" / "empty.png", "zero_bytes"),
+        (source / "pituitary" / "bomb.png", "too_large"),
+        (source / "pituitary" / "tiny.png", "too_small"),
+    }
+    reasons = {entry.path.name: entry.reason for entry in summary.left_out}
+    assert reasons["tiny.png"] == "1x1 pixels, smaller than the 32-pixel minimum side"
+    assert summary.skipped == (source / "pituitary" / "notes.txt",)
+    assert summary.total == 16 and summary.warnings == ()
+    placed = {
+        Path(row["source"]).relative_to(source).as_posix()
+        for split in summary.counts
+        for row in manifest(tmp_path / "data", split)
+    }
+    assert placed == {f"glioma/img_{n:03d}.jpg" for n in range(8)} | {
+        f"pituitary/img_{n:03d}.jpg" for n in range(8)
+    }
+    assert_manifests_match_disk(tmp_path / "data", ["train", "val", "test"])
+
+
+def test_a_class_without_usable_images_is_refused_before_anything_is_written(
+    tmp_path: Path,
+) -> None:
+    source = write_distinct_tree(tmp_path.resolve() / "src", {"glioma": 4})
+    (source / "pituitary").mkdir()
+    Image.new("L", (20, 20)).save(source / "pituitary" / "a.png")
+    message = (
+        f"no usable images of pituitary in {source} (1 file(s) left out, such as "
+        "pituitary/a.png: 20x20 pixels, smaller than the 32-pixel minimum side); "
+        "add readable images or remove the class folder"
+    )
+    with pytest.raises(UsageError) as raised:
+        prepare(source, tmp_path / "data")
+    assert str(raised.value) == message
+    assert not (tmp_path / "data").exists()
+
+
+def test_a_class_too_small_to_carve_is_a_warning(tmp_path: Path) -> None:
+    source = write_distinct_tree(tmp_path / "src", {"glioma": 10, "pituitary": 3})
+
+    summary = prepare(source, tmp_path / "data")
+
+    assert summary.counts["val"] == summary.counts["test"] == {"glioma": 2, "pituitary": 0}
+    assert summary.warnings == (
+        "val has no images of pituitary: a carve at val_size 0.15 needs 4 usable images of a class",
+        "test has no images of pituitary: a carve at val_size 0.15 needs 4 usable images of a class",
+    )
+    with_four = write_distinct_tree(tmp_path / "four", {"glioma": 10, "pituitary": 4})
+    assert prepare(with_four, tmp_path / "data4").warnings == ()
+
+
+def test_a_class_missing_from_a_split_the_source_gave_is_a_warning(tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    write_distinct_tree(source / "Training", {"glioma": 8, "pituitary": 8})
+    write_distinct_tree(source / "Testing", {"glioma": 2}, first=500)
+
+    summary = prepare(source, tmp_path / "data")
+
+    assert summary.warnings == ("test has no images of pituitary",)
 
 
 @pytest.mark.parametrize("val_size", [0.0, 1.0, -0.1])
@@ -616,7 +694,7 @@ def test_duplicates_across_the_source_splits_are_counted(
     assert prepare(source, tmp_path / "plain", group_duplicates=False).grouping is None
 
 
-def test_nothing_is_hashed_when_nothing_is_carved(tmp_path: Path) -> None:
+def test_nothing_is_grouped_when_nothing_is_carved(tmp_path: Path) -> None:
     summary = prepare(build_navoneel(tmp_path / "navoneel"), tmp_path / "data")
     assert summary.grouping is None
 

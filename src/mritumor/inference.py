@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -103,6 +103,7 @@ class Predictor:
         self.bundle: Bundle = bundles.read_bundle(run_dir)
         self.model: Any = load_model(run_dir / model_file)
         self._check_input_shape()
+        self._check_output_width()
         self._mc_ready = False
 
     @property
@@ -297,6 +298,16 @@ class Predictor:
                 f"{expected[1:]}; the run directory mixes files of different runs"
             )
 
+    def _check_output_width(self) -> None:
+        """A class list shorter or longer than the model's outputs would mislabel predictions."""
+        outputs = int(self.model.output_shape[-1])
+        names = len(self.bundle.class_names)
+        if outputs != names:
+            raise bundles.BundleError(
+                f"{self.run_dir}: the model has {outputs} outputs but bundle.json lists "
+                f"{names} class_names; the run directory mixes files of different runs"
+            )
+
 
 def _stacked(pending: Sequence[tuple[int, Any]]) -> tuple[list[int], Any]:
     import tensorflow as tf
@@ -344,13 +355,15 @@ class Predictions:
     decision: tuple[str, ...] | None
     triage: tuple[str, ...] | None
     failures: dict[str, str]
+    notes: dict[str, str] = field(default_factory=dict)
+    """Cautions by label: an image smaller than ``MIN_IMAGE_SIDE``, predicted after upsampling."""
 
     @property
     def predicted(self) -> NDArray[np.intp]:
         return np.asarray(self.probabilities.argmax(axis=1), dtype=np.intp)
 
     def records(self) -> list[dict[str, Any]]:
-        """One JSON-ready dict per image."""
+        """One JSON-ready dict per image; ``note`` is None unless :attr:`notes` has one."""
         rows = []
         for i, label in enumerate(self.labels):
             row: dict[str, Any] = {
@@ -369,6 +382,7 @@ class Predictions:
             if self.decision is not None and self.triage is not None:
                 row["decision"] = self.decision[i]
                 row["triage"] = self.triage[i]
+            row["note"] = self.notes.get(label)
             rows.append(row)
         return rows
 
@@ -557,7 +571,13 @@ def infer(
     *,
     progress: ProgressCallback | None = None,
 ) -> Predictions:
-    """Predict ``inputs`` with every member and combine them (see :func:`combine`)."""
+    """Predict ``inputs`` with every member and combine them (see :func:`combine`).
+
+    Images smaller than :data:`~mritumor.data.files.MIN_IMAGE_SIDE` are predicted
+    too, with a note (:attr:`Predictions.notes`).
+    """
+    from mritumor.data.files import small_image_note
+
     outputs = [
         (
             member,
@@ -572,7 +592,7 @@ def infer(
         )
         for member in members
     ]
-    return combine(
+    predictions = combine(
         outputs,
         inputs,
         strategy=options.strategy,
@@ -580,3 +600,10 @@ def infer(
         band=options.band,
         max_disagreement=options.max_disagreement,
     )
+    predicted = set(predictions.labels)
+    notes = {
+        item.label: note
+        for item in inputs
+        if item.label in predicted and (note := small_image_note(item.path)) is not None
+    }
+    return replace(predictions, notes=notes)

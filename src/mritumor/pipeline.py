@@ -151,8 +151,8 @@ def _data_stamp(settings: Settings) -> str:
     return digest.hexdigest()[:16]
 
 
-_DERIVED = frozenset({"check.json", "quarantine"})
-"""Files the pipeline's own check writes under the data root: not inputs."""
+_DERIVED = frozenset({"check.json", "leaks.csv", "quarantine"})
+"""Files `data check` writes under the data root: not inputs."""
 
 
 def _read_state(runs: Path) -> dict[str, Any]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -19,6 +21,9 @@ app = typer.Typer(
     help="Get data into the standard layout and check it: fetch, prepare, synth, check.",
     no_args_is_help=True,
 )
+
+#: Leaking pairs listed on screen; all of them are in the CSV beside the report.
+LEAKS_SHOWN = 20
 
 OutOption = Annotated[
     Path | None,
@@ -41,8 +46,8 @@ GroupDuplicatesOption = Annotated[
     bool,
     typer.Option(
         "--group-duplicates/--no-group-duplicates",
-        help="Hash the images to carve and keep exact and near duplicates in one split; "
-        "--no-group-duplicates skips the hashing (copies may then straddle train and val).",
+        help="Keep exact and near duplicates in one split when carving; "
+        "--no-group-duplicates carves file by file (copies may then straddle train and val).",
     ),
 ]
 CopyOption = Annotated[
@@ -132,9 +137,10 @@ def prepare(
     """Normalise a local folder or .zip (Kaggle layouts, split/class, class-only, yes/no trees).
 
     Class folders are mapped case-insensitively (notumor, "no tumor" -> no_tumor;
-    glioma_tumor -> glioma; ...). A stratified, seeded val split is carved when
-    the source has none, with duplicate images kept in one split; file lists are
-    written to manifests/<split>.csv.
+    glioma_tumor -> glioma; ...). Every image is read first: files that are not
+    usable images (unreadable, over the pixel limit, under 32 px) are left out and
+    listed. A stratified, seeded val split is carved when the source has none, with
+    duplicate images kept in one split; file lists are written to manifests/<split>.csv.
     """
     from mritumor.data.prepare import prepare as prepare_dataset
 
@@ -245,18 +251,24 @@ def check(
     ] = False,
     strict: Annotated[
         bool,
-        typer.Option("--strict", help="Exit 1 when leakage or unreadable files are found."),
+        typer.Option("--strict", help="Exit 1 when leakage or unusable files are found."),
     ] = False,
     workers: Annotated[int | None, typer.Option(min=1, help="Processes [default: CPUs].")] = None,
     assignments: SetOption = None,
 ) -> None:
-    """Find unreadable files, exact and near duplicates, label conflicts, leakage and imbalance.
+    """Find unusable files, exact and near duplicates, label conflicts, leakage and imbalance.
 
-    A duplicate across splits is leakage: it is listed, written to the JSON
-    report, and with --fix the copy in val, test or external is moved to a
-    quarantine folder (undo log in quarantine/moves.json).
+    A duplicate across splits is leakage: the first pairs are listed, all of them
+    written to leaks.csv beside the JSON report, and with --fix the copy in val,
+    test or external is moved to a quarantine folder (undo log in quarantine/moves.json).
     """
-    from mritumor.data.check import check_dataset, quarantine_leaks, write_report
+    from mritumor.data.check import (
+        check_dataset,
+        leaks_path,
+        quarantine_leaks,
+        write_leaks,
+        write_report,
+    )
     from mritumor.data.hashing import DEFAULT_RADIUS, MIN_SIMILARITY
 
     settings = _settings(ctx, root, None, None, assignments)
@@ -272,7 +284,8 @@ def check(
         )
     report_path = report if report is not None else data_root / "check.json"
     write_report(result, report_path)
-    _render_check(result)
+    write_leaks(result, leaks_path(report_path))
+    _render_check(result, leaks_path(report_path))
     console.print(f"Report: {report_path}", soft_wrap=True)
     if fix and result.has_leakage:
         moves = quarantine_leaks(result, data_root)
@@ -340,32 +353,56 @@ def _report_prepared(summary: PrepareSummary) -> None:
         console.print(
             f"Skipped {len(summary.skipped)} non-image file(s): {first}{more}", soft_wrap=True
         )
+    _warn_about_prepared(summary)
 
 
-def _render_check(report: CheckReport) -> None:
-    from rich.table import Table
+def _warn_about_prepared(summary: PrepareSummary) -> None:
+    """Every image file left out, with why, and every split short of a class, on stderr."""
+    from rich.markup import escape
 
+    if summary.left_out:
+        err_console.print(
+            f"[yellow]warning:[/] left out {len(summary.left_out)} file(s) that are not usable "
+            "images:",
+            soft_wrap=True,
+        )
+        for entry in summary.left_out:
+            err_console.print(
+                f"  {escape(str(entry.path))}: {entry.kind}: {escape(entry.reason)}",
+                soft_wrap=True,
+            )
+    for warning in summary.warnings:
+        err_console.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)
+
+
+def _render_check(report: CheckReport, leaks_file: Path) -> None:
     print_counts(f"Usable images in {report.root}", report.class_counts)
     if report.problems:
-        problems = Table(title="Unusable files", title_justify="left")
-        for column in ("kind", "file", "detail"):
-            problems.add_column(column)
-        for problem in report.problems:
-            problems.add_row(problem.kind, str(problem.path), problem.message)
-        console.print(problems)
+        _print_rows(
+            f"Unusable files: {len(report.problems)}",
+            ("kind", "file", "detail"),
+            [(p.kind, _relative(report, p.path), p.message) for p in report.problems],
+        )
     if report.leaks:
-        leaks = Table(title="Leakage: the same image in two splits", title_justify="left")
-        for column in ("kind", "distance", "similarity", "kept", "leaking copy"):
-            leaks.add_column(column)
-        for leak in report.leaks:
-            leaks.add_row(
-                leak.kind,
-                str(leak.distance),
-                f"{leak.similarity:.3f}",
-                f"{leak.a.split}/{leak.a.class_name}/{leak.a.path.name}",
-                f"{leak.b.split}/{leak.b.class_name}/{leak.b.path.name}",
-            )
-        console.print(leaks)
+        kinds = Counter(leak.kind for leak in report.leaks)
+        shown = report.leaks[:LEAKS_SHOWN]
+        _print_rows(
+            f"Leakage: {len(report.leaks)} pair(s) of the same image in two splits "
+            f"({kinds['exact']} exact, {kinds['near']} near)"
+            + (f"; the first {len(shown)}" if len(shown) < len(report.leaks) else ""),
+            ("kind", "distance", "similarity", "kept", "leaking copy"),
+            [
+                (
+                    leak.kind,
+                    str(leak.distance),
+                    f"{leak.similarity:.3f}",
+                    _relative(report, leak.a.path),
+                    _relative(report, leak.b.path),
+                )
+                for leak in shown
+            ],
+        )
+        console.print(f"All {len(report.leaks)} leaking pair(s): {leaks_file}", soft_wrap=True)
     lines = [
         f"exact duplicate groups: {len(report.exact_groups)}",
         f"near duplicate groups: {len(report.near_groups)}",
@@ -376,3 +413,24 @@ def _render_check(report: CheckReport) -> None:
         "modes: " + ", ".join(f"{mode} {count}" for mode, count in report.modes.items()),
     ]
     console.print("\n".join(lines), soft_wrap=True)
+
+
+def _relative(report: CheckReport, path: Path) -> str:
+    return path.relative_to(report.root).as_posix()
+
+
+def _print_rows(title: str, columns: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    """A table on a terminal; elsewhere (a pipe, a log) tab-separated lines, paths never cut."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    if not console.is_terminal:  # written as they are: rich would turn the tabs into spaces
+        lines = [title, *("\t".join(row) for row in (columns, *rows))]
+        console.file.write("\n".join(lines) + "\n")
+        return
+    table = Table(title=escape(title), title_justify="left")
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*(escape(cell) for cell in row))
+    console.print(table)

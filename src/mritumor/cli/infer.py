@@ -85,7 +85,8 @@ def infer(
     Probabilities are calibrated at each run's temperature; the tumour score is
     1 - p(no_tumor). Triage: tumour, no tumour, or review when the score is within
     --band of the threshold or ensemble members disagree. Exit code 3 when some
-    inputs could not be read (the others are still predicted).
+    inputs could not be read (the others are still predicted), an image over the
+    decompression-bomb pixel limit included. Images under 32 px are predicted with a note.
     """
     from mritumor.bundle import latest_run
     from mritumor.inference import InferOptions, load_members
@@ -142,6 +143,7 @@ def infer(
             soft_wrap=True,
         )
     _emit(predictions, fmt, output)
+    _warn_about_notes(predictions.notes)
     if gradcam is not None:
         from mritumor.explanations import write_panels
 
@@ -167,6 +169,18 @@ def image_inputs(paths: list[str]) -> tuple[list[ImageInput], list[str]]:
     if not inputs:
         raise UsageError(f"no images found in {', '.join(paths)}")
     return inputs, missing
+
+
+def _warn_about_notes(notes: dict[str, str]) -> None:
+    """The images predicted with a caution (too small), on stderr whatever the format."""
+    from rich.markup import escape
+
+    if notes:
+        err_console.print(
+            f"[yellow]warning:[/] {len(notes)} image(s) predicted with a caution:", soft_wrap=True
+        )
+        for label, note in notes.items():
+            err_console.print(f"  {escape(label)}: {escape(note)}", soft_wrap=True)
 
 
 def _output_format(text: str) -> OutputFormat:
@@ -220,7 +234,7 @@ def _csv(predictions: Predictions, records: list[dict[str, object]]) -> str:
     header = ["path", "predicted_class", *(f"p_{n}" for n in names), "tumour_score", "entropy"]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow([*header, *optional])
+    writer.writerow([*header, *optional, "note"])
     for record in records:
         probabilities = record["probabilities"]
         assert isinstance(probabilities, dict)
@@ -232,6 +246,7 @@ def _csv(predictions: Predictions, records: list[dict[str, object]]) -> str:
                 f"{record['tumour_score']:.6f}",
                 f"{record['entropy']:.6f}",
                 *(_cell(record[key]) for key in optional),
+                record["note"] or "",
             ]
         )
     return buffer.getvalue()

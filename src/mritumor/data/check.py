@@ -5,13 +5,15 @@ The dataset is in the standard layout (:mod:`mritumor.data.files`)::
     ROOT/{train,val,test}/<class>/*      ROOT/external/<name>/{yes,no}/*
 
 Every non-hidden file in a class folder is fingerprinted (:mod:`mritumor.data.hashing`).
-Files the input pipeline cannot load are *problems*; the usable images are grouped
-into exact and near duplicates (a pHash candidate confirmed by the detail of the
-thumbnails). A duplicate that spans two splits is *leakage*: the split that comes
+Files the input pipeline cannot load, and images smaller than
+:data:`~mritumor.data.files.MIN_IMAGE_SIDE` on a side, are *problems*; the usable
+images are grouped into exact and near duplicates (a pHash candidate confirmed by
+the detail of the thumbnails). A duplicate that spans two splits is *leakage*: the split that comes
 later in ``train < val < test < external`` holds the leaking copy, and
 :func:`quarantine_leaks` moves exactly those copies (never a train file) into
 ``ROOT/quarantine/`` and drops their rows from the split manifests written by
 ``data prepare``, logging each move and row so :func:`restore_quarantine` can undo it.
+:func:`write_report` saves the findings as JSON, :func:`write_leaks` every leaking pair as CSV.
 """
 
 from __future__ import annotations
@@ -53,6 +55,8 @@ from mritumor.progress import ProgressCallback
 DuplicateKind = Literal["exact", "near"]
 SCHEMA_VERSION = 1
 QUARANTINE_DIR = "quarantine"
+#: Every leaking pair, beside the JSON report: ``kind, distance, similarity, kept, leaking_copy``.
+LEAKS_FILE = "leaks.csv"
 MOVES_LOG = "moves.json"
 DEFAULT_NEGATIVE_CLASS = "no_tumor"
 
@@ -88,7 +92,7 @@ class FileRecord:
 
 @dataclass(frozen=True)
 class Problem:
-    """A file the input pipeline cannot use, and why."""
+    """A file that is not a usable image, and why."""
 
     path: Path
     split: str
@@ -218,8 +222,9 @@ class CheckReport:
 
     @property
     def modes(self) -> dict[str, int]:
-        """Usable images per Pillow mode (L, RGB, ...), most common first."""
-        return dict(Counter(str(file.image.mode) for file in self.usable).most_common())
+        """Usable images per Pillow mode (L, RGB, ...), most common first; DICOM files as DICOM."""
+        modes = (file.image.mode or str(file.image.format) for file in self.usable)
+        return dict(Counter(modes).most_common())
 
     @property
     def widths(self) -> SizeRange | None:
@@ -547,6 +552,30 @@ def _finite_or_none(value: float) -> float | None:
 def write_report(report: CheckReport, path: Path) -> None:
     """Save :meth:`CheckReport.to_json` to ``path`` atomically."""
     atomic_write_text(path, json.dumps(report.to_json(), indent=2) + "\n")
+
+
+def write_leaks(report: CheckReport, path: Path) -> None:
+    """Save :func:`leaks_csv` to ``path`` atomically, a header alone when nothing leaks.
+
+    Written on every check, so no list from an earlier check is left behind.
+    """
+    atomic_write_text(path, leaks_csv(report))
+
+
+def leaks_path(report_path: Path) -> Path:
+    """Where ``data check`` puts the leakage CSV: :data:`LEAKS_FILE` beside the JSON report."""
+    return report_path.with_name(LEAKS_FILE)
+
+
+def leaks_csv(report: CheckReport) -> str:
+    """Every leaking pair, one row each, paths relative to the root (the copy kept first)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(("kind", "distance", "similarity", "kept", "leaking_copy"))
+    for leak in report.leaks:
+        kept, leaking = (file.path.relative_to(report.root).as_posix() for file in (leak.a, leak.b))
+        writer.writerow((leak.kind, leak.distance, f"{leak.similarity:.4f}", kept, leaking))
+    return buffer.getvalue()
 
 
 @dataclass(frozen=True)

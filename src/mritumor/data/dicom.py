@@ -43,7 +43,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mritumor.data.files import UnreadableImageError, is_hidden
+from mritumor.data.files import UnreadableImageError, is_hidden, refuse_too_large
 from mritumor.errors import UsageError
 
 if TYPE_CHECKING:
@@ -91,7 +91,8 @@ def read_dicom_frames(path: Path, channels: int = 3) -> list[NDArray[np.uint8]]:
     pydicom is not installed, and :class:`~mritumor.data.files.UnreadableImageError`
     naming the file when it is not DICOM, is damaged, has no pixel data, needs
     a decoder plugin that is not installed, or holds an unsupported kind of
-    picture.
+    picture; :class:`~mritumor.data.files.ImageTooLargeError` when a frame is over
+    Pillow's pixel limit, as for any other image.
     """
     import numpy as np
 
@@ -139,14 +140,31 @@ def dicom_frame_count(path: Path) -> int:
     1 for a single-frame file, and for a file whose header cannot be read: the
     error is reported when its pixels are read.
     """
+    header = _header(path)
+    return 1 if header is None else max(_int_or(header.get("NumberOfFrames"), 1), 1)
+
+
+def dicom_frame_size(path: Path) -> tuple[int, int] | None:
+    """``(width, height)`` of the frames of the DICOM file ``path``, from its header.
+
+    None for a file whose header cannot be read or gives no size.
+    """
+    header = _header(path)
+    if header is None:
+        return None
+    size = (_int_or(header.get("Columns"), 0), _int_or(header.get("Rows"), 0))
+    return size if min(size) > 0 else None
+
+
+def _header(path: Path) -> Any:
+    """The file's data elements without its pixels, or None when they cannot be read."""
     _pydicom_functions()  # the one clear message when pydicom is missing
     import pydicom
 
     try:
-        header = _guarded(path, lambda: pydicom.dcmread(path, stop_before_pixels=True))
+        return _guarded(path, lambda: pydicom.dcmread(path, stop_before_pixels=True))
     except UnreadableImageError:
-        return 1
-    return max(_int_or(header.get("NumberOfFrames"), 1), 1)
+        return None
 
 
 def _pydicom_functions() -> tuple[_PixelFunction, _PixelFunction | None]:
@@ -182,6 +200,7 @@ def _read_pixels(path: Path) -> tuple[Any, _Array]:
     dataset = _guarded(path, lambda: pydicom.dcmread(path))
     if not any(keyword in dataset for keyword in _PIXEL_DATA_KEYWORDS):
         raise UnreadableImageError(f"cannot read DICOM file {path}: it has no pixel data")
+    refuse_too_large(path, _int_or(dataset.get("Columns"), 0), _int_or(dataset.get("Rows"), 0))
     return dataset, _guarded(path, lambda: dataset.pixel_array)
 
 

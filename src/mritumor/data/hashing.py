@@ -26,7 +26,6 @@ shared shape is blurred away, at least ``min_similarity`` for a near duplicate.
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
@@ -38,10 +37,19 @@ from typing import Literal, NamedTuple, get_args
 import numpy as np
 from numpy.typing import NDArray
 
-from mritumor.data.files import IMAGE_EXTENSIONS, UnreadableImageError, read_image
+from mritumor.data.files import (
+    IMAGE_EXTENSIONS,
+    MIN_IMAGE_SIDE,
+    ImageTooLargeError,
+    NotAnImageError,
+    UnreadableImageError,
+    decode_image,
+)
 from mritumor.progress import ProgressCallback
 
-ProblemKind = Literal["unreadable", "truncated", "zero_bytes", "not_an_image"]
+ProblemKind = Literal[
+    "unreadable", "truncated", "zero_bytes", "not_an_image", "too_large", "too_small"
+]
 PROBLEM_KINDS: tuple[ProblemKind, ...] = get_args(ProblemKind)
 
 #: Largest pHash Hamming distance that makes a pair a near-duplicate candidate. On 400
@@ -77,9 +85,12 @@ _BYTE_POPCOUNT = np.array([bin(value).count("1") for value in range(256)], dtype
 class ImageRecord:
     """What one file is: its size, hashes and header facts, or why it cannot be used.
 
-    ``problem`` is ``None`` for a file the input pipeline can load; only those take
+    ``problem`` is ``None`` for a usable image: one the input pipeline loads, at least
+    :data:`~mritumor.data.files.MIN_IMAGE_SIDE` pixels on each side; only those take
     part in the duplicate search. The hashes and header facts are filled in as far
-    as the file allowed (an image with a non-image extension still has them).
+    as the file allowed (an image with a non-image extension or too small still has
+    them; a DICOM file has format ``DICOM`` and no mode). Width and height are those
+    of the upright image.
     ``thumbnail`` holds the 32x32 grayscale thumbnail's bytes (uint8, row by row).
     """
 
@@ -114,28 +125,25 @@ def hash_image(path: Path) -> ImageRecord:
     with warnings.catch_warnings():
         # Pillow warns about truncated TIFFs, odd EXIF and large images; the record says it.
         warnings.simplefilter("ignore")
-        return _decode(record, data)
+        return _decode(record)
 
 
-def _decode(record: ImageRecord, data: bytes) -> ImageRecord:
-    from PIL import Image, UnidentifiedImageError
-
+def _decode(record: ImageRecord) -> ImageRecord:
+    """Read the file through :func:`~mritumor.data.files.read_image`, as the pipeline does."""
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            format_, mode, (width, height) = image.format, image.mode, image.size
-    except UnidentifiedImageError:
-        return _with_problem(record, "not_an_image", "not an image Pillow can identify")
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        return _with_problem(record, _decode_problem(error), str(error))
-    record = replace(record, format=format_, mode=mode, width=width, height=height)
-    try:
-        pixels = read_image(record.path, channels=3)
+        decoded = decode_image(record.path, channels=3)
     except UnreadableImageError as error:
-        message = str(error).removeprefix(f"cannot read image {record.path}: ")
-        return _with_problem(record, _decode_problem(error), message)
+        reason = _reason(error, record.path)
+        return _with_problem(_with_header(record), _problem_kind(error, reason), reason)
+    pixels = decoded.pixels
+    height, width = pixels.shape[:2]
     small = thumbnail(pixels)
     record = replace(
         record,
+        format=decoded.format,
+        mode=decoded.mode,
+        width=width,
+        height=height,
         pixel_sha256=pixel_hash(pixels),
         phash=thumbnail_hash(small),
         thumbnail=small.tobytes(),
@@ -143,16 +151,43 @@ def _decode(record: ImageRecord, data: bytes) -> ImageRecord:
     suffix = record.path.suffix.lower()
     if suffix not in IMAGE_EXTENSIONS:
         message = (
-            f"a {format_} image named {suffix or 'without an extension'}, which the input "
-            f"pipeline skips; rename it to one of {', '.join(sorted(IMAGE_EXTENSIONS))}"
+            f"a {decoded.format} image named {suffix or 'without an extension'}, which the "
+            f"input pipeline skips; rename it to one of {', '.join(sorted(IMAGE_EXTENSIONS))}"
         )
         return _with_problem(record, "not_an_image", message)
+    if min(width, height) < MIN_IMAGE_SIDE:
+        message = f"{width}x{height} pixels, smaller than the {MIN_IMAGE_SIDE}-pixel minimum side"
+        return _with_problem(record, "too_small", message)
     return record
 
 
-def _decode_problem(error: Exception) -> ProblemKind:
+def _with_header(record: ImageRecord) -> ImageRecord:
+    """The format, mode and size a file's header gives, where Pillow can read it."""
+    from PIL import Image
+
+    try:
+        with Image.open(record.path) as image:
+            format_, mode, (width, height) = image.format, image.mode, image.size
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        return record
+    return replace(record, format=format_, mode=mode, width=width, height=height)
+
+
+def _problem_kind(error: UnreadableImageError, reason: str) -> ProblemKind:
     """Pillow says "image file is truncated" or "Truncated File Read" for cut-off files."""
-    return "truncated" if "truncated" in str(error).lower() else "unreadable"
+    if isinstance(error, NotAnImageError):
+        return "not_an_image"
+    if isinstance(error, ImageTooLargeError):
+        return "too_large"
+    return "truncated" if "truncated" in reason.lower() else "unreadable"
+
+
+def _reason(error: UnreadableImageError, path: Path) -> str:
+    """The error without its "cannot read image PATH: " prefix: the record names the file."""
+    message = str(error)
+    for prefix in (f"cannot read image {path}: ", f"cannot read DICOM file {path}: "):
+        message = message.removeprefix(prefix)
+    return message
 
 
 def _with_problem(record: ImageRecord, kind: ProblemKind, message: str) -> ImageRecord:

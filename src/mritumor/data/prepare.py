@@ -12,6 +12,12 @@ split where the source has none (keeping exact and near duplicates together,
 A manifest has the columns ``path`` (relative to the target, POSIX), ``label``
 and ``source`` (the original absolute path; for a zip member ``<archive>/<member>``);
 the input pipeline (:mod:`mritumor.data.splits`) reads its split from there.
+Every image is first read through :func:`~mritumor.data.files.read_image`
+(fingerprinted as ``data check`` does, :func:`~mritumor.data.hashing.image_hashes`):
+a file that is not a usable image (unreadable, truncated, not an image, over the
+pixel limit, smaller than :data:`~mritumor.data.files.MIN_IMAGE_SIDE`) is left out
+and listed with the reason. A class left without usable images is refused;
+a split left without the images of a class is a warning.
 Files are symlinked (absolute targets) or copied; the source is never modified.
 Everything is assembled in a hidden staging folder inside the target and moved
 into place at the end, so an interrupted run leaves no half-written split.
@@ -21,6 +27,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import re
 import shutil
 import tempfile
@@ -28,7 +35,7 @@ import time
 import zipfile
 import zlib
 from collections import Counter, defaultdict
-from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
@@ -37,7 +44,7 @@ from typing import Literal
 import numpy as np
 
 from mritumor.data.files import EXTERNAL_DIR, SPLITS
-from mritumor.data.hashing import duplicate_groups, image_hashes
+from mritumor.data.hashing import ImageRecord, ProblemKind, duplicate_groups, image_hashes
 from mritumor.data.layout import Destination, Layout, LayoutKind, detect_layout
 from mritumor.data.splits import MANIFEST_DIR
 from mritumor.errors import UsageError
@@ -56,8 +63,8 @@ class DuplicateGrouping:
     """How a duplicate-aware carve treated exact and near duplicates.
 
     ``hashed`` images were fingerprinted in ``seconds`` (hashing and grouping):
-    those the carve drew from, plus the other train/val/test splits the source
-    gave. ``kept_together`` duplicate groups of the carve, ``grouped_images``
+    every image file of the source, those left out as unusable included.
+    ``kept_together`` duplicate groups of the carve, ``grouped_images``
     images in all, were each placed whole in one split. ``label_conflicts`` are
     groups whose copies carry different labels, as sorted source paths: they
     stay in train, all of them, and ``mritumor data check`` lists them as label
@@ -76,6 +83,15 @@ class DuplicateGrouping:
 
 
 @dataclass(frozen=True)
+class LeftOut:
+    """An image file of the source that was not placed because it is not a usable image."""
+
+    path: Path
+    kind: ProblemKind
+    reason: str
+
+
+@dataclass(frozen=True)
 class PrepareSummary:
     """What :func:`prepare` wrote.
 
@@ -83,9 +99,11 @@ class PrepareSummary:
     ``external/<name>``) to its images per label. ``carved`` names the splits
     drawn at random because the source had none. ``skipped`` lists the files
     under the source that were not taken (non-images, hidden files, loose files
-    outside the class folders); ``duplicates`` the copies of the tree left out.
+    outside the class folders); ``duplicates`` the copies of the tree left out;
+    ``left_out`` the image files that are not usable images, with the reason.
     ``grouping`` says how duplicates were kept together in the carve; it is
-    None when nothing was carved or grouping was turned off.
+    None when nothing was carved or grouping was turned off. ``warnings`` name
+    the splits left without the images of a class (a carve short of images).
     """
 
     source: Path
@@ -98,6 +116,8 @@ class PrepareSummary:
     manifests: tuple[Path, ...]
     linked: bool
     grouping: DuplicateGrouping | None = None
+    left_out: tuple[LeftOut, ...] = ()
+    warnings: tuple[str, ...] = ()
 
     @property
     def total(self) -> int:
@@ -133,13 +153,33 @@ class _Item:
 
 @dataclass(frozen=True)
 class _Plan:
-    """The files to place; ``splits`` and ``labels`` include those left empty by a carve."""
+    """The files to place; ``splits`` and ``labels`` include those left empty by a carve.
+
+    ``verified`` image files were read, of which ``left_out`` are not usable images.
+    """
 
     items: tuple[_Item, ...]
     splits: tuple[str, ...]
     labels: tuple[str, ...]
     carved: tuple[str, ...]
     grouping: DuplicateGrouping | None
+    verified: int
+    left_out: tuple[ImageRecord, ...]
+
+
+@dataclass(frozen=True)
+class _Verified:
+    """The fingerprint of every image file of the source, taken in ``seconds``."""
+
+    records: dict[Path, ImageRecord]
+    seconds: float
+
+    def usable(self, path: Path) -> bool:
+        return self.records[path].usable
+
+    @property
+    def left_out(self) -> tuple[ImageRecord, ...]:
+        return tuple(record for record in self.records.values() if not record.usable)
 
 
 class _Steps:
@@ -183,11 +223,13 @@ def prepare(
     ``copy`` copies files instead of symlinking them (a zip's members are always
     copied). ``val_size`` is the share of each class carved into val when the
     source has no val split, and (for a tree without splits) into test as well.
-    With ``group_duplicates`` a carve first hashes the images
-    (:func:`~mritumor.data.hashing.image_hashes`) and keeps each group of exact
-    or near duplicates in one split (:func:`carve_splits`); turning it off
-    saves the hashing time and carves file by file. ``progress`` counts the
-    images hashed, then the images placed, against one total.
+    Every image is hashed (:func:`~mritumor.data.hashing.image_hashes`) and only
+    usable images are placed; the others are listed in the summary's ``left_out``.
+    With ``group_duplicates`` a carve keeps each group of exact or near duplicates
+    in one split (:func:`carve_splits`); turning it off carves file by file.
+    ``progress`` counts the images hashed, then the images placed, against one
+    total. A class without any usable image is a :class:`UsageError`, raised
+    before anything is written.
     ``external_name`` names a yes/no set's folder under ``external/`` (default:
     the source's name). Without ``force``, a split that already holds files in
     the target is a :class:`UsageError`; with it, only the splits written are replaced.
@@ -242,12 +284,17 @@ def carve_splits(
         placed = _fill(
             [unit for unit in units if key(unit[0]) not in conflicts],
             held_out,
-            int(len(ordered) * fraction + 0.5),
+            carved_size(len(ordered), fraction),
         )
         placed["train"].extend(p for unit in units if key(unit[0]) in conflicts for p in unit)
         for split, chosen in placed.items():
             splits[split][label] = sorted(chosen)
     return splits
+
+
+def carved_size(count: int, fraction: float) -> int:
+    """Images a held-out split takes of a class of ``count``: ``fraction`` of it, rounded."""
+    return int(count * fraction + 0.5)
 
 
 def _group_key(groups: Mapping[Path, Hashable] | None) -> _KeyFunction:
@@ -391,19 +438,26 @@ def _prepare_folder(
     layout = detect_layout(source.folder)
     plan = _plan(layout, external_name, val_size, seed, group_duplicates, progress)
     _refuse_overwrite(target, plan.splits, force)
-    hashed = plan.grouping.hashed if plan.grouping is not None else 0
-    _write(plan, source, target, _Steps(progress, hashed, len(plan.items)).phase("place"))
+    _write(plan, source, target, _Steps(progress, plan.verified, len(plan.items)).phase("place"))
+    counts = _counts(plan)
     return PrepareSummary(
         source=source.origin,
         target=target,
         kind=layout.kind,
-        counts=_counts(plan),
+        counts=counts,
         carved=plan.carved,
         skipped=_skipped(source, layout, plan),
         duplicates=tuple(source.origin_of(path) for path in layout.duplicates),
         manifests=tuple(_manifest_path(target, split) for split in plan.splits),
         linked=source.placement == "symlink",
         grouping=_with_origins(plan.grouping, source),
+        left_out=tuple(
+            LeftOut(
+                source.origin_of(record.path), record.problem or "unreadable", record.error or ""
+            )
+            for record in plan.left_out
+        ),
+        warnings=_shortfalls(counts, plan.carved, val_size),
     )
 
 
@@ -415,22 +469,24 @@ def _plan(
     group_duplicates: bool,
     progress: ProgressCallback | None,
 ) -> _Plan:
-    grouped: dict[str | None, FilesByLabel] = defaultdict(lambda: defaultdict(list))
-    for path, destination in layout.image_files():
-        grouped[_split_of(destination, external_name)][destination.label].append(path)
-    if not grouped:
+    found = list(layout.image_files())
+    if not found:
         raise UsageError(f"no images in {layout.root} (extensions are matched case-insensitively)")
     held_out = _held_out(layout)
+    if val_size * len(held_out) >= 1.0:
+        raise UsageError(f"val_size {val_size} leaves nothing to train on; use less than 0.5")
+    verified = _verify([path for path, _ in found], progress)
+    _refuse_classes_without_images(layout, found, verified)
+    grouped: dict[str | None, FilesByLabel] = defaultdict(lambda: defaultdict(list))
+    for path, destination in found:
+        if verified.usable(path):
+            grouped[_split_of(destination, external_name)][destination.label].append(path)
     grouping = None
     if held_out:
-        if val_size * len(held_out) >= 1.0:
-            raise UsageError(f"val_size {val_size} leaves nothing to train on; use less than 0.5")
-        placed = sum(map(_count, grouped.values()))
         pool = grouped.pop(None if layout.kind == "class_only" else "train", {})
         if group_duplicates:
             given = {split: grouped[split] for split in SPLITS if split in grouped}
-            steps = _Steps(progress, _count(pool) + sum(map(_count, given.values())), placed)
-            carved, grouping = _grouped_carve(pool, given, held_out, val_size, seed, steps)
+            carved, grouping = _grouped_carve(pool, given, held_out, val_size, seed, verified)
         else:
             carved = carve_splits(pool, held_out, val_size, seed)
         grouped.update(carved)
@@ -441,7 +497,50 @@ def _plan(
         for label in layout.labels
         for path, name in _unique_names(by_label.get(label, []))
     ]
-    return _Plan(tuple(items), tuple(splits), layout.labels, held_out, grouping)
+    return _Plan(
+        tuple(items),
+        tuple(splits),
+        layout.labels,
+        held_out,
+        grouping,
+        len(found),
+        verified.left_out,
+    )
+
+
+def _verify(paths: Sequence[Path], progress: ProgressCallback | None) -> _Verified:
+    """Fingerprint every image file, the hashing phase of the progress count."""
+    start = time.perf_counter()
+    steps = _Steps(progress, len(paths), len(paths))  # placing counts at most every file
+    records = image_hashes(paths, progress=steps.phase("hash"))
+    return _Verified({record.path: record for record in records}, time.perf_counter() - start)
+
+
+def _refuse_classes_without_images(
+    layout: Layout, found: Iterable[tuple[Path, Destination]], verified: _Verified
+) -> None:
+    """One line naming each class with no usable image, and an example of what was left out."""
+    usable: Counter[str] = Counter()
+    left_out: dict[str, list[ImageRecord]] = defaultdict(list)
+    for path, destination in found:
+        if verified.usable(path):
+            usable[destination.label] += 1
+        else:
+            left_out[destination.label].append(verified.records[path])
+    empty = [label for label in layout.labels if not usable[label]]
+    if not empty:
+        return
+    examples = [record for label in empty for record in left_out[label]]
+    example = (
+        f" ({len(examples)} file(s) left out, such as "
+        f"{examples[0].path.relative_to(layout.root)}: {examples[0].error})"
+        if examples
+        else ""
+    )
+    raise UsageError(
+        f"no usable images of {', '.join(empty)} in {layout.root}{example}; "
+        "add readable images or remove the class folder"
+    )
 
 
 def _grouped_carve(
@@ -450,9 +549,9 @@ def _grouped_carve(
     held_out: Sequence[str],
     fraction: float,
     seed: int,
-    steps: _Steps,
+    verified: _Verified,
 ) -> tuple[dict[str, FilesByLabel], DuplicateGrouping]:
-    """Hash the pool and the source's own splits; carve the pool keeping duplicate groups whole.
+    """Carve the pool keeping duplicate groups whole, from the images' fingerprints.
 
     The carve's groups come from the pool's images alone, so the splits the source
     gave (test) do not move it; all images together say which groups cross splits.
@@ -462,10 +561,10 @@ def _grouped_carve(
         path for by_label in given.values() for f in by_label.values() for path in f
     )
     start = time.perf_counter()
-    records = image_hashes([*pool_files, *given_files], progress=steps.phase("hash"))
+    records = [verified.records[path] for path in (*pool_files, *given_files)]
     pool_ids = duplicate_groups(records[: len(pool_files)])
     all_ids = duplicate_groups(records) if given_files else pool_ids
-    seconds = time.perf_counter() - start
+    seconds = verified.seconds + time.perf_counter() - start
     groups = dict(zip(pool_files, pool_ids, strict=True))
     carved = carve_splits(pool, held_out, fraction, seed, groups=groups)
     conflicts = _conflicting_groups(pool, _group_key(groups))
@@ -481,17 +580,13 @@ def _grouped_carve(
     for path, group in zip([*pool_files, *given_files], all_ids, strict=True):
         spans[group].add(split_of[path])
     return carved, DuplicateGrouping(
-        hashed=len(records),
+        hashed=len(verified.records),
         seconds=seconds,
         kept_together=len(together),
         grouped_images=sum(together),
         label_conflicts=tuple(files for _, files in conflicts),
         cross_split_groups=sum(len(found) > 1 for found in spans.values()),
     )
-
-
-def _count(by_label: Mapping[str, Sequence[Path]]) -> int:
-    return sum(len(files) for files in by_label.values())
 
 
 def _with_origins(grouping: DuplicateGrouping | None, source: _Source) -> DuplicateGrouping | None:
@@ -609,8 +704,8 @@ def _counts(plan: _Plan) -> dict[str, dict[str, int]]:
 
 
 def _skipped(source: _Source, layout: Layout, plan: _Plan) -> tuple[Path, ...]:
-    """Files under the source that were not taken, outside any duplicate copy left out."""
-    taken = {item.file for item in plan.items}
+    """Files under the source that were not read as images, outside any duplicate copy left out."""
+    taken = {item.file for item in plan.items} | {record.path for record in plan.left_out}
     return tuple(
         source.origin_of(path)
         for path in sorted(source.folder.rglob("*"))
@@ -618,3 +713,32 @@ def _skipped(source: _Source, layout: Layout, plan: _Plan) -> tuple[Path, ...]:
         and not any(path.is_relative_to(copy) for copy in layout.duplicates)
         and (path.is_file() or path.is_symlink())
     )
+
+
+def _shortfalls(
+    counts: Mapping[str, Mapping[str, int]], carved: Sequence[str], fraction: float
+) -> tuple[str, ...]:
+    """A warning per split left without the images of some class, saying when a carve was short."""
+    need = _smallest_carvable(fraction)
+    pool: Counter[str] = Counter()
+    for split in ("train", *carved):
+        pool.update(counts.get(split, {}))
+    found = []
+    for split, per_label in counts.items():
+        missing = [label for label, count in per_label.items() if count == 0]
+        if not missing:
+            continue
+        if len(missing) == len(per_label):
+            warning = f"{split} is empty"
+        else:
+            warning = f"{split} has no images of {', '.join(missing)}"
+        if split in carved and any(pool[label] < need for label in missing):
+            warning += f": a carve at val_size {fraction} needs {need} usable images of a class"
+        found.append(warning)
+    return tuple(found)
+
+
+def _smallest_carvable(fraction: float) -> int:
+    """The fewest images of a class of which a held-out split takes one (:func:`carved_size`)."""
+    count = max(1, math.ceil(0.5 / fraction))
+    return count if carved_size(count, fraction) else count + 1

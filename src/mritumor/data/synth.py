@@ -42,7 +42,14 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage
 
-from mritumor.data.files import CLASS_NAMES, EXTERNAL_DIR, NO_TUMOUR_LABEL, SPLITS, TUMOUR_LABEL
+from mritumor.data.files import (
+    CLASS_NAMES,
+    EXTERNAL_DIR,
+    MIN_IMAGE_SIDE,
+    NO_TUMOUR_LABEL,
+    SPLITS,
+    TUMOUR_LABEL,
+)
 from mritumor.errors import UsageError
 from mritumor.fsutil import atomic_write_bytes, atomic_write_text
 from mritumor.progress import ProgressCallback
@@ -754,7 +761,9 @@ def _draw_file_style(rng: np.random.Generator, config: SynthConfig) -> _FileStyl
     quality = int(rng.integers(config.jpeg_quality[0], config.jpeg_quality[1] + 1))
     if not config.vary_size:
         side, aspect = config.image_size, 1.0
-    return _FileStyle(round(side), round(side * aspect), mode, file_format, quality)
+    # Never below the smallest image that `data check` accepts, whatever the jitter.
+    width, height = (max(MIN_IMAGE_SIDE, round(length)) for length in (side, side * aspect))
+    return _FileStyle(width, height, mode, file_format, quality)
 
 
 def _write_batch(root: Path, jobs: Sequence[_Job]) -> int:
