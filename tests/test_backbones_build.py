@@ -104,7 +104,12 @@ def test_efficientnet_takes_grayscale_input_as_three_equal_channels(
     keras.backend.clear_session()
     settings = load_settings(
         None,
-        {"model.backbone": name, "model.weights": "none", "data.channels": 1, "data.image_size": 32},
+        {
+            "model.backbone": name,
+            "model.weights": "none",
+            "data.channels": 1,
+            "data.image_size": 32,
+        },
     ).settings
     model = build_classifier(settings)
     gray = np.random.default_rng(2).uniform(0, 255, (2, 32, 32, 1)).astype("float32")

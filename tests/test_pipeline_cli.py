@@ -75,7 +75,9 @@ def test_the_printed_numbers_are_those_in_the_reports(demo: tuple[Path, str]) ->
     assert numbers(row(stdout, "test accuracy [95% CI]")) == pytest.approx(
         [metrics["accuracy"], *metrics["accuracy_ci95"]], abs=PRINTED
     )
-    assert numbers(row(stdout, "test macro-F1")) == pytest.approx([metrics["macro_f1"]], abs=PRINTED)
+    assert numbers(row(stdout, "test macro-F1")) == pytest.approx(
+        [metrics["macro_f1"]], abs=PRINTED
+    )
     assert numbers(row(stdout, "ECE on val, before -> after")) == pytest.approx(
         [calibration["before"]["ECE"], calibration["after"]["ECE"]], abs=PRINTED
     )
