@@ -274,8 +274,9 @@ class Bundle:
         known: dict[str, Any] = {"versions": {}, "git_commit": None}
         known.update((key, value) for key, value in data.items() if key in names)
         unknown = {key: value for key, value in data.items() if key not in names}
-        if isinstance(known.get("temperature"), int) and not isinstance(known["temperature"], bool):
-            known["temperature"] = float(known["temperature"])
+        temperature = known.get("temperature")
+        if isinstance(temperature, int) and not isinstance(temperature, bool):
+            known["temperature"] = _as_float(temperature)
         bundle = cls(**known, _unknown=unknown)
         bundle._raise_if_invalid(source)
         return bundle
@@ -283,13 +284,17 @@ class Bundle:
     @classmethod
     def from_json(cls, text: str, *, source: str = BUNDLE_FILE) -> Bundle:
         """Parse ``bundle.json`` text; every problem is one :class:`BundleError` line."""
+        restore = "restore it from a backup or re-run the command that wrote it"
         try:
             data = json.loads(text)
         except json.JSONDecodeError as error:
             raise BundleError(
                 f"{source} is not valid JSON (line {error.lineno}, column {error.colno}: "
-                f"{error.msg}); restore it from a backup or re-run the command that wrote it"
+                f"{error.msg}); {restore}"
             ) from None
+        except (ValueError, RecursionError) as error:  # a 5000-digit number, nesting too deep
+            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise BundleError(f"{source} cannot be read as JSON ({reason}); {restore}") from None
         return cls.from_dict(data, source=source)
 
     def _raise_if_invalid(self, source: str = "bundle") -> None:
@@ -660,6 +665,14 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _as_float(value: int) -> float:
+    """An integer beyond the float range is inf, which the checks then refuse by name."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
+
+
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -850,7 +863,7 @@ def _peek(bundle_file: Path) -> dict[str, Any]:
     """The parsed bundle.json, or {} when it cannot be read (no error: just a candidate)."""
     try:
         data = json.loads(bundle_file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError):
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
         return {}
     return data if isinstance(data, dict) else {}
 

@@ -31,6 +31,13 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             handle.write(data)
         Path(temporary).chmod(0o666 & ~_umask())
         Path(temporary).replace(path)
+    except OSError as error:
+        Path(temporary).unlink(missing_ok=True)
+        if error.filename is not None and error.filename != temporary:
+            raise
+        # A full disk says "No space left on device" about no file, or about the
+        # hidden temporary one: name the file the user asked for.
+        raise type(error)(error.errno, error.strerror, str(path)) from None
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise

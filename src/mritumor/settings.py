@@ -440,6 +440,7 @@ def load_settings(
     for key in _leaf_keys(flag_values):
         origins[key] = "flag"
 
+    _reject_unknown_top_level_flags(flag_values, origins)
     token = _lower_layers.set((file_values, recipe_values))
     try:
         settings = Settings(**flag_values)
@@ -448,6 +449,17 @@ def load_settings(
     finally:
         _lower_layers.reset(token)
     return LoadedSettings(settings=settings, config_file=config_file, origins=origins)
+
+
+def _reject_unknown_top_level_flags(flags: Mapping[str, Any], origins: Mapping[str, str]) -> None:
+    """Flags become ``Settings(**flags)``, where pydantic-settings would read a key such as
+    ``_env_prefix`` as its own option: every top-level key must be a setting."""
+    for key in flags:
+        if key not in Settings.model_fields:
+            source = _source_of(key, origins, None)
+            raise ConfigError(
+                f"unknown key {key!r}{source}{_suggestion(key, valid_keys() + _sections())}"
+            )
 
 
 def _recipe_layer(*sources: Mapping[str, Any]) -> tuple[str | None, dict[str, Any]]:
@@ -516,6 +528,10 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} does not exist (check --config or {CONFIG_ENV_VAR})")
     try:
         content = yaml.safe_load(path.read_text(encoding="utf-8"))
+        if _contains_itself(content):
+            raise ConfigError(f"{path}: a YAML alias refers to a mapping or list that contains it")
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply to be a mritumor config") from None
     except yaml.YAMLError as error:
         where = getattr(error, "problem_mark", None)
         line = f" at line {where.line + 1}" if where is not None else ""
@@ -534,6 +550,16 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return {
         key: {} if value is None and key in _sections() else value for key, value in content.items()
     }
+
+
+def _contains_itself(value: Any, enclosing: tuple[int, ...] = ()) -> bool:
+    """True for a YAML alias inside its own anchor: a mapping or list that contains itself."""
+    if not isinstance(value, (dict, list)):
+        return False
+    if id(value) in enclosing:
+        return True
+    items = value.values() if isinstance(value, dict) else value
+    return any(_contains_itself(item, (*enclosing, id(value))) for item in items)
 
 
 def _reject_unknown_env_vars() -> None:

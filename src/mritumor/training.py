@@ -171,13 +171,19 @@ def train(
 def _resumable_state(run_dir: Path) -> Path:
     """``last.keras``; a run stopped before its first checkpoint has none, and is incomplete."""
     last = run_dir / bundles.LAST_FILE
-    if not last.exists():
+    if last.exists():
+        return last
+    if bundles.read_bundle(run_dir).epochs_completed:
         raise UsageError(
-            f"{run_dir} is incomplete: it stopped before its first epoch ended, so there is no "
-            f"{bundles.LAST_FILE} to resume from; start a new run (remove {run_dir} or choose "
-            "another --name)"
+            f"{run_dir} has no {bundles.LAST_FILE} to resume from (it was moved or deleted); "
+            f"its {bundles.MODEL_FILE} still holds the best epoch, for eval and infer; "
+            "to train further, start a new run"
         )
-    return last
+    raise UsageError(
+        f"{run_dir} is incomplete: it stopped before its first epoch ended, so there is no "
+        f"{bundles.LAST_FILE} to resume from; start a new run (remove {run_dir} or choose "
+        "another --name)"
+    )
 
 
 def _check_compatible(settings: Settings) -> None:

@@ -95,6 +95,8 @@ def infer(
     fmt = _output_format(output_format)
     if output is not None and fmt == "table":
         raise UsageError("--output needs --format json, jsonl or csv")
+    if output is not None and output.is_dir():
+        raise UsageError(f"--output {output} is a directory; give a file name")
     if output is not None and output.exists() and not force:
         raise UsageError(f"{output} exists; pass --force to replace it")
     settings = resolve_settings(
