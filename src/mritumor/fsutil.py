@@ -33,7 +33,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         Path(temporary).replace(path)
     except OSError as error:
         Path(temporary).unlink(missing_ok=True)
-        if error.filename is not None and error.filename != temporary:
+        if error.errno is None or error.filename not in (None, temporary):
             raise
         # A full disk says "No space left on device" about no file, or about the
         # hidden temporary one: name the file the user asked for.
