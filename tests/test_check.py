@@ -266,7 +266,7 @@ def test_every_leak_goes_to_a_csv_with_full_relative_paths(
 
     write_leaks(report, path)
 
-    assert path == tmp_path / "out" / "leaks.csv"
+    assert path == tmp_path / "out" / "check-leaks.csv"
     assert path.read_text(encoding="utf-8").splitlines() == [
         "kind,distance,similarity,kept,leaking_copy",
         *(

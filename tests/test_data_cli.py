@@ -237,8 +237,8 @@ def test_check_shows_20_leaks_and_writes_all_of_them_to_a_csv(
         "test/glioma/Te-gl_0000 another long name.png",
     ]
     assert "…" not in result.stdout  # no path cut short, however narrow the console
-    assert f"All 25 leaking pair(s): {root / 'leaks.csv'}" in result.stdout
-    with (root / "leaks.csv").open(newline="", encoding="utf-8") as handle:
+    assert f"All 25 leaking pair(s): {root / 'check-leaks.csv'}" in result.stdout
+    with (root / "check-leaks.csv").open(newline="", encoding="utf-8") as handle:
         leaks = list(csv.DictReader(handle))
     assert len(leaks) == 25
     assert leaks[24]["leaking_copy"] == "test/glioma/Te-gl_0024 another long name.png"

@@ -73,7 +73,7 @@ TINY_TRAIN = (
 #: Names a half-written file may have: the atomic writer's and the checkpoint's temporaries,
 #: and the hidden folder a zip is unpacked into.
 #: What ``data check`` writes beside the dataset: the JSON report and the leaking pairs.
-CHECK_REPORTS = ("data/check.json", "data/leaks.csv")
+CHECK_REPORTS = ("data/check.json", "data/check-leaks.csv")
 STRAY = re.compile(r"(\.tmp$|\.partial|^\.unzip-)")
 
 Stream = Literal["stderr", "stdout", "output"]

@@ -292,3 +292,17 @@ def test_bad_input_is_one_line_usage_error(tiny: Tiny, args: list[str], phrase: 
     assert phrase in result.output
     assert len(result.output.strip().splitlines()) == 1
     assert not (tiny.runs / "bad").exists()
+
+
+def test_a_fold_held_by_another_process_is_refused_and_left_alone(full_run: Path) -> None:
+    """`kfold --fold K` on two hosts by mistake: the second stops instead of sharing fold K."""
+    from mritumor.run_lock import claimed_run
+
+    folder = full_run / "fold-1"
+    before = {path: path.read_bytes() for path in folder.rglob("*") if path.is_file()}
+    with claimed_run(folder, fresh=False):
+        result = invoke(["kfold", "--resume", str(full_run), "--fold", "1", "-q"])
+    assert result.exit_code == 2
+    assert f"run directory {folder} is in use by another mritumor process" in result.output
+    assert "Traceback" not in result.output
+    assert {path: path.read_bytes() for path in folder.rglob("*") if path.is_file()} == before

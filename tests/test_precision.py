@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from mritumor.precision import Hardware, choose_precision, cpu_bf16_flags, detect_hardware
@@ -114,3 +116,35 @@ def test_training_warns_once_when_bf16_is_forced_on_an_emulating_cpu(
         assert keras.mixed_precision.global_policy().name == "mixed_bfloat16"
     finally:
         keras.mixed_precision.set_global_policy("float32")
+
+
+def test_a_resumed_model_keeps_the_precision_its_layers_were_saved_in(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Keras restores each layer's policy, not the model's: a bf16 run resumed where auto
+    picks float32 still trains in bf16, and on a CPU that emulates it, says so."""
+    import warnings
+
+    import keras
+
+    from mritumor import precision, training
+    from mritumor.model import build_classifier, load_model
+    from mritumor.settings import load_settings
+
+    settings = load_settings(
+        None, {"model.backbone": "small_cnn", "model.weights": "none", "data.image_size": 32}
+    ).settings
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    build_classifier(settings).save(tmp_path / "last.keras")
+    keras.mixed_precision.set_global_policy("float32")
+    model = load_model(tmp_path / "last.keras")
+    monkeypatch.setattr(precision, "detect_hardware", lambda: CPU_AVX2)
+    chosen = choose_precision("auto", CPU_AVX2)
+    assert chosen.policy == "float32"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        kept = training._kept_precision(model, chosen)
+    assert (kept.policy, kept.requested) == ("mixed_bfloat16", "saved")
+    assert kept.describe().startswith("mixed_bfloat16 (as saved in the model: ")
+    assert [str(w.message) for w in caught] == [kept.warning]
+    assert "about 10x slower" in str(kept.warning)

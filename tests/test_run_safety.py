@@ -310,3 +310,35 @@ def test_demo_into_an_existing_file_is_refused_and_the_file_kept(tmp_path: Path)
         f"error: --out {target} is a file; give a folder for the demo's data and runs\n"
     )
     assert target.read_text(encoding="utf-8") == "mine"
+
+
+def test_a_file_system_without_locks_is_one_line_naming_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import fcntl
+
+    def no_locks(descriptor: int, operation: int) -> None:
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with pytest.raises(MritumorError) as caught, claimed_run(tmp_path, fresh=True):
+        pass
+    assert str(caught.value) == f"cannot lock run directory {tmp_path}: No locks available"
+
+
+def test_a_write_refused_before_the_temporary_file_names_the_target(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tempfile
+
+    from mritumor.fsutil import atomic_write_text
+
+    def read_only(**_: object) -> tuple[int, str]:
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    target = tmp_path / "check.json"
+    with pytest.raises(OSError) as caught:
+        atomic_write_text(target, "{}")
+    assert (caught.value.strerror, caught.value.filename) == (os.strerror(errno.EROFS), str(target))
+    assert list(tmp_path.iterdir()) == []

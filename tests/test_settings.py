@@ -356,3 +356,13 @@ def test_file_values_round_trip(
         "train.batch_size": "file",
         "model.dropout": "file",
     }
+
+
+def test_a_config_of_shared_yaml_aliases_is_read_once_per_node(tmp_path: Path) -> None:
+    """Twelve levels of ten aliases each: walking every path would take 10**12 steps."""
+    lines = ["a0: &a0 [1]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 12)]
+    path = tmp_path / "aliases.yaml"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="unknown key 'a0'"):
+        load_settings(path)

@@ -23,9 +23,12 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     owner-only 0600 would make a bundle unreadable to the colleague it is handed to).
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(
-        dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
-    )
+    try:
+        descriptor, temporary = tempfile.mkstemp(
+            dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
+        )
+    except OSError as error:  # a read-only folder: name the file asked for
+        raise type(error)(error.errno, error.strerror, str(path)) from None
     try:
         with os.fdopen(descriptor, "wb") as handle:
             handle.write(data)

@@ -41,7 +41,6 @@ import io
 import json
 import math
 import os
-import shutil
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -55,6 +54,7 @@ from mritumor.calibration import softmax
 from mritumor.data.splits import MANIFEST_DIR, SplitFiles, load_split
 from mritumor.errors import UsageError
 from mritumor.fsutil import atomic_write_json, atomic_write_text
+from mritumor.run_lock import claimed_run, clear_run_dir
 
 if TYPE_CHECKING:
     from mritumor.settings import Settings
@@ -369,6 +369,21 @@ def _run_fold(
     fold: int,
     observer: KFoldObserver | None,
 ) -> str:
+    """Train, resume or score one fold while holding its lock: ``kfold --fold K`` on
+    another host, or a second ``--resume``, is refused rather than sharing the folder."""
+    folder = fold_dir(run_dir, fold)
+    folder.mkdir(parents=True, exist_ok=True)
+    with claimed_run(folder, fresh=False):
+        return _run_claimed_fold(settings, run_dir, pool, fold, observer)
+
+
+def _run_claimed_fold(
+    settings: Settings,
+    run_dir: Path,
+    pool: Pool,
+    fold: int,
+    observer: KFoldObserver | None,
+) -> str:
     from mritumor import training
 
     folder = fold_dir(run_dir, fold)
@@ -381,8 +396,7 @@ def _run_fold(
     fold_settings = _fold_settings(settings, run_dir, pool, fold)
     if action in ("train", "resume"):
         if action == "train":
-            shutil.rmtree(folder, ignore_errors=True)
-            folder.mkdir(parents=True)
+            clear_run_dir(folder)
         result = training.train(
             fold_settings, folder, resume=action == "resume", observer=train_observer
         )

@@ -13,14 +13,15 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from mritumor.errors import MritumorError, UsageError
 from mritumor.fsutil import atomic_write_json
-from mritumor.run_lock import claimed_run
+from mritumor.run_lock import claimed_run, clear_run_dir
 
 if TYPE_CHECKING:
     from mritumor.settings import Settings
@@ -151,7 +152,7 @@ def _data_stamp(settings: Settings) -> str:
     return digest.hexdigest()[:16]
 
 
-_DERIVED = frozenset({"check.json", "leaks.csv", "quarantine"})
+_DERIVED = frozenset({"check.json", "check-leaks.csv", "quarantine"})
 """Files `data check` writes under the data root: not inputs."""
 
 
@@ -222,36 +223,34 @@ def _train(context: _Context) -> tuple[Path, ...]:
     from mritumor import bundle as bundles
     from mritumor.training import train
 
-    run_dir = _fresh_run_dir(context.train_run)
-    with claimed_run(run_dir, fresh=True):
+    with _fresh_run(context.train_run) as run_dir:
         result = train(context.settings, run_dir, observer=context.training_observer)
     if result.interrupted:
         raise MritumorError(f"training was interrupted; the state is in {run_dir}")
     return (run_dir / bundles.MODEL_FILE,)
 
 
-def _fresh_run_dir(run_dir: Path) -> Path:
-    """An empty ``run_dir``; an out-of-date one of the pipeline's own is replaced, any
-    other folder of that name is refused (runs never overwrite each other)."""
-    import shutil
+@contextmanager
+def _fresh_run(run_dir: Path) -> Iterator[Path]:
+    """An empty ``run_dir``, locked for the block; an out-of-date one of the pipeline's own
+    is emptied, any other folder of that name is refused (runs never overwrite each other).
 
+    The lock is taken before anything is removed and held through the step, so a second
+    pipeline never empties a run that the first is still writing.
+    """
     marker = run_dir / MARKER_FILE
-    if run_dir.exists():
-        if not marker.is_file():
-            raise UsageError(
-                f"{run_dir} exists and was not made by `mritumor pipeline`; "
-                "move it, or set paths.runs_dir to another folder"
-            )
-        with claimed_run(run_dir, fresh=False):  # never under a pipeline still working in it
-            shutil.rmtree(run_dir)
-    try:
-        run_dir.mkdir(parents=True)
-    except FileExistsError:
+    if run_dir.exists() and not marker.is_file():
         raise UsageError(
-            f"another process is making {run_dir}; run one pipeline at a time"
-        ) from None
-    marker.write_text("made by mritumor pipeline; replaced when out of date\n", encoding="utf-8")
-    return run_dir
+            f"{run_dir} exists and was not made by `mritumor pipeline`; "
+            "move it, or set paths.runs_dir to another folder"
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with claimed_run(run_dir, fresh=False):
+        clear_run_dir(run_dir)
+        marker.write_text(
+            "made by mritumor pipeline; replaced when out of date\n", encoding="utf-8"
+        )
+        yield run_dir
 
 
 def _calibrate(run_name: str) -> Callable[[_Context], tuple[Path, ...]]:
@@ -294,8 +293,7 @@ def _evaluate(run_name: str, split: str | None) -> Callable[[_Context], tuple[Pa
 def _finetune(context: _Context) -> tuple[Path, ...]:
     from mritumor.finetune import REPORT_FILE, finetune
 
-    run_dir = _fresh_run_dir(context.finetune_run)
-    with claimed_run(run_dir, fresh=True):
+    with _fresh_run(context.finetune_run) as run_dir:
         result = finetune(
             context.settings, context.train_run, run_dir, observer=context.training_observer
         )

@@ -3,8 +3,9 @@
 Two ``mritumor train --name X`` started seconds apart both found ``runs/X``
 empty (the first had made the folder but not yet written its bundle), both
 trained, and the first run was silently overwritten. Now every command that
-writes a run (``train``, ``kfold``, ``finetune``, ``pipeline``, and
-``--resume``) holds ``<run>/.lock`` while it works:
+writes a run (``train``, ``finetune``, ``pipeline``, and ``--resume``) holds
+``<run>/.lock`` while it works; ``kfold`` holds its run's lock while it draws
+the folds, then each fold's own lock while it trains or scores that fold:
 
 - the lock is an OS lock (``flock`` on POSIX, ``msvcrt.locking`` on Windows),
   so the OS releases it when the process ends, even by SIGKILL: a killed run
@@ -20,6 +21,7 @@ run folder after the run (an empty lock file locks nothing).
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -47,7 +49,7 @@ def claimed_run(run_dir: Path, *, fresh: bool, run_file: str = BUNDLE_FILE) -> I
     except OSError as error:
         raise BundleError(f"cannot lock run directory {run_dir}: {error.strerror}") from None
     try:
-        if not _try_lock(descriptor):
+        if not _lock_or_refuse(descriptor, run_dir):
             raise RunInUseError(
                 f"run directory {run_dir} is in use by another mritumor process"
                 f"{_owner(path)}; wait for it to finish, or choose another --name"
@@ -82,6 +84,14 @@ def _try_lock(descriptor: int) -> bool:
     return True
 
 
+def _lock_or_refuse(descriptor: int, run_dir: Path) -> bool:
+    """:func:`_try_lock`, with a file system that has no locks (some network mounts) named."""
+    try:
+        return _try_lock(descriptor)
+    except OSError as error:
+        raise BundleError(f"cannot lock run directory {run_dir}: {error.strerror}") from None
+
+
 def _write_owner(descriptor: int) -> None:
     os.ftruncate(descriptor, 0)
     os.lseek(descriptor, 0, os.SEEK_SET)
@@ -94,3 +104,18 @@ def _owner(path: Path) -> str:
     except OSError:
         return ""
     return f" (pid {pid})" if pid.isdigit() else ""
+
+
+def clear_run_dir(run_dir: Path) -> None:
+    """Remove everything ``run_dir`` holds but its lock, which the caller holds.
+
+    The folder and its lock stay, so no other process can claim the folder in
+    between (and Windows cannot delete a file that is open).
+    """
+    for path in run_dir.iterdir():
+        if path.name == LOCK_FILE:
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()

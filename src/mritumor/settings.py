@@ -552,14 +552,24 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     }
 
 
-def _contains_itself(value: Any, enclosing: tuple[int, ...] = ()) -> bool:
-    """True for a YAML alias inside its own anchor: a mapping or list that contains itself."""
-    if not isinstance(value, (dict, list)):
+def _contains_itself(
+    value: Any, enclosing: frozenset[int] = frozenset(), finished: set[int] | None = None
+) -> bool:
+    """True for a YAML alias inside its own anchor: a mapping or list that contains itself.
+
+    Each node is walked once (``finished``), however many aliases share it.
+    """
+    finished = set() if finished is None else finished
+    if not isinstance(value, (dict, list)) or id(value) in finished:
         return False
     if id(value) in enclosing:
         return True
     items = value.values() if isinstance(value, dict) else value
-    return any(_contains_itself(item, (*enclosing, id(value))) for item in items)
+    inside = enclosing | {id(value)}
+    if any(_contains_itself(item, inside, finished) for item in items):
+        return True
+    finished.add(id(value))
+    return False
 
 
 def _reject_unknown_env_vars() -> None:

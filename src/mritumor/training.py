@@ -219,7 +219,11 @@ def _kept_precision(model: Any, chosen: PrecisionChoice) -> PrecisionChoice:
     """A resumed model trains in the policy saved with its layers, whatever was chosen now."""
     from mritumor.precision import detect_hardware, saved_precision
 
-    policy = model.dtype_policy.name
+    # Keras keeps each layer's policy in its config, not the model's: ask a backbone layer.
+    policy = next(
+        (layer.dtype_policy.name for layer in backbone_layers(model) if layer.weights),
+        chosen.policy,
+    )
     if policy == chosen.policy:
         return chosen
     kept = saved_precision(policy, detect_hardware())

@@ -259,7 +259,7 @@ def check(
     """Find unusable files, exact and near duplicates, label conflicts, leakage and imbalance.
 
     A duplicate across splits is leakage: the first pairs are listed, all of them
-    written to leaks.csv beside the JSON report, and with --fix the copy in val,
+    written to <report>-leaks.csv beside the JSON report, and with --fix the copy in val,
     test or external is moved to a quarantine folder (undo log in quarantine/moves.json).
     """
     from mritumor.data.check import (

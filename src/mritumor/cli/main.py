@@ -44,6 +44,8 @@ class _ErrorHandlingGroup(TyperGroup):
         except MritumorError as error:
             _print_error(ctx, str(error))
             raise typer.Exit(error.exit_code) from None
+        except BrokenPipeError:
+            raise  # `mritumor infer ... | head`: click exits quietly
         except OSError as error:  # a full disk, a permission denied: the system's words suffice
             where = f": {error.filename}" if error.filename else ""
             _print_error(ctx, f"{error.strerror or error}{where}")

@@ -56,7 +56,7 @@ DuplicateKind = Literal["exact", "near"]
 SCHEMA_VERSION = 1
 QUARANTINE_DIR = "quarantine"
 #: Every leaking pair, beside the JSON report: ``kind, distance, similarity, kept, leaking_copy``.
-LEAKS_FILE = "leaks.csv"
+LEAKS_SUFFIX = "-leaks.csv"
 MOVES_LOG = "moves.json"
 DEFAULT_NEGATIVE_CLASS = "no_tumor"
 
@@ -563,8 +563,10 @@ def write_leaks(report: CheckReport, path: Path) -> None:
 
 
 def leaks_path(report_path: Path) -> Path:
-    """Where ``data check`` puts the leakage CSV: :data:`LEAKS_FILE` beside the JSON report."""
-    return report_path.with_name(LEAKS_FILE)
+    """Where ``data check`` puts the leakage CSV: beside the JSON report, named after it
+    (``check.json`` -> ``check-leaks.csv``), so a ``--report`` of the user's own never
+    replaces a file of theirs that happens to be called leaks.csv."""
+    return report_path.with_name(report_path.stem + LEAKS_SUFFIX)
 
 
 def leaks_csv(report: CheckReport) -> str:
