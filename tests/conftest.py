@@ -36,6 +36,19 @@ def _float32_policy_afterwards() -> Iterator[None]:
         keras.mixed_precision.set_global_policy("float32")
 
 
+@pytest.fixture(scope="session")
+def cli_data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny synthetic standard layout (8/4/4 images per class, 48 px), made once per session
+    for the command-line tests that train on it. Read-only: copy what a test changes."""
+    from mritumor.data.synth import SynthConfig, write_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("cli-data") / "data"
+    write_synthetic_dataset(
+        root, SynthConfig(train=8, val=4, test=4, image_size=48, seed=5), workers=1
+    )
+    return root
+
+
 @pytest.fixture
 def runner() -> CliRunner:
     return CliRunner()

@@ -11,20 +11,10 @@ from typer.testing import CliRunner
 
 from helpers import table_names
 from mritumor.cli.main import app
-from mritumor.data.synth import SynthConfig, write_synthetic_dataset
 from mritumor.errors import ConfigError
 from mritumor.recipes import RECIPES, get_recipe, recipe_names
 from mritumor.registry import registry
 from mritumor.settings import Settings, load_settings, valid_keys
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("recipe-data") / "data"
-    write_synthetic_dataset(
-        root, SynthConfig(train=8, val=4, test=4, image_size=48, seed=5), workers=1
-    )
-    return root
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda recipe: recipe.name)
@@ -130,7 +120,7 @@ def test_recipes_show_of_an_unknown_name_exits_2(runner: CliRunner) -> None:
 
 
 def test_train_with_a_recipe_records_it_and_the_precision(
-    runner: CliRunner, tmp_path: Path, data_root: Path
+    runner: CliRunner, tmp_path: Path, cli_data_root: Path
 ) -> None:
     runs = tmp_path / "runs"
     result = runner.invoke(
@@ -146,7 +136,7 @@ def test_train_with_a_recipe_records_it_and_the_precision(
             "--batch-size",
             "16",
             "--data",
-            str(data_root),
+            str(cli_data_root),
             "--name",
             "recipe run",
             "--set",

@@ -25,22 +25,12 @@ from typer.testing import CliRunner
 from helpers import build_run
 from mritumor import bundle as bundles
 from mritumor.cli.main import app
-from mritumor.data.synth import SynthConfig, write_synthetic_dataset
 from mritumor.environment import ENV_PREFIX
 from mritumor.errors import MritumorError
 from mritumor.run_lock import RunInUseError, claimed_run
 from test_train_cli import SUBPROCESS_TIMEOUT_S, history_rows, one_error_line, train_args
 
 WIDE = {"COLUMNS": "200"}
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("safety-data") / "data"
-    write_synthetic_dataset(
-        root, SynthConfig(train=8, val=4, test=4, image_size=48, seed=5), workers=1
-    )
-    return root
 
 
 def child_env() -> dict[str, str]:
@@ -83,14 +73,14 @@ def file_state(folder: Path) -> dict[str, bytes]:
 
 
 def test_a_held_run_folder_is_refused_with_one_line_and_left_alone(
-    data_root: Path, tmp_path: Path
+    cli_data_root: Path, tmp_path: Path
 ) -> None:
     runs = tmp_path / "runs"
     run_dir = runs / "shared"
     run_dir.mkdir(parents=True)
     with claimed_run(run_dir, fresh=True):
         result = CliRunner().invoke(
-            app, train_args(data_root, runs, 1, "--name", "shared"), env=WIDE
+            app, train_args(cli_data_root, runs, 1, "--name", "shared"), env=WIDE
         )
     assert result.exit_code == 2
     message = one_error_line(result.stderr)
@@ -146,10 +136,10 @@ def test_a_fresh_claim_of_a_folder_that_holds_a_run_is_refused(tmp_path: Path) -
 
 
 def test_two_trainings_started_together_with_one_name_one_refuses_and_one_run_survives(
-    data_root: Path, tmp_path: Path
+    cli_data_root: Path, tmp_path: Path
 ) -> None:
     runs = tmp_path / "runs"
-    args = train_args(data_root, runs, 2, "--name", "X")
+    args = train_args(cli_data_root, runs, 2, "--name", "X")
     first = start_training(tmp_path, *args, name="first")
     second = start_training(tmp_path, *args, name="second")
     codes = sorted(
@@ -182,11 +172,11 @@ def partial_files(run_dir: Path) -> list[str]:
     "moment", ["before the first checkpoint", "during an epoch", "while a checkpoint is written"]
 )
 def test_sigkill_leaves_a_run_that_resumes_to_the_end(
-    moment: str, data_root: Path, tmp_path: Path
+    moment: str, cli_data_root: Path, tmp_path: Path
 ) -> None:
     runs = tmp_path / "runs"
     run_dir = runs / "train-1"
-    process = start_training(tmp_path, *train_args(data_root, runs, 4), name="killed")
+    process = start_training(tmp_path, *train_args(cli_data_root, runs, 4), name="killed")
     try:
         if moment == "before the first checkpoint":
             wait_for((run_dir / bundles.BUNDLE_FILE).exists, process, "the bundle")
@@ -264,19 +254,19 @@ def test_a_failing_checkpoint_write_keeps_the_previous_checkpoint(tmp_path: Path
 
 
 @pytest.fixture
-def run_dir(data_root: Path, tmp_path: Path) -> Path:
-    return build_run(tmp_path / "runs" / "train-1", data_root)
+def run_dir(cli_data_root: Path, tmp_path: Path) -> Path:
+    return build_run(tmp_path / "runs" / "train-1", cli_data_root)
 
 
 @pytest.mark.parametrize("damage", ["zero bytes", "cut in half"])
 def test_a_damaged_model_keras_is_named_with_the_way_to_recover(
-    damage: str, run_dir: Path, data_root: Path
+    damage: str, run_dir: Path, cli_data_root: Path
 ) -> None:
     model = run_dir / bundles.MODEL_FILE
     shutil.copy(model, run_dir / bundles.LAST_FILE)
     data = model.read_bytes()
     model.write_bytes(b"" if damage == "zero bytes" else data[: len(data) // 2])
-    image = next((data_root / "test" / "glioma").iterdir())
+    image = next((cli_data_root / "test" / "glioma").iterdir())
     result = CliRunner().invoke(app, ["infer", str(image), "--run", str(run_dir)], env=WIDE)
     assert result.exit_code == 1
     message = one_error_line(result.stderr)
@@ -286,13 +276,13 @@ def test_a_damaged_model_keras_is_named_with_the_way_to_recover(
 
 
 def test_a_bundle_with_fewer_class_names_than_outputs_is_refused(
-    run_dir: Path, data_root: Path
+    run_dir: Path, cli_data_root: Path
 ) -> None:
     path = run_dir / bundles.BUNDLE_FILE
     bundle = json.loads(path.read_text(encoding="utf-8"))
     bundle["class_names"] = ["glioma", "meningioma", "no_tumor"]
     path.write_text(json.dumps(bundle), encoding="utf-8")
-    image = next((data_root / "test" / "glioma").iterdir())
+    image = next((cli_data_root / "test" / "glioma").iterdir())
     result = CliRunner().invoke(app, ["infer", str(image), "--run", str(run_dir)], env=WIDE)
     assert result.exit_code == 2
     assert one_error_line(result.stderr) == (

@@ -22,7 +22,6 @@ from typer.testing import CliRunner
 
 from mritumor import bundle as bundles
 from mritumor.cli.main import app
-from mritumor.data.synth import SynthConfig, write_synthetic_dataset
 from mritumor.environment import ENV_PREFIX
 from mritumor.model import backbone_layers, load_model
 
@@ -45,15 +44,6 @@ TINY_FLAGS = (
     "train.early_stopping_patience=0",
 )
 SUBPROCESS_TIMEOUT_S = 180
-
-
-@pytest.fixture(scope="session")
-def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("cli-data") / "data"
-    write_synthetic_dataset(
-        root, SynthConfig(train=8, val=4, test=4, image_size=48, seed=5), workers=1
-    )
-    return root
 
 
 def invoke(runner: CliRunner, *args: str) -> object:
@@ -99,7 +89,7 @@ class Interrupted:
 
 
 @pytest.fixture(scope="module")
-def interrupted(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Interrupted:
+def interrupted(cli_data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Interrupted:
     """`python -m mritumor train --epochs 50`, sent SIGINT once its first epoch is recorded."""
     work = tmp_path_factory.mktemp("sigint")
     runs = work / "runs"
@@ -109,7 +99,7 @@ def interrupted(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> In
         name: value for name, value in os.environ.items() if not name.upper().startswith(ENV_PREFIX)
     }
     env.update(WIDE, PYTHONUNBUFFERED="1")
-    command = [sys.executable, "-m", "mritumor", *train_args(data_root, runs, 50)]
+    command = [sys.executable, "-m", "mritumor", *train_args(cli_data_root, runs, 50)]
     with (work / "stdout.txt").open("w") as stdout, (work / "stderr.txt").open("w") as stderr:
         process = subprocess.Popen(command, stdout=stdout, stderr=stderr, env=env, cwd=work)
         try:
@@ -185,13 +175,13 @@ def test_resume_with_more_epochs_continues_the_interrupted_run(
 
 
 def test_a_second_run_gets_a_new_directory(
-    runner: CliRunner, interrupted: Interrupted, data_root: Path
+    runner: CliRunner, interrupted: Interrupted, cli_data_root: Path
 ) -> None:
     first_bundle = (interrupted.run_dir / "bundle.json").read_text(encoding="utf-8")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         # One epoch (a linear probe, --freeze-epochs 1): the full stage is tested above.
-        result = invoke(runner, *train_args(data_root, interrupted.runs, 1))
+        result = invoke(runner, *train_args(cli_data_root, interrupted.runs, 1))
     assert result.exit_code == 0, result.output
     run_dir = interrupted.runs / "train-2"
     assert (run_dir / "model.keras").is_file() and (run_dir / "last.keras").is_file()
@@ -213,10 +203,10 @@ def test_a_second_run_gets_a_new_directory(
 
 
 def test_a_data_root_without_val_exits_2_and_leaves_no_run(
-    runner: CliRunner, data_root: Path, tmp_path: Path
+    runner: CliRunner, cli_data_root: Path, tmp_path: Path
 ) -> None:
     data = tmp_path / "data"
-    shutil.copytree(data_root / "train", data / "train")
+    shutil.copytree(cli_data_root / "train", data / "train")
     runs = tmp_path / "runs"
     result = invoke(runner, *train_args(data, runs, 2))
     assert result.exit_code == 2
@@ -225,10 +215,10 @@ def test_a_data_root_without_val_exits_2_and_leaves_no_run(
 
 
 def test_a_failed_run_never_removes_a_folder_the_user_had(
-    runner: CliRunner, data_root: Path, tmp_path: Path
+    runner: CliRunner, cli_data_root: Path, tmp_path: Path
 ) -> None:
     data = tmp_path / "data"
-    shutil.copytree(data_root / "train", data / "train")
+    shutil.copytree(cli_data_root / "train", data / "train")
     runs = tmp_path / "runs"
     mine = runs / "mine"
     mine.mkdir(parents=True)
@@ -239,11 +229,11 @@ def test_a_failed_run_never_removes_a_folder_the_user_had(
 
 
 def test_a_name_that_holds_a_run_is_refused_even_with_exist_ok(
-    runner: CliRunner, interrupted: Interrupted, data_root: Path
+    runner: CliRunner, interrupted: Interrupted, cli_data_root: Path
 ) -> None:
     before = (interrupted.run_dir / "bundle.json").read_text(encoding="utf-8")
     name = interrupted.run_dir.name
-    args = train_args(data_root, interrupted.runs, 1, "--name", name, "--exist-ok")
+    args = train_args(cli_data_root, interrupted.runs, 1, "--name", name, "--exist-ok")
     result = invoke(runner, *args)
     assert result.exit_code == 2
     assert "already holds a run" in one_error_line(result.stderr)
@@ -276,9 +266,9 @@ def test_resume_of_a_folder_without_bundle_exits_2(runner: CliRunner, tmp_path: 
     [("nosuch", "`mritumor backbones list`"), ("small_cn", "did you mean 'small_cnn'?")],
 )
 def test_an_unknown_backbone_exits_2_with_a_suggestion(
-    runner: CliRunner, data_root: Path, tmp_path: Path, name: str, hint: str
+    runner: CliRunner, cli_data_root: Path, tmp_path: Path, name: str, hint: str
 ) -> None:
-    args = train_args(data_root, tmp_path / "runs", 2)
+    args = train_args(cli_data_root, tmp_path / "runs", 2)
     args[args.index("small_cnn")] = name
     result = invoke(runner, *args)
     assert result.exit_code == 2
@@ -288,7 +278,7 @@ def test_an_unknown_backbone_exits_2_with_a_suggestion(
 
 
 def test_imagenet_weights_offline_fail_in_one_line_and_leave_no_run(
-    runner: CliRunner, data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    runner: CliRunner, cli_data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from keras.src.utils import file_utils
 
@@ -309,7 +299,7 @@ def test_imagenet_weights_offline_fail_in_one_line_and_leave_no_run(
         "--image-size",
         "32",
         "--data",
-        str(data_root),
+        str(cli_data_root),
         "--set",
         f"paths.runs_dir={runs}",
     )
