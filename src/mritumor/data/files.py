@@ -217,17 +217,33 @@ def image_size(path: Path) -> tuple[int, int] | None:
     For a DICOM file, the size of its frames; for other files the size as stored,
     before any EXIF rotation.
     """
-    from PIL import Image
-
     from mritumor.data.dicom import dicom_frame_size, is_dicom_file
 
     if is_dicom_file(path):
         return dicom_frame_size(path)
+    header = read_header(path)
+    return None if header is None else (header.width, header.height)
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    """What an image file's header says, as stored (before any EXIF rotation)."""
+
+    format: str | None
+    mode: str
+    width: int
+    height: int
+
+
+def read_header(path: Path) -> ImageHeader | None:
+    """The header of a file Pillow can open, pixels not decoded; None when it cannot."""
+    from PIL import Image
+
     _ignore_warnings_of(Image.DecompressionBombWarning)
     try:
         with Image.open(path) as image:
             width, height = image.size
-            return int(width), int(height)
+            return ImageHeader(image.format, image.mode, int(width), int(height))
     except (
         OSError,
         SyntaxError,

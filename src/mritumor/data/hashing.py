@@ -44,6 +44,7 @@ from mritumor.data.files import (
     NotAnImageError,
     UnreadableImageError,
     decode_image,
+    read_header,
 )
 from mritumor.progress import ProgressCallback
 
@@ -163,14 +164,12 @@ def _decode(record: ImageRecord) -> ImageRecord:
 
 def _with_header(record: ImageRecord) -> ImageRecord:
     """The format, mode and size a file's header gives, where Pillow can read it."""
-    from PIL import Image
-
-    try:
-        with Image.open(record.path) as image:
-            format_, mode, (width, height) = image.format, image.mode, image.size
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+    header = read_header(record.path)
+    if header is None:
         return record
-    return replace(record, format=format_, mode=mode, width=width, height=height)
+    return replace(
+        record, format=header.format, mode=header.mode, width=header.width, height=header.height
+    )
 
 
 def _problem_kind(error: UnreadableImageError, reason: str) -> ProblemKind:
