@@ -12,7 +12,7 @@ the weight values) is built, then the same folder of synthetic images (written
 once into a temporary folder by :func:`write_synthetic_dataset`) is predicted
 three ways, each in a fresh Python process:
 
-* ``mritumor``: :class:`mritumor.inference.Predictor` construction (reading
+* ``mritumor``: :class:`mritumor.predict.inference.Predictor` construction (reading
   ``bundle.json`` and ``keras.saving.load_model`` in safe mode) is timed as the
   model load, after TensorFlow and Keras are imported (timed apart); then
   :func:`gather_inputs` on the folder and ``Predictor.predict(inputs,
@@ -117,11 +117,11 @@ class Span:
 
 def build_run(args: argparse.Namespace, backbone: str, run_dir: Path) -> dict[str, Any]:
     """A run directory as ``train`` leaves it, with an untrained model (as tests/helpers.py)."""
-    from mritumor import bundle as bundles
+    from mritumor.config.settings import load_settings
+    from mritumor.core.environment import import_tensorflow
     from mritumor.data.splits import load_split
-    from mritumor.environment import import_tensorflow
-    from mritumor.model import build_classifier
-    from mritumor.settings import load_settings
+    from mritumor.models.classifier import build_classifier
+    from mritumor.run import bundle as bundles
 
     settings = load_settings(
         None,
@@ -149,7 +149,7 @@ def build_run(args: argparse.Namespace, backbone: str, run_dir: Path) -> dict[st
 
 def pipeline_for(bundle: Any, paths: list[Path], batch_size: int) -> Any:
     """The input pipeline exactly as ``Predictor`` builds it for image files."""
-    from mritumor.data.pipeline import PipelineOptions, build_pipeline
+    from mritumor.data.input_pipeline import PipelineOptions, build_pipeline
     from mritumor.data.splits import SplitFiles
 
     split = SplitFiles(
@@ -171,12 +171,12 @@ def pipeline_for(bundle: Any, paths: list[Path], batch_size: int) -> Any:
 
 def measure_mritumor(args: argparse.Namespace) -> dict[str, Any]:
     with Span() as imports:
-        from mritumor.environment import import_tensorflow
+        from mritumor.core.environment import import_tensorflow
 
         import_tensorflow()
         import keras  # noqa: F401
 
-        from mritumor.inference import Predictor, gather_inputs
+        from mritumor.predict.inference import Predictor, gather_inputs
     with Span() as load:
         predictor = Predictor(args.run)
     passes = []
@@ -212,9 +212,9 @@ def measure_mritumor(args: argparse.Namespace) -> dict[str, Any]:
 def measure_bare(args: argparse.Namespace) -> dict[str, Any]:
     import numpy as np
 
-    from mritumor import bundle as bundles
-    from mritumor.environment import import_tensorflow
-    from mritumor.inference import gather_inputs
+    from mritumor.core.environment import import_tensorflow
+    from mritumor.predict.inference import gather_inputs
+    from mritumor.run import bundle as bundles
 
     import_tensorflow()
     import keras

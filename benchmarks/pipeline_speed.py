@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from mritumor.config.settings import AugmentSettings
+from mritumor.core.environment import import_tensorflow
 from mritumor.data.files import CLASS_NAMES, read_image
 from mritumor.data.splits import load_split
-from mritumor.environment import import_tensorflow
-from mritumor.settings import AugmentSettings
 
 
 def write_images(root: Path, count: int, size: int) -> None:
@@ -52,7 +52,7 @@ def pil_loop(paths: list[Path], size: int) -> float:
 def pipeline_epochs(root: Path, size: int, cache: str, epochs: int) -> list[float]:
     """Images/s of each of ``epochs`` passes over the training pipeline."""
     import_tensorflow()
-    from mritumor.data.pipeline import PipelineOptions, build_pipeline
+    from mritumor.data.input_pipeline import PipelineOptions, build_pipeline
 
     split = load_split(root, "train", CLASS_NAMES)
     augment = AugmentSettings(zoom=0.0, brightness=0.0, contrast=0.0)

@@ -32,9 +32,9 @@ def measure(backbone: str, policy: str, size: int, channels: int, batch: int, ba
     import keras
     import numpy as np
 
-    from mritumor.losses import make_loss, make_optimizer
-    from mritumor.model import build_classifier
-    from mritumor.settings import load_settings
+    from mritumor.config.settings import load_settings
+    from mritumor.engine.losses import make_loss, make_optimizer
+    from mritumor.models.classifier import build_classifier
 
     settings = load_settings(
         None,
@@ -82,7 +82,7 @@ def main() -> None:
         measure(*args.child, *shape)
         return
 
-    from mritumor.precision import cpu_bf16_flags, resolve_precision
+    from mritumor.engine.precision import cpu_bf16_flags, resolve_precision
 
     rows: list[dict[str, Any]] = []
     for backbone in args.backbones:

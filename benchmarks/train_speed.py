@@ -8,7 +8,7 @@ For each backbone, two runs on the same synthetic images (written once into a
 temporary folder by :func:`write_synthetic_dataset`), each in a fresh Python
 process so that each peak RSS is its own:
 
-* ``mritumor``: :func:`mritumor.training.train` with its default input pipeline
+* ``mritumor``: :func:`mritumor.engine.training.train` with its default input pipeline
   (Pillow decode, resize, memory cache, shuffle, augmentation, class weights,
   prefetch), its callbacks (checkpoints, history, early stopping) and a
   recording observer in place of the CLI's progress display;
@@ -60,7 +60,7 @@ MODES = ("mritumor", "bare")
 
 
 def settings_for(args: argparse.Namespace, backbone: str, root: Path, work: Path) -> Any:
-    from mritumor.settings import load_settings, parse_assignment
+    from mritumor.config.settings import load_settings, parse_assignment
 
     overrides = {
         "paths.data_dir": str(root),
@@ -79,7 +79,7 @@ def settings_for(args: argparse.Namespace, backbone: str, root: Path, work: Path
 
 
 class RecordingObserver:
-    """A :class:`~mritumor.training.TrainingObserver` that keeps timestamps instead of drawing."""
+    """A :class:`~mritumor.engine.training.TrainingObserver` that keeps timestamps instead of drawing."""
 
     def __init__(self) -> None:
         self.epochs: list[dict[str, Any]] = []
@@ -113,7 +113,7 @@ class RecordingObserver:
 
 def measure_mritumor(settings: Any, work: Path) -> dict[str, Any]:
     from mritumor.data.splits import load_split
-    from mritumor.training import train
+    from mritumor.engine.training import train
 
     images = len(load_split(settings.paths.data_dir, "train", settings.data.class_names))
     observer = RecordingObserver()
@@ -138,7 +138,7 @@ def preload(settings: Any) -> tuple[Any, Any, Any]:
     import numpy as np
 
     from mritumor.data.balance import class_weights
-    from mritumor.data.pipeline import PipelineOptions, build_pipeline
+    from mritumor.data.input_pipeline import PipelineOptions, build_pipeline
     from mritumor.data.splits import load_split
 
     split = load_split(settings.paths.data_dir, "train", settings.data.class_names)
@@ -155,13 +155,13 @@ def preload(settings: Any) -> tuple[Any, Any, Any]:
 
 
 def measure_bare(settings: Any) -> dict[str, Any]:
-    from mritumor.environment import import_tensorflow
+    from mritumor.core.environment import import_tensorflow
 
     import_tensorflow()
     import keras
 
-    from mritumor.losses import make_loss, make_optimizer
-    from mritumor.model import build_classifier, set_backbone_trainable
+    from mritumor.engine.losses import make_loss, make_optimizer
+    from mritumor.models.classifier import build_classifier, set_backbone_trainable
 
     keras.utils.set_random_seed(settings.seed)
     keras.mixed_precision.set_global_policy("float32")
@@ -265,7 +265,7 @@ def report(args: argparse.Namespace, results: dict[tuple[str, str], dict[str, An
         + (f"; --set {' '.join(args.set)}" if args.set else "")
     )
     print(
-        "bare fit compiled with mritumor.losses.make_optimizer / make_loss "
+        "bare fit compiled with mritumor.engine.losses.make_optimizer / make_loss "
         "(AdamW, warm-up + cosine; categorical cross-entropy on logits) and sample weights\n"
     )
     print(

@@ -16,10 +16,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeGuard, Union, get_args, get_origin
 
-from mritumor.config_file import yaml_scalar
+from mritumor.config.yaml_file import yaml_scalar
 
 if TYPE_CHECKING:
-    from mritumor.settings import Section
+    from mritumor.config.settings import Section
 
 CONSTRAINTS = (
     ("ge", "≥"),
@@ -43,7 +43,7 @@ def on_page_markdown(markdown: str, **_: Any) -> str:
 
 
 def config_reference() -> str:
-    from mritumor.settings import Settings
+    from mritumor.config.settings import Settings
 
     defaults = Settings.model_construct().model_dump(mode="json")
     fields = Settings.model_fields
@@ -59,13 +59,13 @@ def config_reference() -> str:
 
 
 def config_template() -> str:
-    from mritumor.config_file import template_yaml
+    from mritumor.config.yaml_file import template_yaml
 
     return f"```yaml\n{template_yaml()}```\n"
 
 
 def _field_table(model: Any, values: dict[str, Any], prefix: str, names: list[str]) -> list[str]:
-    from mritumor.settings import env_var_name
+    from mritumor.config.settings import env_var_name
 
     rows = [
         "| Key | Type | Default | Constraints | Environment variable | Description |",
@@ -106,7 +106,7 @@ def _type_name(annotation: Any) -> str:
 
 
 def _is_section(annotation: Any) -> TypeGuard[type[Section]]:
-    from mritumor.settings import Section
+    from mritumor.config.settings import Section
 
     return isinstance(annotation, type) and issubclass(annotation, Section)
 
@@ -197,7 +197,7 @@ def _param_row(param: Any, ctx: Any) -> str:
 
 
 def backbones_table() -> str:
-    from mritumor.registry import BUILTIN_SOURCE, registry
+    from mritumor.models.registry import BUILTIN_SOURCE, registry
 
     rows = [
         "| Name | Aliases | Input size | Parameters | Last conv layer | Description |",

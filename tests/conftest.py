@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-import mritumor.backbones
-import mritumor.registry
-from mritumor.environment import ENV_PREFIX
+import mritumor.models.backbones
+import mritumor.models.registry
+from mritumor.core.environment import ENV_PREFIX
 
 
 @pytest.fixture(autouse=True)
@@ -68,26 +68,26 @@ def write_yaml(tmp_path: Path) -> Callable[..., Path]:
 
 
 @pytest.fixture
-def fresh_registry(monkeypatch: pytest.MonkeyPatch) -> mritumor.registry.BackboneRegistry:
+def fresh_registry(monkeypatch: pytest.MonkeyPatch) -> mritumor.models.registry.BackboneRegistry:
     """A new global registry that loads built-ins and entry points from scratch.
 
     Built-in modules and plugins register through the module-level
-    ``mritumor.registry.register_backbone``, so that name (and ``registry``, which
+    ``mritumor.models.registry.register_backbone``, so that name (and ``registry``, which
     the CLI imports) is pointed at the new instance, and the built-in modules are
     dropped from ``sys.modules`` so that importing them registers them again.
     Everything is restored afterwards.
     """
-    fresh = mritumor.registry.BackboneRegistry()
-    monkeypatch.setattr(mritumor.registry, "registry", fresh)
-    monkeypatch.setattr(mritumor.registry, "register_backbone", fresh.register)
-    monkeypatch.setattr(mritumor.registry, "get_backbone", fresh.get)
-    monkeypatch.setattr(mritumor.registry, "build_backbone", fresh.build)
-    for module in mritumor.registry.BUILTIN_MODULES:
+    fresh = mritumor.models.registry.BackboneRegistry()
+    monkeypatch.setattr(mritumor.models.registry, "registry", fresh)
+    monkeypatch.setattr(mritumor.models.registry, "register_backbone", fresh.register)
+    monkeypatch.setattr(mritumor.models.registry, "get_backbone", fresh.get)
+    monkeypatch.setattr(mritumor.models.registry, "build_backbone", fresh.build)
+    for module in mritumor.models.registry.BUILTIN_MODULES:
         monkeypatch.delitem(sys.modules, module, raising=False)
         attribute = module.rsplit(".", 1)[-1]
-        if hasattr(mritumor.backbones, attribute):
+        if hasattr(mritumor.models.backbones, attribute):
             monkeypatch.setattr(
-                mritumor.backbones, attribute, getattr(mritumor.backbones, attribute)
+                mritumor.models.backbones, attribute, getattr(mritumor.models.backbones, attribute)
             )
     return fresh
 

@@ -72,11 +72,11 @@ def build_run(run_dir: Path, data_root: Path, *, dropout: float = 0.0, seed: int
     files, and recompute the numbers themselves. TensorFlow is imported here,
     only by the modules that use this.
     """
-    from mritumor import bundle as bundles
+    from mritumor.config.settings import load_settings
     from mritumor.data.files import CLASS_NAMES
     from mritumor.data.splits import load_split
-    from mritumor.model import build_classifier
-    from mritumor.settings import load_settings
+    from mritumor.models.classifier import build_classifier
+    from mritumor.run import bundle as bundles
 
     settings = load_settings(
         None,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from mritumor.registry import registry
+from mritumor.models.registry import registry
 
 
 @pytest.mark.slow
@@ -38,7 +38,7 @@ def _explains_its_default_layer(backbone: object, layer: str) -> None:
     import keras
     import numpy as np
 
-    from mritumor.gradcam import explain
+    from mritumor.predict.gradcam import explain
 
     pooled = keras.layers.GlobalAveragePooling2D()(backbone.output)  # type: ignore[attr-defined]
     classifier = keras.Model(backbone.inputs, keras.layers.Dense(4)(pooled))  # type: ignore[attr-defined]
@@ -71,7 +71,7 @@ def test_slim_resnet_on_grayscale_saves_loads_safely_and_counts_its_blocks(tmp_p
     import keras
     import numpy as np
 
-    from mritumor.finetune import _block_of
+    from mritumor.engine.finetune import _block_of
 
     keras.backend.clear_session()
     model = registry.build("slim-resnet18", keras.Input((32, 32, 1)), weights=None)
@@ -98,8 +98,8 @@ def test_efficientnet_takes_grayscale_input_as_three_equal_channels(
     import keras
     import numpy as np
 
-    from mritumor.model import build_classifier
-    from mritumor.settings import load_settings
+    from mritumor.config.settings import load_settings
+    from mritumor.models.classifier import build_classifier
 
     keras.backend.clear_session()
     settings = load_settings(

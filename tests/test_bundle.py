@@ -1,4 +1,4 @@
-"""The run directory as the model bundle (mritumor.bundle)."""
+"""The run directory as the model bundle (mritumor.run.bundle)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,11 @@ import numpy as np
 import pytest
 
 from mritumor import __version__
-from mritumor import bundle as bundles
-from mritumor.bundle import (
+from mritumor.config.settings import Settings, load_settings
+from mritumor.core.errors import EXIT_USAGE, UsageError
+from mritumor.data.splits import SplitFiles
+from mritumor.run import bundle as bundles
+from mritumor.run.bundle import (
     BUNDLE_FILE,
     SCHEMA_VERSION,
     Bundle,
@@ -37,9 +40,6 @@ from mritumor.bundle import (
     write_history,
     write_splits,
 )
-from mritumor.data.splits import SplitFiles
-from mritumor.errors import EXIT_USAGE, UsageError
-from mritumor.settings import Settings, load_settings
 
 CLASSES = ("glioma", "meningioma", "no_tumor", "pituitary")
 
@@ -803,7 +803,7 @@ def test_git_commit_without_git_or_on_a_hang(monkeypatch: pytest.MonkeyPatch) ->
 
 def test_bundle_and_plots_import_no_heavy_library(tmp_path: Path) -> None:
     code = (
-        "import sys, mritumor.bundle, mritumor.plots; "
+        "import sys, mritumor.run.bundle, mritumor.evaluation.plots; "
         "print(sorted(m for m in ('tensorflow', 'keras', 'matplotlib') if m in sys.modules))"
     )
     result = subprocess.run(

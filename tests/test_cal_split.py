@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from helpers import save, smooth_image
+from mritumor.config.settings import load_settings
+from mritumor.core.errors import UsageError
 from mritumor.data.files import CLASS_NAMES
 from mritumor.data.splits import carve_calibration_split, load_split
-from mritumor.errors import UsageError
-from mritumor.settings import load_settings
 
 PER_CLASS = 10
 
@@ -51,7 +51,7 @@ def test_a_cal_size_too_small_to_carve_anything_is_a_usage_error(data_root: Path
 def test_a_fresh_run_persists_cal_and_test_next_to_train_and_val(
     data_root: Path, tmp_path: Path
 ) -> None:
-    from mritumor import training
+    from mritumor.engine import training
 
     shutil.copytree(data_root / "val", data_root / "test")
     settings = load_settings(

@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from sklearn.metrics import brier_score_loss
 
-from mritumor.calibration import (
+from mritumor.core.errors import UsageError
+from mritumor.stats.calibration import (
     PROBABILITY_FLOOR,
     brier_score,
     calibration_metrics,
@@ -26,7 +27,6 @@ from mritumor.calibration import (
     softmax,
     tumour_score,
 )
-from mritumor.errors import UsageError
 
 # Four samples, three classes, two bins: (0, 0.5] and (0.5, 1].
 #   sample  probabilities       label  confidence  predicted  correct  bin
@@ -277,7 +277,7 @@ def test_bad_inputs_raise_usage_errors(call: Callable[[], object], message: str)
 
 def test_the_binary_fit_recovers_a_temperature_from_tumour_labels_alone() -> None:
     """Labels drawn from softmax(z); only tumour / no tumour is kept; logits scaled by 1/T."""
-    from mritumor.calibration import fit_temperature_binary
+    from mritumor.stats.calibration import fit_temperature_binary
 
     rng = np.random.default_rng(11)
     logits = rng.normal(0.0, 2.0, size=(20_000, 4))

@@ -14,6 +14,7 @@ from numpy.typing import NDArray
 from PIL import Image
 
 from helpers import save, smooth_image, write_bomb
+from mritumor.core.errors import MritumorError, UsageError
 from mritumor.data import hashing
 from mritumor.data.check import (
     CheckReport,
@@ -28,7 +29,6 @@ from mritumor.data.check import (
 from mritumor.data.hashing import DEFAULT_RADIUS, MIN_SIMILARITY
 from mritumor.data.splits import load_split
 from mritumor.data.synth import SynthConfig, render_slice, write_synthetic_dataset
-from mritumor.errors import MritumorError, UsageError
 
 
 class Dataset:

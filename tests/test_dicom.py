@@ -16,6 +16,7 @@ pydicom = pytest.importorskip("pydicom")
 from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
 from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid  # noqa: E402
 
+from mritumor.core.errors import UsageError  # noqa: E402
 from mritumor.data.dicom import (  # noqa: E402
     DICOM_SUFFIXES,
     is_dicom_file,
@@ -23,7 +24,6 @@ from mritumor.data.dicom import (  # noqa: E402
     read_dicom_frames,
 )
 from mritumor.data.files import ImageTooLargeError, UnreadableImageError, read_image  # noqa: E402
-from mritumor.errors import UsageError  # noqa: E402
 
 MR_IMAGE_STORAGE = UID("1.2.840.10008.5.1.4.1.1.4")
 RAMP = np.arange(1001, dtype=np.uint16).reshape(1, 1001)  # stored values 0..1000
@@ -338,7 +338,7 @@ def test_a_pipeline_over_dicom_files_without_pydicom_is_one_usage_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from mritumor.data import dicom
-    from mritumor.data.pipeline import PipelineOptions, build_pipeline
+    from mritumor.data.input_pipeline import PipelineOptions, build_pipeline
     from mritumor.data.splits import SplitFiles
 
     monkeypatch.setattr(dicom, "pydicom_available", lambda: False)

@@ -19,12 +19,13 @@ from sklearn.metrics import accuracy_score, cohen_kappa_score, f1_score
 from typer.testing import CliRunner
 
 from helpers import build_run
-from mritumor import bundle as bundles
-from mritumor import evaluation, plots
-from mritumor.calibration import softmax
 from mritumor.cli.main import app
 from mritumor.data.files import CLASS_NAMES
 from mritumor.data.synth import SynthConfig, write_synthetic_dataset
+from mritumor.evaluation import plots
+from mritumor.evaluation import steps as evaluation
+from mritumor.run import bundle as bundles
+from mritumor.stats.calibration import softmax
 
 WIDE = {"COLUMNS": "200"}
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -132,8 +133,8 @@ def test_predictions_hold_calibrated_probabilities_and_the_tumour_score(
 def test_eval_logits_equal_the_models_own_on_the_same_pixels(run_dir: Path) -> None:
     """The Predictor feeds the model exactly what the training pipeline would."""
     from mritumor.data.files import read_image
-    from mritumor.data.pipeline import resize_image
-    from mritumor.inference import Predictor
+    from mritumor.data.input_pipeline import resize_image
+    from mritumor.predict.inference import Predictor
 
     predictor = Predictor(run_dir)
     paths = bundles.read_split(run_dir, "test", CLASS_NAMES).paths[:5]
@@ -397,8 +398,8 @@ def test_threshold_on_tumour_images_only_is_a_clear_error(run_dir: Path, tmp_pat
 
 
 def test_only_keras_files_are_loaded(tmp_path: Path) -> None:
-    from mritumor.errors import MritumorError, UsageError
-    from mritumor.model import load_model
+    from mritumor.core.errors import MritumorError, UsageError
+    from mritumor.models.classifier import load_model
 
     with pytest.raises(UsageError, match="refused"):
         load_model(tmp_path / "model.h5")

@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 
 from helpers import build_run, write_bomb
 from mritumor.cli.main import app
+from mritumor.core.errors import EXIT_PARTIAL
 from mritumor.data.synth import SynthConfig, write_synthetic_dataset
-from mritumor.errors import EXIT_PARTIAL
 
 WIDE = {"COLUMNS": "200"}
 

@@ -1,11 +1,11 @@
 """Property tests: damaged bundle.json files and random settings fail in one line, or load.
 
 Whatever a bundle.json holds (keys deleted, values of another type, random JSON,
-a cut-off file, flipped or random bytes), :func:`mritumor.bundle.read_bundle`
-either returns a usable bundle or raises a :class:`~mritumor.errors.MritumorError`
+a cut-off file, flipped or random bytes), :func:`mritumor.run.bundle.read_bundle`
+either returns a usable bundle or raises a :class:`~mritumor.core.errors.MritumorError`
 whose message is one line. Whatever a YAML file, the ``MRITUMOR_*`` environment
-or the flags hold, :func:`mritumor.settings.load_settings` either resolves or
-raises :class:`~mritumor.errors.ConfigError`. Anything else (a KeyError, a
+or the flags hold, :func:`mritumor.config.settings.load_settings` either resolves or
+raises :class:`~mritumor.core.errors.ConfigError`. Anything else (a KeyError, a
 TypeError, a RecursionError) would reach the user as a traceback.
 
 Examples are few and derandomised (``max_examples`` small, no deadline), so the
@@ -28,11 +28,11 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mritumor.bundle import Bundle, BundleError, latest_run, read_bundle
-from mritumor.config_file import template_yaml
-from mritumor.environment import ENV_PREFIX
-from mritumor.errors import ConfigError, MritumorError
-from mritumor.settings import env_var_name, load_settings, valid_keys
+from mritumor.config.settings import env_var_name, load_settings, valid_keys
+from mritumor.config.yaml_file import template_yaml
+from mritumor.core.environment import ENV_PREFIX
+from mritumor.core.errors import ConfigError, MritumorError
+from mritumor.run.bundle import Bundle, BundleError, latest_run, read_bundle
 
 FEW = settings(
     max_examples=40,

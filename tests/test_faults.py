@@ -45,9 +45,9 @@ from PIL import Image, ImageOps
 from typer.testing import CliRunner
 
 from helpers import save, smooth_image
-from mritumor.bundle import LOCK_FILE
 from mritumor.cli.main import app
-from mritumor.environment import ENV_PREFIX
+from mritumor.core.environment import ENV_PREFIX
+from mritumor.run.bundle import LOCK_FILE
 
 WIDE = {"COLUMNS": "200"}
 REPO = Path(__file__).resolve().parents[1]
@@ -606,7 +606,7 @@ class _FullDisk:
 
 
 class _OsWithFullDisk:
-    """``os`` as mritumor.fsutil sees it, except that every file it opens fills the disk."""
+    """``os`` as mritumor.core.fsutil sees it, except that every file it opens fills the disk."""
 
     def __getattr__(self, name: str) -> Any:
         return getattr(os, name)
@@ -617,7 +617,7 @@ class _OsWithFullDisk:
 
 
 def infer_output_disk_full(ws: Workspace) -> list[str]:
-    from mritumor import fsutil
+    from mritumor.core import fsutil
 
     ws.monkeypatch.setattr(fsutil, "os", _OsWithFullDisk())
     return [*ws.infer(ws.good()), "--output", str(ws.path("predictions.json"))]
@@ -791,7 +791,7 @@ def train_disk_full(ws: Workspace) -> list[str]:
 
 
 def previous_checkpoint_survives(ws: Workspace, outcome: Outcome) -> None:
-    from mritumor.bundle import read_bundle
+    from mritumor.run.bundle import read_bundle
 
     run = ws.path("runs/full")
     assert "last" in ws.notes, "the disk never filled: fewer than three checkpoint saves"

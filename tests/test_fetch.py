@@ -11,6 +11,7 @@ import requests
 from kagglehub.exceptions import KaggleApiHTTPError, UnauthenticatedError
 
 from fixtures_kaggle import build_masoud, build_navoneel
+from mritumor.core.errors import MritumorError, OfflineError, UsageError
 from mritumor.data.fetch import (
     KAGGLE_DATASETS,
     CachedDatasetWarning,
@@ -18,7 +19,6 @@ from mritumor.data.fetch import (
     fetch,
     kagglehub_cache_dir,
 )
-from mritumor.errors import MritumorError, OfflineError, UsageError
 
 MASOUD = KAGGLE_DATASETS["masoud"].handle
 

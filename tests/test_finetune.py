@@ -11,18 +11,18 @@ import pytest
 from typer.testing import CliRunner
 
 from helpers import build_run, save, smooth_image
-from mritumor import bundle as bundles
-from mritumor.calibration import softmax, tumour_score
 from mritumor.cli.main import app
+from mritumor.config.settings import load_settings
+from mritumor.core.environment import import_tensorflow
+from mritumor.core.errors import UsageError
 from mritumor.data.splits import BINARY_CLASSES, EXTERNAL_SPLITS
 from mritumor.data.synth import SynthConfig, write_synthetic_dataset
-from mritumor.environment import import_tensorflow
-from mritumor.errors import UsageError
-from mritumor.settings import load_settings
+from mritumor.run import bundle as bundles
+from mritumor.stats.calibration import softmax, tumour_score
 
 tf = import_tensorflow()
 
-from mritumor.finetune import (  # noqa: E402  (TensorFlow must be imported quietly first)
+from mritumor.engine.finetune import (  # noqa: E402  (TensorFlow must be imported quietly first)
     REPORT_FILE,
     HybridLoss,
     hybrid_targets,
@@ -253,8 +253,8 @@ def test_the_external_splits_never_overlap(finetuned: tuple[Path, Path, str]) ->
 def test_thresholds_are_chosen_on_ext_val_never_on_holdout(
     finetuned: tuple[Path, Path, str],
 ) -> None:
-    from mritumor.inference import Predictor
-    from mritumor.threshold import choose_threshold
+    from mritumor.predict.inference import Predictor
+    from mritumor.stats.threshold import choose_threshold
 
     parent, run_dir, _ = finetuned
     report = json.loads((run_dir / "reports" / REPORT_FILE).read_text())
@@ -311,8 +311,8 @@ def test_partial_unfreezing_trains_the_last_blocks_and_never_batchnorm(
 ) -> None:
     import keras
 
-    from mritumor.finetune import _set_trainable
-    from mritumor.model import load_model
+    from mritumor.engine.finetune import _set_trainable
+    from mritumor.models.classifier import load_model
 
     model = load_model(build_run(tmp_path / "run", data_root) / bundles.MODEL_FILE)
     _set_trainable(model, 1)

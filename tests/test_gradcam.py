@@ -1,4 +1,4 @@
-"""Grad-CAM (mritumor.gradcam): known answers on hand-made models, the real classifier, metrics."""
+"""Grad-CAM (mritumor.predict.gradcam): known answers on hand-made models, the real classifier, metrics."""
 
 from __future__ import annotations
 
@@ -11,9 +11,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from mritumor import gradcam
-from mritumor.errors import UsageError
-from mritumor.gradcam import (
+from mritumor.config.settings import Settings, load_settings
+from mritumor.core.errors import UsageError
+from mritumor.models.classifier import build_classifier, load_model
+from mritumor.predict import gradcam
+from mritumor.predict.gradcam import (
     Explanation,
     conv_layer_names,
     default_layer,
@@ -24,8 +26,6 @@ from mritumor.gradcam import (
     resize_heatmap,
     resize_mask,
 )
-from mritumor.model import build_classifier, load_model
-from mritumor.settings import Settings, load_settings
 
 METHODS = ("gradcam", "gradcam++")
 SIDE = 16
@@ -345,7 +345,7 @@ def test_bad_arguments(small_cnn: Any) -> None:
 
 
 def test_importing_the_module_does_not_import_tensorflow() -> None:
-    code = "import sys, mritumor.gradcam; print('tensorflow' in sys.modules)"
+    code = "import sys, mritumor.predict.gradcam; print('tensorflow' in sys.modules)"
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )

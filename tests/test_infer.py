@@ -13,13 +13,12 @@ import pytest
 from typer.testing import CliRunner
 
 from helpers import build_run, write_bomb
-from mritumor import bundle as bundles
-from mritumor import evaluation
 from mritumor.cli.main import app
+from mritumor.core.errors import EXIT_PARTIAL
 from mritumor.data.files import CLASS_NAMES
 from mritumor.data.synth import SynthConfig, write_synthetic_dataset
-from mritumor.errors import EXIT_PARTIAL
-from mritumor.inference import (
+from mritumor.evaluation import steps as evaluation
+from mritumor.predict.inference import (
     NO_TUMOUR,
     REVIEW,
     TUMOUR,
@@ -28,6 +27,7 @@ from mritumor.inference import (
     gather_inputs,
     triage,
 )
+from mritumor.run import bundle as bundles
 
 WIDE = {"COLUMNS": "200"}
 
@@ -97,7 +97,7 @@ def test_tta_1_is_plain_inference_and_tta_2_averages_the_flip(
     plain = predictor.predict(inputs).samples
     np.testing.assert_array_equal(predictor.predict(inputs, tta=1).samples, plain)
     from mritumor.data.files import read_image
-    from mritumor.data.pipeline import resize_image
+    from mritumor.data.input_pipeline import resize_image
 
     pixels = np.stack(
         [resize_image(read_image(item.path, 3), 32, "pad").numpy() for item in inputs]

@@ -22,9 +22,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from mritumor import kfold
-from mritumor.environment import ENV_PREFIX
-from mritumor.errors import UsageError
+from mritumor.core.environment import ENV_PREFIX
+from mritumor.core.errors import UsageError
+from mritumor.engine import kfold
 
 CLASSES = ("glioma", "meningioma", "no_tumor", "pituitary")
 TINY: dict[str, Any] = {
@@ -131,7 +131,7 @@ def test_aggregation_imports_no_tensorflow() -> None:
     import subprocess
 
     code = (
-        "import sys, mritumor.kfold as k; k.summarize([1.0, 2.0]);"
+        "import sys, mritumor.engine.kfold as k; k.summarize([1.0, 2.0]);"
         "k.assign_folds([0,0,1,1], [0,1,2,3], 2, 0); print('tensorflow' in sys.modules)"
     )
     out = subprocess.run(
@@ -187,7 +187,7 @@ def invoke(args: list[str]) -> Any:
 
 @pytest.fixture
 def train_calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Path]]:
-    from mritumor import training
+    from mritumor.engine import training
 
     calls: list[Path] = []
     real = training.train
@@ -296,7 +296,7 @@ def test_bad_input_is_one_line_usage_error(tiny: Tiny, args: list[str], phrase: 
 
 def test_a_fold_held_by_another_process_is_refused_and_left_alone(full_run: Path) -> None:
     """`kfold --fold K` on two hosts by mistake: the second stops instead of sharing fold K."""
-    from mritumor.run_lock import claimed_run
+    from mritumor.run.lock import claimed_run
 
     folder = full_run / "fold-1"
     before = {path: path.read_bytes() for path in folder.rglob("*") if path.is_file()}

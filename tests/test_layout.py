@@ -16,6 +16,7 @@ from fixtures_kaggle import (
     write_class_tree,
     write_image,
 )
+from mritumor.core.errors import UsageError
 from mritumor.data.layout import (
     CLASS_NAMES,
     Destination,
@@ -24,7 +25,6 @@ from mritumor.data.layout import (
     normalise_class_name,
     normalise_split_name,
 )
-from mritumor.errors import UsageError
 
 
 @pytest.mark.parametrize(

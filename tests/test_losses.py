@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from mritumor.errors import ConfigError
-from mritumor.losses import make_loss, make_optimizer
-from mritumor.settings import TrainSettings
+from mritumor.config.settings import TrainSettings
+from mritumor.core.errors import ConfigError
+from mritumor.engine.losses import make_loss, make_optimizer
 
 # A 2 x 3 example: two samples, three classes.
 LOGITS = np.array([[1.0, 2.0, 3.0], [0.5, -1.0, 0.0]], dtype=np.float32)

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from sklearn import metrics as sk
 
-from mritumor.errors import UsageError
-from mritumor.metrics import (
+from mritumor.core.errors import UsageError
+from mritumor.stats.metrics import (
     average_precision,
     bootstrap_interval,
     classification_metrics,

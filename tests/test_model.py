@@ -9,7 +9,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from mritumor.model import (
+from mritumor.config.settings import Settings, load_settings
+from mritumor.models.classifier import (
     DROPOUT_LAYER,
     LOGITS_LAYER,
     POOL_LAYER,
@@ -18,8 +19,7 @@ from mritumor.model import (
     load_model,
     set_backbone_trainable,
 )
-from mritumor.registry import registry
-from mritumor.settings import Settings, load_settings
+from mritumor.models.registry import registry
 
 SIZE = 32
 #: small_cnn: 4 convs without bias, 4 BatchNorms with gamma and beta, the Dense kernel and bias.

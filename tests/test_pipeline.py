@@ -10,16 +10,16 @@ from PIL import Image
 from sklearn.utils.class_weight import compute_class_weight
 
 from helpers import write_bomb
+from mritumor.config.settings import AugmentSettings
+from mritumor.core.environment import import_tensorflow
+from mritumor.core.errors import UsageError
 from mritumor.data.balance import class_weights, oversample_indices
 from mritumor.data.files import read_image
 from mritumor.data.splits import SplitFiles, load_split
-from mritumor.environment import import_tensorflow
-from mritumor.errors import UsageError
-from mritumor.settings import AugmentSettings
 
 tf = import_tensorflow()
 
-from mritumor.data.pipeline import (  # noqa: E402  (TensorFlow must be imported quietly first)
+from mritumor.data.input_pipeline import (  # noqa: E402  (TensorFlow must be imported quietly first)
     PipelineOptions,
     augment_image,
     build_pipeline,
@@ -154,7 +154,7 @@ def test_training_order_is_shuffled_even_without_augmentation(tree: Path) -> Non
 
 
 def test_only_training_options_shuffle() -> None:
-    from mritumor.settings import Settings
+    from mritumor.config.settings import Settings
 
     settings = Settings(augment=AugmentSettings(enabled=False))
     assert PipelineOptions.from_settings(settings, training=True).shuffle

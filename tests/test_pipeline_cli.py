@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from mritumor.cli.main import app
-from mritumor.pipeline import FINETUNE_RUN, STATE_FILE, TRAIN_RUN
+from mritumor.engine.pipeline import FINETUNE_RUN, STATE_FILE, TRAIN_RUN
 
 WIDE = {"COLUMNS": "250"}
 #: Numbers are printed to 3 decimals: half a unit of the last, and a hair for 0.0625 -> "0.062".
@@ -147,8 +147,8 @@ def test_a_step_that_reruns_reruns_every_step_after_it(demo: tuple[Path, str]) -
 
 
 def test_the_data_stamp_follows_the_images_not_the_checks_own_report(tmp_path: Path) -> None:
-    from mritumor.pipeline import _data_stamp
-    from mritumor.settings import load_settings
+    from mritumor.config.settings import load_settings
+    from mritumor.engine.pipeline import _data_stamp
 
     root = tmp_path / "data"
     (root / "train" / "glioma").mkdir(parents=True)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from mritumor.precision import Hardware, choose_precision, cpu_bf16_flags, detect_hardware
+from mritumor.engine.precision import Hardware, choose_precision, cpu_bf16_flags, detect_hardware
 
 ZEN4 = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni\n"
 SAPPHIRE_RAPIDS = "flags\t\t: avx2 avx512f amx_bf16 amx_tile avx512_bf16\n"
@@ -103,8 +103,8 @@ def test_training_warns_once_when_bf16_is_forced_on_an_emulating_cpu(
 ) -> None:
     import keras
 
-    from mritumor import precision, training
-    from mritumor.settings import load_settings
+    from mritumor.config.settings import load_settings
+    from mritumor.engine import precision, training
 
     monkeypatch.setattr(precision, "detect_hardware", lambda: CPU_AVX2)
     settings = load_settings(None, {"train.precision": "mixed_bfloat16"}).settings
@@ -127,9 +127,9 @@ def test_a_resumed_model_keeps_the_precision_its_layers_were_saved_in(
 
     import keras
 
-    from mritumor import precision, training
-    from mritumor.model import build_classifier, load_model
-    from mritumor.settings import load_settings
+    from mritumor.config.settings import load_settings
+    from mritumor.engine import precision, training
+    from mritumor.models.classifier import build_classifier, load_model
 
     settings = load_settings(
         None, {"model.backbone": "small_cnn", "model.weights": "none", "data.image_size": 32}

@@ -31,12 +31,12 @@ from fixtures_kaggle import (
 )
 from helpers import write_bomb
 from mritumor.cli.main import app
+from mritumor.core.errors import UsageError
 from mritumor.data.files import iter_image_files, read_image
 from mritumor.data.hashing import duplicate_groups, image_hashes
 from mritumor.data.layout import CLASS_NAMES, normalise_class_name
 from mritumor.data.prepare import FilesByLabel, carve_splits, prepare
 from mritumor.data.splits import load_split
-from mritumor.errors import UsageError
 
 MASOUD_TRAIN_COUNTS = {normalise_class_name(k): v for k, v in MASOUD_TRAIN.items()}
 MASOUD_TEST_COUNTS = {normalise_class_name(k): v for k, v in MASOUD_TEST.items()}

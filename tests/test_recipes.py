@@ -11,10 +11,10 @@ from typer.testing import CliRunner
 
 from helpers import table_names
 from mritumor.cli.main import app
-from mritumor.errors import ConfigError
-from mritumor.recipes import RECIPES, get_recipe, recipe_names
-from mritumor.registry import registry
-from mritumor.settings import Settings, load_settings, valid_keys
+from mritumor.config.recipes import RECIPES, get_recipe, recipe_names
+from mritumor.config.settings import Settings, load_settings, valid_keys
+from mritumor.core.errors import ConfigError
+from mritumor.models.registry import registry
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda recipe: recipe.name)

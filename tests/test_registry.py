@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-import mritumor.registry
+import mritumor.models.registry
 from helpers import table_names
 from mritumor.cli.main import app
-from mritumor.errors import BackboneError, OfflineError
-from mritumor.registry import (
+from mritumor.core.errors import BackboneError, OfflineError
+from mritumor.models.registry import (
     BUILTIN_SOURCE,
     BackboneRegistry,
     PluginWarning,
@@ -21,7 +21,7 @@ from mritumor.registry import (
 )
 
 FAKE_PLUGIN = """\
-    from mritumor.registry import register_backbone
+    from mritumor.models.registry import register_backbone
 
 
     @register_backbone(
@@ -48,7 +48,7 @@ BROKEN_PLUGIN = """\
 """
 
 CLASHING_PLUGIN = """\
-    from mritumor.registry import register_backbone
+    from mritumor.models.registry import register_backbone
 
 
     @register_backbone("B0", input_size=32, last_conv_layer="conv")
@@ -233,16 +233,16 @@ def test_plugin_cannot_shadow_a_builtin(fresh_registry, make_plugin) -> None:
 
 
 def test_fresh_registry_fixture_replaces_the_global_one(fresh_registry) -> None:
-    assert mritumor.registry.registry is fresh_registry
+    assert mritumor.models.registry.registry is fresh_registry
     assert "small_cnn" in fresh_registry.names()
     # the re-import registered the built-ins on the fresh registry, not the original
     assert fresh_registry.get("small_cnn").builder is not registry.get("small_cnn").builder
 
 
 def test_global_registry_is_unchanged_after_plugin_tests() -> None:
-    assert mritumor.registry.registry is registry
+    assert mritumor.models.registry.registry is registry
     assert "fakenet" not in registry.names()
-    small_cnn = importlib.import_module("mritumor.backbones.small_cnn")
+    small_cnn = importlib.import_module("mritumor.models.backbones.small_cnn")
     assert registry.get("small_cnn").builder is small_cnn.build_small_cnn
 
 

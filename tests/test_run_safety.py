@@ -23,11 +23,11 @@ import pytest
 from typer.testing import CliRunner
 
 from helpers import build_run
-from mritumor import bundle as bundles
 from mritumor.cli.main import app
-from mritumor.environment import ENV_PREFIX
-from mritumor.errors import MritumorError
-from mritumor.run_lock import RunInUseError, claimed_run
+from mritumor.core.environment import ENV_PREFIX
+from mritumor.core.errors import MritumorError
+from mritumor.run import bundle as bundles
+from mritumor.run.lock import RunInUseError, claimed_run
 from test_train_cli import SUBPROCESS_TIMEOUT_S, history_rows, one_error_line, train_args
 
 WIDE = {"COLUMNS": "200"}
@@ -106,7 +106,7 @@ def test_the_lock_is_released_after_the_block_and_when_its_process_is_killed(
         [
             sys.executable,
             "-c",
-            "import sys, time; from pathlib import Path; from mritumor.run_lock import claimed_run\n"
+            "import sys, time; from pathlib import Path; from mritumor.run.lock import claimed_run\n"
             f"with claimed_run(Path({str(tmp_path)!r}), fresh=False):\n"
             "    print('held', flush=True); time.sleep(60)",
         ],
@@ -229,7 +229,7 @@ def history_rows_or_none(run_dir: Path) -> list[dict[str, str]]:
 def test_a_failing_checkpoint_write_keeps_the_previous_checkpoint(tmp_path: Path) -> None:
     import keras
 
-    from mritumor.training import _save_atomically
+    from mritumor.engine.training import _save_atomically
 
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     path = tmp_path / bundles.MODEL_FILE
@@ -321,7 +321,7 @@ def test_a_write_refused_before_the_temporary_file_names_the_target(
 ) -> None:
     import tempfile
 
-    from mritumor.fsutil import atomic_write_text
+    from mritumor.core.fsutil import atomic_write_text
 
     def read_only(**_: object) -> tuple[int, str]:
         raise OSError(errno.EROFS, os.strerror(errno.EROFS))

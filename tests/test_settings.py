@@ -9,15 +9,15 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mritumor.data.files import CLASS_NAMES
-from mritumor.errors import ConfigError, UsageError
-from mritumor.settings import (
+from mritumor.config.settings import (
     Settings,
     env_var_name,
     load_settings,
     parse_assignment,
     valid_keys,
 )
+from mritumor.core.errors import ConfigError, UsageError
+from mritumor.data.files import CLASS_NAMES
 
 # --- defaults and precedence -------------------------------------------------------------
 

@@ -15,6 +15,7 @@ from sklearn.model_selection import StratifiedKFold, cross_val_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from mritumor.core.errors import UsageError
 from mritumor.data.files import CLASS_NAMES, SPLITS, iter_image_files, read_image
 from mritumor.data.synth import (
     MANIFEST_NAME,
@@ -27,7 +28,6 @@ from mritumor.data.synth import (
     render_slice,
     write_synthetic_dataset,
 )
-from mritumor.errors import UsageError
 
 SMALL = SynthConfig(train=3, val=2, test=2, image_size=64, seed=3, external=2, png_fraction=0.3)
 

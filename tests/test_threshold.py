@@ -14,8 +14,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mritumor.errors import UsageError
-from mritumor.threshold import (
+from mritumor.core.errors import UsageError
+from mritumor.stats.threshold import (
     STRATEGIES,
     OperatingPoint,
     bootstrap_rates,

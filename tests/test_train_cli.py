@@ -20,10 +20,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from mritumor import bundle as bundles
 from mritumor.cli.main import app
-from mritumor.environment import ENV_PREFIX
-from mritumor.model import backbone_layers, load_model
+from mritumor.core.environment import ENV_PREFIX
+from mritumor.models.classifier import backbone_layers, load_model
+from mritumor.run import bundle as bundles
 
 STEPS = 4  # 32 train images in batches of 8
 WIDE = {"COLUMNS": "200"}
@@ -318,7 +318,7 @@ def test_unreadable_images_are_listed_once_at_the_end_only_when_quiet(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from mritumor.cli.train import _report
-    from mritumor.training import TrainResult
+    from mritumor.engine.training import TrainResult
 
     reason = "cannot read image /d/scan [b].jpg: cannot identify image file"
     result = TrainResult(

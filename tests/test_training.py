@@ -20,14 +20,14 @@ from typing import Any
 import numpy as np
 import pytest
 
-from mritumor import bundle as bundles
-from mritumor import training
+from mritumor.config.settings import Settings, TrainSettings, load_settings
+from mritumor.core.environment import ENV_PREFIX
+from mritumor.core.errors import BackboneError, ConfigError, UsageError
 from mritumor.data.synth import SynthConfig, write_synthetic_dataset
-from mritumor.environment import ENV_PREFIX
-from mritumor.errors import BackboneError, ConfigError, UsageError
-from mritumor.model import backbone_layers, load_model
-from mritumor.settings import Settings, TrainSettings, load_settings
-from mritumor.training import Stage, TrainResult, plan_stages
+from mritumor.engine import training
+from mritumor.engine.training import Stage, TrainResult, plan_stages
+from mritumor.models.classifier import backbone_layers, load_model
+from mritumor.run import bundle as bundles
 
 TRAIN_PER_CLASS, VAL_PER_CLASS, CLASSES, BATCH = 8, 4, 4, 8
 STEPS = TRAIN_PER_CLASS * CLASSES // BATCH  # optimizer steps per epoch

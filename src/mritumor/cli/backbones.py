@@ -27,7 +27,7 @@ def list_backbones(
     """Name, aliases, default input size, parameter count and source of each backbone."""
     from rich.table import Table
 
-    from mritumor.registry import registry
+    from mritumor.models.registry import registry
 
     specs = registry.specs(pattern)
     if not specs:

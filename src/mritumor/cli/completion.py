@@ -5,7 +5,7 @@ from __future__ import annotations
 
 def complete_backbone(incomplete: str) -> list[tuple[str, str]]:
     """Backbone names (not aliases) that start with what was typed, with their description."""
-    from mritumor.registry import registry
+    from mritumor.models.registry import registry
 
     prefix = incomplete.lower()
     return [
@@ -17,7 +17,7 @@ def complete_backbone(incomplete: str) -> list[tuple[str, str]]:
 
 def complete_recipe(incomplete: str) -> list[tuple[str, str]]:
     """Recipe names that start with what was typed, with their summary."""
-    from mritumor.recipes import RECIPES
+    from mritumor.config.recipes import RECIPES
 
     prefix = incomplete.lower()
     return [(recipe.name, recipe.summary) for recipe in RECIPES if recipe.name.startswith(prefix)]

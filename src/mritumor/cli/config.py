@@ -19,7 +19,7 @@ app = typer.Typer(
 def show(ctx: typer.Context, assignments: SetOption = None) -> None:
     """Print the resolved settings as YAML; explicitly set keys say where they came from."""
     from mritumor import __version__
-    from mritumor.config_file import resolved_yaml
+    from mritumor.config.yaml_file import resolved_yaml
 
     loaded = resolve_settings(ctx, assignments=assignments or ())
     source = loaded.config_file if loaded.config_file is not None else "none"
@@ -33,9 +33,9 @@ def init(
     force: Annotated[bool, typer.Option("--force", help="Replace an existing file.")] = False,
 ) -> None:
     """Write every setting with its default and a comment saying what it does."""
-    from mritumor.config_file import template_yaml
-    from mritumor.errors import UsageError
-    from mritumor.fsutil import atomic_write_text
+    from mritumor.config.yaml_file import template_yaml
+    from mritumor.core.errors import UsageError
+    from mritumor.core.fsutil import atomic_write_text
 
     if path.is_dir():
         raise UsageError(

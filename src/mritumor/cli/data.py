@@ -13,9 +13,9 @@ from mritumor.cli.state import SetOption, resolve_settings
 from mritumor.cli.ui import console, err_console, print_counts, progress_bar
 
 if TYPE_CHECKING:
+    from mritumor.config.settings import Settings
     from mritumor.data.check import CheckReport
     from mritumor.data.prepare import PrepareSummary
-    from mritumor.settings import Settings
 
 app = typer.Typer(
     help="Get data into the standard layout and check it: fetch, prepare, synth, check.",
@@ -90,9 +90,9 @@ def fetch(
     Without a network, a copy already in the kagglehub cache is used, and the
     version it holds is reported. navoneel lands in external/navoneel.
     """
+    from mritumor.core.errors import UsageError
     from mritumor.data.fetch import fetch as fetch_dataset
     from mritumor.data.fetch import kaggle_dataset
-    from mritumor.errors import UsageError
 
     if version is not None and len(datasets) > 1:
         raise UsageError("--version pins one dataset; fetch the datasets one at a time")
@@ -188,8 +188,8 @@ def synth(
     Glioma, meningioma, pituitary and no-tumour phantoms in the standard layout,
     masks under masks/, and with --external a yes/no set in another domain.
     """
+    from mritumor.core.errors import UsageError
     from mritumor.data.synth import SynthConfig, write_synthetic_dataset
-    from mritumor.errors import UsageError
 
     settings = _settings(ctx, out, None, seed, assignments)
     try:

@@ -13,9 +13,9 @@ from mritumor.cli.state import SetOption, resolve_settings
 from mritumor.cli.ui import console, err_console, optional_progress, report_unreadable
 
 if TYPE_CHECKING:
-    from mritumor.evaluation import StepReport
-    from mritumor.inference import Predictor
-    from mritumor.settings import Settings
+    from mritumor.config.settings import Settings
+    from mritumor.evaluation.steps import StepReport
+    from mritumor.predict.inference import Predictor
 
 RunOption = Annotated[
     Path | None,
@@ -56,8 +56,8 @@ def evaluate(
     A yes/no set (--external, or a finetune run's ext_* splits) gets the tumour-score
     AUC, threshold_roc.png and the counts at the run's threshold.
     """
-    from mritumor.errors import UsageError
-    from mritumor.evaluation import evaluate as evaluate_run
+    from mritumor.core.errors import UsageError
+    from mritumor.evaluation.steps import evaluate as evaluate_run
 
     if external is not None:
         if split is not None:
@@ -87,7 +87,7 @@ def calibrate(
     Reports NLL, ECE, MCE and Brier before and after in
     reports/calibration/calibration_metrics.json with reliability diagrams.
     """
-    from mritumor.evaluation import calibrate as calibrate_run
+    from mritumor.evaluation.steps import calibrate as calibrate_run
 
     flags = {"calibration.n_bins": bins}
     report = _run_step(ctx, calibrate_run, run, split, batch_size, quiet, assignments, flags)
@@ -130,7 +130,7 @@ def threshold(
     Searches the exact ROC thresholds; writes reports/threshold/threshold_optimization.json
     and threshold_roc.png, and the threshold into bundle.json (never into your config).
     """
-    from mritumor.evaluation import choose_operating_point
+    from mritumor.evaluation.steps import choose_operating_point
 
     flags = {
         "threshold.strategy": strategy,
@@ -170,8 +170,8 @@ def _run_step(
 
 
 def _predictor(settings: Settings, run: Path | None) -> Predictor:
-    from mritumor.bundle import latest_run
-    from mritumor.inference import Predictor
+    from mritumor.predict.inference import Predictor
+    from mritumor.run.bundle import latest_run
 
     run_dir = run if run is not None else latest_run(settings.paths.runs_dir)
     return Predictor(run_dir)

@@ -12,7 +12,7 @@ from mritumor.cli.infer import image_inputs
 from mritumor.cli.options import QuietOption
 from mritumor.cli.state import SetOption, resolve_settings
 from mritumor.cli.ui import console, optional_progress, report_unreadable
-from mritumor.errors import EXIT_PARTIAL, UsageError
+from mritumor.core.errors import EXIT_PARTIAL, UsageError
 
 
 def gradcam(
@@ -46,10 +46,10 @@ def gradcam(
     One PNG per image, titled with the class and its calibrated probability.
     Exit code 3 when some inputs could not be read.
     """
-    from mritumor.bundle import latest_run
-    from mritumor.explanations import write_panels
-    from mritumor.gradcam import METHODS
-    from mritumor.inference import Predictor
+    from mritumor.predict.explanations import write_panels
+    from mritumor.predict.gradcam import METHODS
+    from mritumor.predict.inference import Predictor
+    from mritumor.run.bundle import latest_run
 
     if method not in METHODS:
         raise UsageError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")

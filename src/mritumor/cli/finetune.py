@@ -12,10 +12,10 @@ from mritumor.cli.options import ExistOkOption, QuietOption, SeedOption
 from mritumor.cli.state import SetOption, resolve_settings, resumed_settings
 from mritumor.cli.train import create_run_dir, removed_unless_started, training_observer
 from mritumor.cli.ui import console
-from mritumor.errors import EXIT_INTERRUPTED
+from mritumor.core.errors import EXIT_INTERRUPTED
 
 if TYPE_CHECKING:
-    from mritumor.finetune import FinetuneResult
+    from mritumor.engine.finetune import FinetuneResult
 
 
 def finetune(
@@ -66,9 +66,9 @@ def finetune(
     selects and stops on ext_val; reports before/after on ext_holdout and on the
     4-class test split. Writes a new run (runs/finetune-<n>) that records its parent.
     """
-    from mritumor.bundle import latest_run, read_bundle
-    from mritumor.finetune import finetune as finetune_run
-    from mritumor.run_lock import claimed_run
+    from mritumor.engine.finetune import finetune as finetune_run
+    from mritumor.run.bundle import latest_run, read_bundle
+    from mritumor.run.lock import claimed_run
 
     flags = {
         "finetune.external": external,

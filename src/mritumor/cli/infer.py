@@ -14,10 +14,10 @@ from mritumor.cli.evaluate import InferenceBatchOption, RunOption
 from mritumor.cli.options import QuietOption, SeedOption
 from mritumor.cli.state import SetOption, resolve_settings
 from mritumor.cli.ui import console, err_console, optional_progress, report_unreadable
-from mritumor.errors import EXIT_PARTIAL, UsageError
+from mritumor.core.errors import EXIT_PARTIAL, UsageError
 
 if TYPE_CHECKING:
-    from mritumor.inference import ImageInput, Predictions
+    from mritumor.predict.inference import ImageInput, Predictions
 
 OutputFormat = Literal["table", "json", "jsonl", "csv"]
 
@@ -88,9 +88,9 @@ def infer(
     inputs could not be read (the others are still predicted), an image over the
     decompression-bomb pixel limit included. Images under 32 px are predicted with a note.
     """
-    from mritumor.bundle import latest_run
-    from mritumor.inference import InferOptions, load_members
-    from mritumor.inference import infer as run_inference
+    from mritumor.predict.inference import InferOptions, load_members
+    from mritumor.predict.inference import infer as run_inference
+    from mritumor.run.bundle import latest_run
 
     fmt = _output_format(output_format)
     if output is not None and fmt == "table":
@@ -147,7 +147,7 @@ def infer(
     _emit(predictions, fmt, output)
     _warn_about_notes(predictions.notes)
     if gradcam is not None:
-        from mritumor.explanations import write_panels
+        from mritumor.predict.explanations import write_panels
 
         with optional_progress(quiet, "Explaining") as progress:
             panels = write_panels(members[0], inputs, gradcam, progress=progress)
@@ -163,7 +163,7 @@ def image_inputs(paths: list[str]) -> tuple[list[ImageInput], list[str]]:
     """The images of ``paths``; a warning per spec that matched nothing, an error for none."""
     from rich.markup import escape
 
-    from mritumor.inference import gather_inputs
+    from mritumor.predict.inference import gather_inputs
 
     inputs, missing = gather_inputs(paths)
     for spec in missing:
@@ -194,7 +194,7 @@ def _output_format(text: str) -> OutputFormat:
 
 
 def _emit(predictions: Predictions, fmt: OutputFormat, output: Path | None) -> None:
-    from mritumor.fsutil import atomic_write_text
+    from mritumor.core.fsutil import atomic_write_text
 
     if fmt == "table":
         _print_table(predictions)
@@ -211,7 +211,7 @@ def _emit(predictions: Predictions, fmt: OutputFormat, output: Path | None) -> N
 
 def render(predictions: Predictions, fmt: OutputFormat) -> str:
     """The predictions as JSON (one document), JSON lines or CSV text."""
-    from mritumor.fsutil import json_safe
+    from mritumor.core.fsutil import json_safe
 
     records = predictions.records()
     if fmt == "json":

@@ -21,11 +21,11 @@ from mritumor.cli.options import (
 from mritumor.cli.state import SetOption, resolve_settings, resumed_settings
 from mritumor.cli.train import RichTrainingObserver
 from mritumor.cli.ui import console, err_console
-from mritumor.errors import EXIT_INTERRUPTED
+from mritumor.core.errors import EXIT_INTERRUPTED
 
 if TYPE_CHECKING:
-    from mritumor.kfold import FoldMetrics, KFoldResult, Summary
-    from mritumor.training import TrainingObserver
+    from mritumor.engine.kfold import FoldMetrics, KFoldResult, Summary
+    from mritumor.engine.training import TrainingObserver
 
 
 def kfold(
@@ -64,9 +64,9 @@ def kfold(
     runs/kfold-<n>/ with folds.csv, fold-<k>/ bundles, oof_predictions.csv,
     kfold_summary.json and reports/kfold_summary.png.
     """
-    from mritumor import kfold as library
-    from mritumor.errors import UsageError
-    from mritumor.run_lock import claimed_run
+    from mritumor.core.errors import UsageError
+    from mritumor.engine import kfold as library
+    from mritumor.run.lock import claimed_run
 
     flags = {
         "recipe": recipe,
@@ -108,7 +108,7 @@ def kfold(
 
 
 def _new_run(settings: Any, name: str | None) -> Path:
-    from mritumor.bundle import new_run_dir
+    from mritumor.run.bundle import new_run_dir
 
     return new_run_dir(settings.paths.runs_dir, "kfold", name=name)
 
@@ -146,7 +146,7 @@ class _FoldProgress:
 def _report(result: KFoldResult) -> None:
     from rich.table import Table
 
-    from mritumor.kfold import METRICS, SUMMARY_FILE
+    from mritumor.engine.kfold import METRICS, SUMMARY_FILE
 
     if result.interrupted:
         console.print(

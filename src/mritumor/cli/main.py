@@ -27,8 +27,8 @@ from mritumor.cli import (
 )
 from mritumor.cli.state import AppState
 from mritumor.cli.ui import err_console
-from mritumor.environment import CONFIG_ENV_VAR, DEBUG_ENV_VAR, configure
-from mritumor.errors import EXIT_FAILURE, MritumorError
+from mritumor.core.environment import CONFIG_ENV_VAR, DEBUG_ENV_VAR, configure
+from mritumor.core.errors import EXIT_FAILURE, MritumorError
 
 
 class _ErrorHandlingGroup(TyperGroup):

@@ -12,13 +12,13 @@ import typer
 from mritumor.cli.options import QuietOption
 from mritumor.cli.state import SetOption, app_state, resolve_settings
 from mritumor.cli.ui import console, err_console, status_progress
-from mritumor.errors import UsageError
+from mritumor.core.errors import UsageError
 
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
 
-    from mritumor.pipeline import Outcome, PipelineResult
-    from mritumor.training import Stage
+    from mritumor.engine.pipeline import Outcome, PipelineResult
+    from mritumor.engine.training import Stage
 
 ForceOption = Annotated[
     bool, typer.Option("--force", help="Run every step again, even those that are up to date.")
@@ -72,7 +72,7 @@ def demo(
     Every number printed is read from the reports it wrote.
     """
     from mritumor.data.synth import MANIFEST_NAME, write_synthetic_dataset
-    from mritumor.pipeline import demo_settings
+    from mritumor.engine.pipeline import demo_settings
 
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file; give a folder for the demo's data and runs")
@@ -106,7 +106,7 @@ def _status(quiet: bool, text: str) -> Any:
 
 
 def _run_and_report(settings: Any, *, force: bool, quiet: bool) -> None:
-    from mritumor.pipeline import run_pipeline
+    from mritumor.engine.pipeline import run_pipeline
 
     display = None if quiet else PipelineDisplay()
     try:

@@ -20,7 +20,7 @@ def list_recipes() -> None:
     """Name, backbone, input, epochs and summary of each recipe."""
     from rich.table import Table
 
-    from mritumor.recipes import RECIPES
+    from mritumor.config.recipes import RECIPES
 
     table = Table(
         title="Recipes",
@@ -52,8 +52,8 @@ def show(
     """Print the settings a recipe sets, as YAML that a config file can hold."""
     import yaml
 
-    from mritumor.recipes import get_recipe
-    from mritumor.settings import nest_dotted_keys
+    from mritumor.config.recipes import get_recipe
+    from mritumor.config.settings import nest_dotted_keys
 
     recipe = get_recipe(name)
     typer.echo(f"# recipe {recipe.name}: {recipe.summary}")

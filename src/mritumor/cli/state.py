@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 if TYPE_CHECKING:
-    from mritumor.settings import LoadedSettings, Settings
+    from mritumor.config.settings import LoadedSettings, Settings
 
 
 @dataclass
@@ -47,7 +47,7 @@ def resolve_settings(
     were not given and override nothing. ``assignments`` are ``--set KEY=VALUE``
     strings, applied as given (``--set inference.threshold=null`` sets None).
     """
-    from mritumor.settings import load_settings, parse_assignment
+    from mritumor.config.settings import load_settings, parse_assignment
 
     overrides = {key: value for key, value in (flags or {}).items() if value is not None}
     overrides.update(parse_assignment(text) for text in assignments)
@@ -68,9 +68,9 @@ def resumed_settings(
     Only the ``changeable`` flags may differ; any other flag, ``--set`` or
     ``--config`` is refused, because a resumed run must continue as it began.
     """
-    from mritumor.bundle import CONFIG_FILE
-    from mritumor.errors import UsageError
-    from mritumor.settings import load_settings
+    from mritumor.config.settings import load_settings
+    from mritumor.core.errors import UsageError
+    from mritumor.run.bundle import CONFIG_FILE
 
     given = sorted(
         key for key, value in flags.items() if value is not None and key not in changeable

@@ -21,13 +21,13 @@ from mritumor.cli.options import (
 )
 from mritumor.cli.state import SetOption, resolve_settings, resumed_settings
 from mritumor.cli.ui import console, err_console, status_progress
-from mritumor.errors import EXIT_INTERRUPTED
+from mritumor.core.errors import EXIT_INTERRUPTED
 
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
 
-    from mritumor.settings import Settings
-    from mritumor.training import Stage, TrainResult
+    from mritumor.config.settings import Settings
+    from mritumor.engine.training import Stage, TrainResult
 
 
 def train(
@@ -101,7 +101,7 @@ def train(
         "paths.data_dir": data,
     }
     if resume is not None:
-        from mritumor.bundle import read_bundle
+        from mritumor.run.bundle import read_bundle
 
         read_bundle(resume)  # a clear error for a folder that is not a run
         settings = resumed_settings(
@@ -125,7 +125,7 @@ def create_run_dir(
     settings: Settings, name: str | None, exist_ok: bool, command: str = "train"
 ) -> tuple[Path, bool]:
     """The run directory, and whether this call created it (so only then may it go again)."""
-    from mritumor.bundle import new_run_dir
+    from mritumor.run.bundle import new_run_dir
 
     existed = name is not None and (settings.paths.runs_dir / name).exists()
     run_dir = new_run_dir(settings.paths.runs_dir, command, name=name, exist_ok=exist_ok)
@@ -135,8 +135,8 @@ def create_run_dir(
 def _fit(
     settings: Settings, run_dir: Path, *, resume: bool, created: bool, quiet: bool
 ) -> TrainResult:
-    from mritumor.run_lock import claimed_run
-    from mritumor.training import train as train_model
+    from mritumor.engine.training import train as train_model
+    from mritumor.run.lock import claimed_run
 
     with (
         claimed_run(run_dir, fresh=not resume),
@@ -154,7 +154,7 @@ def removed_unless_started(run_dir: Path, *, keep: bool) -> Iterator[None]:
     """
     import shutil
 
-    from mritumor.bundle import BUNDLE_FILE
+    from mritumor.run.bundle import BUNDLE_FILE
 
     try:
         yield
@@ -248,7 +248,7 @@ def _report(result: TrainResult, *, failures_shown: bool) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from mritumor.bundle import LAST_FILE, MODEL_FILE
+    from mritumor.run.bundle import LAST_FILE, MODEL_FILE
 
     if not failures_shown:
         for reason in result.decode_failures.values():  # each reason names its file

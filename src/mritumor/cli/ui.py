@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from rich.progress import Progress
     from rich.table import Table
 
-    from mritumor.progress import ProgressCallback
+    from mritumor.core.progress import ProgressCallback
 
 console = Console()
 err_console = Console(stderr=True)

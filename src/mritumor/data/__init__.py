@@ -1,1 +1,5 @@
-"""Data: layouts, Kaggle fetch, synthetic phantoms, integrity checks and the input pipeline."""
+"""Data: class names, layouts, image reading, Kaggle fetch, synthetic phantoms, integrity checks,
+split manifests and the tf.data input pipeline.
+
+May import: core, config.
+"""

@@ -30,6 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal, NamedTuple
 
+from mritumor.core.errors import MritumorError, UsageError
+from mritumor.core.fsutil import atomic_write_text
+from mritumor.core.progress import ProgressCallback
 from mritumor.data.files import (
     BINARY_LABELS,
     EXTERNAL_DIR,
@@ -48,9 +51,6 @@ from mritumor.data.hashing import (
     image_hashes,
 )
 from mritumor.data.splits import MANIFEST_DIR
-from mritumor.errors import MritumorError, UsageError
-from mritumor.fsutil import atomic_write_text
-from mritumor.progress import ProgressCallback
 
 DuplicateKind = Literal["exact", "near"]
 SCHEMA_VERSION = 1

@@ -43,8 +43,8 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mritumor.core.errors import UsageError
 from mritumor.data.files import UnreadableImageError, is_hidden, refuse_too_large
-from mritumor.errors import UsageError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -87,7 +87,7 @@ def read_dicom_frames(path: Path, channels: int = 3) -> list[NDArray[np.uint8]]:
     A single-frame file gives a list of one; a multi-frame file one array per
     frame, in the file's order. See the module's documentation for the steps.
 
-    Raises :class:`~mritumor.errors.UsageError` naming the ``dicom`` extra when
+    Raises :class:`~mritumor.core.errors.UsageError` naming the ``dicom`` extra when
     pydicom is not installed, and :class:`~mritumor.data.files.UnreadableImageError`
     naming the file when it is not DICOM, is damaged, has no pixel data, needs
     a decoder plugin that is not installed, or holds an unsupported kind of

@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
+from mritumor.core.errors import MritumorError, OfflineError, UsageError
+from mritumor.core.progress import ProgressCallback
 from mritumor.data.files import EXTERNAL_DIR
 from mritumor.data.layout import LayoutKind, detect_layout
 from mritumor.data.prepare import PrepareSummary, prepare
-from mritumor.errors import MritumorError, OfflineError, UsageError
-from mritumor.progress import ProgressCallback
 
 CACHE_ENV_VAR = "KAGGLEHUB_CACHE"
 _HTTP_UNAUTHORIZED = frozenset({401, 403})

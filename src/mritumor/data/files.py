@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mritumor.errors import MritumorError
+from mritumor.core.errors import MritumorError
 
 if TYPE_CHECKING:
     import numpy as np

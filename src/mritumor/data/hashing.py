@@ -37,6 +37,7 @@ from typing import Literal, NamedTuple, get_args
 import numpy as np
 from numpy.typing import NDArray
 
+from mritumor.core.progress import ProgressCallback
 from mritumor.data.files import (
     IMAGE_EXTENSIONS,
     MIN_IMAGE_SIDE,
@@ -46,7 +47,6 @@ from mritumor.data.files import (
     decode_image,
     read_header,
 )
-from mritumor.progress import ProgressCallback
 
 ProblemKind = Literal[
     "unreadable", "truncated", "zero_bytes", "not_an_image", "too_large", "too_small"

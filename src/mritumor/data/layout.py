@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal, NamedTuple
 
+from mritumor.core.errors import UsageError
 from mritumor.data.files import (
     CLASS_NAMES,
     EXTERNAL_DIR,
@@ -27,7 +28,6 @@ from mritumor.data.files import (
     iter_image_files,
     subfolders,
 )
-from mritumor.errors import UsageError
 
 LayoutKind = Literal["split_class", "class_only", "binary"]
 

@@ -43,13 +43,13 @@ from typing import Literal
 
 import numpy as np
 
+from mritumor.core.errors import UsageError
+from mritumor.core.fsutil import atomic_write_text
+from mritumor.core.progress import ProgressCallback
 from mritumor.data.files import EXTERNAL_DIR, SPLITS
 from mritumor.data.hashing import ImageRecord, ProblemKind, duplicate_groups, image_hashes
 from mritumor.data.layout import Destination, Layout, LayoutKind, detect_layout
 from mritumor.data.splits import MANIFEST_DIR
-from mritumor.errors import UsageError
-from mritumor.fsutil import atomic_write_text
-from mritumor.progress import ProgressCallback
 
 MANIFEST_COLUMNS = ("path", "label", "source")
 

@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from mritumor.core.errors import UsageError
 from mritumor.data.files import iter_image_files, subfolders
-from mritumor.errors import UsageError
 
 MANIFEST_DIR = "manifests"
 #: Class names of binary (external yes/no) splits: label 1 is tumour.

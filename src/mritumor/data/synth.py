@@ -42,6 +42,9 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage
 
+from mritumor.core.errors import UsageError
+from mritumor.core.fsutil import atomic_write_bytes, atomic_write_text
+from mritumor.core.progress import ProgressCallback
 from mritumor.data.files import (
     CLASS_NAMES,
     EXTERNAL_DIR,
@@ -50,9 +53,6 @@ from mritumor.data.files import (
     SPLITS,
     TUMOUR_LABEL,
 )
-from mritumor.errors import UsageError
-from mritumor.fsutil import atomic_write_bytes, atomic_write_text
-from mritumor.progress import ProgressCallback
 
 if TYPE_CHECKING:
     from PIL.Image import Image as PILImageType

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mritumor.registry import register_backbone
+from mritumor.models.registry import register_backbone
 
 __version__ = "0.1.0"
 

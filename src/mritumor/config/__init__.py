@@ -1,0 +1,3 @@
+"""Settings: the typed schema, recipes, and reading and writing config YAML.
+
+May import: core."""

@@ -1,0 +1,534 @@
+"""Grouped, stratified k-fold cross-validation over the train and val splits pooled.
+
+Fold assignment: the train and val images are pooled; exact and near duplicates
+(:func:`mritumor.data.hashing.duplicate_groups`) form groups, and scikit-learn's
+``StratifiedGroupKFold(shuffle=True, random_state=seed)`` deals the groups out
+to the folds, so a duplicate pair never straddles a fold boundary.
+
+Checkpoint selection, honestly: a fold's held-out part is never seen before it
+is scored. Inside each fold an *inner* validation part is carved from the
+fold's training portion (again stratified and grouped, seeded with
+``seed + fold``, about ``1/folds`` of it); :func:`mritumor.engine.training.train`
+trains on the rest and selects its checkpoint (``model.keras``) and stops early
+on that inner part. The held-out fold is then scored once with that
+checkpoint. Selecting the epoch on the held-out fold and scoring it there too
+would be optimistic.
+
+Layout of a run::
+
+    runs/kfold-<n>/
+      config.yaml            the resolved settings
+      folds.csv              path, label, group, fold (every pooled image)
+      inner/fold-<k>/manifests/{train,val}.csv   what fold k trained and selected on
+      fold-<k>/              a full train bundle; splits/test.csv is the held-out fold,
+                             trained.json marks finished training, fold_result.json
+                             and oof_predictions.csv the scored fold
+      oof_predictions.csv    path, fold, true, predicted, p_<class>... (folds present)
+      kfold_summary.json     per-fold metrics, mean, std (ddof=1), 95% t interval
+      reports/kfold_summary.png
+
+A fold with a ``fold_result.json`` is skipped on a rerun (``resume=True``);
+one trained but not scored is only scored; one interrupted mid-training
+continues from its ``last.keras``.
+
+Fold assignment, the inner carve and the aggregation import no TensorFlow.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+from numpy.typing import NDArray
+
+from mritumor.core.errors import UsageError
+from mritumor.core.fsutil import atomic_write_json, atomic_write_text
+from mritumor.data.splits import MANIFEST_DIR, SplitFiles, load_split
+from mritumor.run.lock import claimed_run, clear_run_dir
+from mritumor.stats.calibration import softmax
+
+if TYPE_CHECKING:
+    from mritumor.config.settings import Settings
+    from mritumor.engine.training import TrainingObserver
+
+FOLDS_FILE = "folds.csv"
+OOF_FILE = "oof_predictions.csv"
+SUMMARY_FILE = "kfold_summary.json"
+SUMMARY_FIGURE = "kfold_summary.png"
+FOLD_RESULT_FILE = "fold_result.json"
+TRAINED_MARKER = "trained.json"
+INNER_DIR = "inner"
+HELDOUT_SPLIT = "test"
+METRICS = ("accuracy", "macro_f1", "balanced_accuracy", "loss")
+CONFIDENCE = 0.95
+
+
+# --------------------------------------------------------------------------- fold assignment
+
+
+def check_fold_count(labels: Sequence[int], groups: Sequence[int], folds: int) -> None:
+    """UsageError unless ``2 <= folds <=`` the number of groups of the smallest class."""
+    if folds < 2:
+        raise UsageError(f"--folds must be at least 2, got {folds}")
+    per_class: dict[int, set[int]] = {}
+    for label, group in zip(labels, groups, strict=True):
+        per_class.setdefault(label, set()).add(group)
+    if not per_class:
+        raise UsageError("no images to split into folds")
+    smallest = min(len(found) for found in per_class.values())
+    if folds > smallest:
+        raise UsageError(
+            f"--folds {folds} is more than the smallest class has distinct images "
+            f"(duplicate groups): {smallest}; use --folds {smallest} or fewer"
+        )
+
+
+def assign_folds(
+    labels: Sequence[int], groups: Sequence[int], folds: int, seed: int
+) -> NDArray[np.int64]:
+    """The 1-based fold of every sample: stratified by label, whole groups per fold."""
+    check_fold_count(labels, groups, folds)
+    return _grouped_split(labels, groups, folds, seed)
+
+
+def inner_carve(
+    labels: Sequence[int],
+    groups: Sequence[int],
+    fold_of: Sequence[int],
+    fold: int,
+    *,
+    seed: int,
+    splits: int,
+) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """Indices ``(fit, select)`` inside fold ``fold``'s training portion.
+
+    ``select`` (about ``1/splits`` of the portion, stratified, whole groups) is
+    where the checkpoint is chosen; the held-out fold is in neither.
+    """
+    portion = np.flatnonzero(np.asarray(fold_of) != fold)
+    portion_labels = [labels[i] for i in portion.tolist()]
+    portion_groups = [groups[i] for i in portion.tolist()]
+    distinct = len(set(portion_groups))
+    if distinct < 2:
+        raise UsageError(f"fold {fold} has too few distinct images left to carve a val part")
+    inner = _grouped_split(portion_labels, portion_groups, max(2, min(splits, distinct)), seed)
+    return portion[inner != 1], portion[inner == 1]
+
+
+def _grouped_split(
+    labels: Sequence[int], groups: Sequence[int], folds: int, seed: int
+) -> NDArray[np.int64]:
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    fold_of = np.zeros(len(labels), dtype=np.int64)
+    placeholder = np.zeros((len(labels), 1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "least populated class" on tiny sets
+        for number, (_, test) in enumerate(splitter.split(placeholder, labels, groups), start=1):
+            fold_of[test] = number
+    return fold_of
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+@dataclass(frozen=True)
+class FoldMetrics:
+    accuracy: float
+    macro_f1: float
+    balanced_accuracy: float
+    loss: float
+    n: int
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Mean, sample std (ddof=1) and a two-sided t interval of the mean over folds."""
+
+    mean: float
+    std: float
+    ci_low: float
+    ci_high: float
+    n: int
+
+
+def fold_metrics(
+    y_true: Sequence[int], probabilities: NDArray[np.floating[Any]], num_classes: int
+) -> FoldMetrics:
+    """Accuracy, macro-F1, balanced accuracy (sklearn) and the mean cross-entropy."""
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
+
+    truth = np.asarray(y_true, dtype=np.int64)
+    probs = np.asarray(probabilities, np.float64)
+    predicted = probs.argmax(axis=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # classes absent from a tiny fold
+        balanced = float(balanced_accuracy_score(truth, predicted))
+    p_true = np.clip(probs[np.arange(len(truth)), truth], 1e-12, 1.0)
+    return FoldMetrics(
+        accuracy=float(accuracy_score(truth, predicted)),
+        macro_f1=float(
+            f1_score(
+                truth, predicted, labels=list(range(num_classes)), average="macro", zero_division=0
+            )
+        ),
+        balanced_accuracy=balanced,
+        loss=float(-np.log(p_true).mean()),
+        n=len(truth),
+    )
+
+
+def summarize(values: Sequence[float], confidence: float = CONFIDENCE) -> Summary:
+    """``mean ± t_{(1+c)/2, n-1} · std / sqrt(n)``; std and interval are NaN for one value."""
+    from scipy import stats
+
+    data = np.asarray(values, np.float64)
+    n = len(data)
+    mean = float(data.mean()) if n else math.nan
+    if n < 2:
+        return Summary(mean, math.nan, math.nan, math.nan, n)
+    std = float(data.std(ddof=1))
+    half = float(stats.t.ppf((1 + confidence) / 2, n - 1)) * std / math.sqrt(n)
+    return Summary(mean, std, mean - half, mean + half, n)
+
+
+def aggregate(per_fold: Mapping[int, FoldMetrics]) -> dict[str, Summary]:
+    """A :class:`Summary` of each metric over the folds given."""
+    ordered = [per_fold[fold] for fold in sorted(per_fold)]
+    return {name: summarize([getattr(m, name) for m in ordered]) for name in METRICS}
+
+
+# --------------------------------------------------------------------------- the run
+
+
+@dataclass(frozen=True)
+class Pool:
+    """The pooled images with their labels, duplicate groups and folds."""
+
+    paths: tuple[Path, ...]
+    labels: tuple[int, ...]
+    groups: tuple[int, ...]
+    folds: tuple[int, ...]
+
+    @property
+    def fold_count(self) -> int:
+        return max(self.folds)
+
+
+@dataclass
+class KFoldResult:
+    run_dir: Path
+    fold_count: int
+    metrics: dict[int, FoldMetrics]
+    """Every fold scored so far (also those of earlier invocations)."""
+    summary: dict[str, Summary]
+    trained: list[int]
+    skipped: list[int]
+    interrupted: bool = False
+
+
+class KFoldObserver(Protocol):
+    def on_fold_begin(self, fold: int, folds: int, action: str) -> TrainingObserver | None:
+        """``action``: train, resume, score or skip; may return a per-fold training observer."""
+
+    def on_fold_end(self, fold: int, metrics: FoldMetrics | None) -> None: ...
+
+
+def pooled_images(settings: Settings) -> tuple[list[Path], list[int]]:
+    """The train and val files of ``settings.paths.data_dir``, absolute."""
+    names = settings.data.class_names
+    paths: list[Path] = []
+    labels: list[int] = []
+    for split in ("train", "val"):
+        files = load_split(settings.paths.data_dir, split, names)
+        paths.extend(Path(os.path.abspath(path)) for path in files.paths)  # noqa: PTH100
+        labels.extend(files.labels)
+    return paths, labels
+
+
+def prepare_pool(settings: Settings, folds: int) -> Pool:
+    """Pool train + val, group duplicates, and assign folds (raises UsageError on bad --folds)."""
+    from mritumor.data.hashing import duplicate_groups, image_hashes
+
+    paths, labels = pooled_images(settings)
+    groups = duplicate_groups(image_hashes(paths))
+    fold_of = assign_folds(labels, groups, folds, settings.seed)
+    return Pool(tuple(paths), tuple(labels), tuple(groups), tuple(int(f) for f in fold_of))
+
+
+def write_folds(run_dir: Path, pool: Pool, class_names: Sequence[str]) -> Path:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(("path", "label", "group", "fold"))
+    for path, label, group, fold in zip(
+        pool.paths, pool.labels, pool.groups, pool.folds, strict=True
+    ):
+        writer.writerow((path.as_posix(), class_names[label], group, fold))
+    target = run_dir / FOLDS_FILE
+    atomic_write_text(target, buffer.getvalue())
+    return target
+
+
+def read_folds(run_dir: Path, class_names: Sequence[str]) -> Pool:
+    file = run_dir / FOLDS_FILE
+    if not file.is_file():
+        raise UsageError(f"{run_dir} is not a kfold run: {file} not found")
+    index = {name: position for position, name in enumerate(class_names)}
+    with file.open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    try:
+        return Pool(
+            paths=tuple(Path(row["path"]) for row in rows),
+            labels=tuple(index[row["label"]] for row in rows),
+            groups=tuple(int(row["group"]) for row in rows),
+            folds=tuple(int(row["fold"]) for row in rows),
+        )
+    except (KeyError, ValueError) as error:
+        raise UsageError(f"{file} is damaged ({error}); start a new kfold run") from None
+
+
+def start_run(settings: Settings, run_dir: Path, folds: int) -> Pool:
+    """Write config.yaml and folds.csv into a new (empty) run directory."""
+    from mritumor.run import bundle as bundles
+
+    pool = prepare_pool(settings, folds)
+    bundles.write_config(run_dir, settings)
+    write_folds(run_dir, pool, settings.data.class_names)
+    return pool
+
+
+def check_fold_number(fold: int | None, folds: int) -> None:
+    if fold is not None and not 1 <= fold <= folds:
+        raise UsageError(f"--fold must be from 1 to {folds}, got {fold}")
+
+
+def run_folds(
+    settings: Settings,
+    run_dir: Path,
+    pool: Pool,
+    *,
+    only_fold: int | None = None,
+    observer: KFoldObserver | None = None,
+) -> KFoldResult:
+    """Train and score every fold (or ``only_fold``) not finished yet, then summarise."""
+    folds = pool.fold_count
+    check_fold_number(only_fold, folds)
+    trained: list[int] = []
+    skipped: list[int] = []
+    interrupted = False
+    for fold in [only_fold] if only_fold is not None else range(1, folds + 1):
+        outcome = _run_fold(settings, run_dir, pool, fold, observer)
+        if outcome == "interrupted":
+            interrupted = True
+            break
+        (skipped if outcome == "skip" else trained).append(fold)
+    metrics = write_summary(run_dir, settings.data.class_names, folds)
+    return KFoldResult(
+        run_dir=run_dir,
+        fold_count=folds,
+        metrics=metrics,
+        summary=aggregate(metrics),
+        trained=trained,
+        skipped=skipped,
+        interrupted=interrupted,
+    )
+
+
+def fold_dir(run_dir: Path, fold: int) -> Path:
+    return run_dir / f"fold-{fold}"
+
+
+def _fold_state(folder: Path, epochs: int) -> str:
+    """skip (scored), score (trained), resume (part-trained) or train (nothing usable)."""
+    from mritumor.run import bundle as bundles
+
+    if (folder / FOLD_RESULT_FILE).is_file():
+        return "skip"
+    if not (folder / bundles.BUNDLE_FILE).is_file():
+        return "train"
+    done = bundles.read_bundle(folder).epochs_completed
+    if (folder / TRAINED_MARKER).is_file() or done >= epochs:
+        return "score" if (folder / bundles.MODEL_FILE).is_file() else "train"
+    return "resume" if (folder / bundles.LAST_FILE).is_file() else "train"
+
+
+def _run_fold(
+    settings: Settings,
+    run_dir: Path,
+    pool: Pool,
+    fold: int,
+    observer: KFoldObserver | None,
+) -> str:
+    """Train, resume or score one fold while holding its lock: ``kfold --fold K`` on
+    another host, or a second ``--resume``, is refused rather than sharing the folder."""
+    folder = fold_dir(run_dir, fold)
+    folder.mkdir(parents=True, exist_ok=True)
+    with claimed_run(folder, fresh=False):
+        return _run_claimed_fold(settings, run_dir, pool, fold, observer)
+
+
+def _run_claimed_fold(
+    settings: Settings,
+    run_dir: Path,
+    pool: Pool,
+    fold: int,
+    observer: KFoldObserver | None,
+) -> str:
+    from mritumor.engine import training
+
+    folder = fold_dir(run_dir, fold)
+    action = _fold_state(folder, settings.train.epochs)
+    train_observer = observer.on_fold_begin(fold, pool.fold_count, action) if observer else None
+    if action == "skip":
+        if observer is not None:
+            observer.on_fold_end(fold, None)
+        return action
+    fold_settings = _fold_settings(settings, run_dir, pool, fold)
+    if action in ("train", "resume"):
+        if action == "train":
+            clear_run_dir(folder)
+        result = training.train(
+            fold_settings, folder, resume=action == "resume", observer=train_observer
+        )
+        if result.interrupted:
+            return "interrupted"
+        atomic_write_text(
+            folder / TRAINED_MARKER,
+            json.dumps(
+                {
+                    "epochs_completed": result.epochs_completed,
+                    "best_epoch": result.best_epoch,
+                    "best_value": result.best_value,
+                },
+                indent=2,
+            ),
+        )
+    metrics = _score_fold(fold_settings, folder, pool, fold)
+    if observer is not None:
+        observer.on_fold_end(fold, metrics)
+    return action
+
+
+def _fold_settings(settings: Settings, run_dir: Path, pool: Pool, fold: int) -> Settings:
+    """Settings whose data root holds manifests of the fold's inner train and val parts."""
+    fit, select = inner_carve(
+        pool.labels,
+        pool.groups,
+        pool.folds,
+        fold,
+        seed=settings.seed + fold,
+        splits=pool.fold_count,
+    )
+    root = run_dir / INNER_DIR / f"fold-{fold}"
+    names = settings.data.class_names
+    for split, indices in (("train", fit), ("val", select)):
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(("path", "label"))
+        for i in indices:
+            writer.writerow((pool.paths[i].as_posix(), names[pool.labels[i]]))
+        atomic_write_text(root / MANIFEST_DIR / f"{split}.csv", buffer.getvalue())
+    paths = settings.paths.model_copy(update={"data_dir": root})
+    # A fold is scored, not calibrated: all of its training part trains.
+    data = settings.data.model_copy(update={"cal_size": 0.0})
+    return settings.model_copy(update={"paths": paths, "data": data})
+
+
+def heldout_split(pool: Pool, fold: int, class_names: Sequence[str]) -> SplitFiles:
+    chosen = [i for i, f in enumerate(pool.folds) if f == fold]
+    return SplitFiles(
+        name=HELDOUT_SPLIT,
+        paths=tuple(pool.paths[i] for i in chosen),
+        labels=tuple(pool.labels[i] for i in chosen),
+        class_names=tuple(class_names),
+    )
+
+
+def _score_fold(settings: Settings, folder: Path, pool: Pool, fold: int) -> FoldMetrics:
+    """Score the held-out fold with the fold's checkpoint; write its predictions and metrics."""
+    from mritumor.predict.inference import Predictor
+    from mritumor.run import bundle as bundles
+
+    names = settings.data.class_names
+    split = heldout_split(pool, fold, names)
+    bundles.write_splits(folder, settings.paths.data_dir, [split])
+    scored = Predictor(folder).logits(split.paths, batch_size=settings.inference.batch_size)
+    logits, kept, failed = scored.logits, scored.kept.tolist(), scored.failures
+    truth = [split.labels[i] for i in kept]
+    probabilities = softmax(logits)
+    metrics = fold_metrics(truth, probabilities, len(names))
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(_oof_header(names))
+    for row, i in enumerate(kept):
+        writer.writerow(
+            (
+                split.paths[i].as_posix(),
+                fold,
+                names[split.labels[i]],
+                names[int(probabilities[row].argmax())],
+                *(f"{p:.6f}" for p in probabilities[row]),
+            )
+        )
+    atomic_write_text(folder / OOF_FILE, buffer.getvalue())
+    payload = {"fold": fold, **asdict(metrics), "unreadable": sorted(failed)}
+    atomic_write_text(folder / FOLD_RESULT_FILE, json.dumps(payload, indent=2))
+    return metrics
+
+
+def _oof_header(class_names: Sequence[str]) -> list[str]:
+    return ["path", "fold", "true", "predicted", *(f"p_{name}" for name in class_names)]
+
+
+def read_fold_metrics(run_dir: Path, folds: int) -> dict[int, FoldMetrics]:
+    """The metrics of every scored fold present."""
+    found: dict[int, FoldMetrics] = {}
+    for fold in range(1, folds + 1):
+        file = fold_dir(run_dir, fold) / FOLD_RESULT_FILE
+        if file.is_file():
+            data = json.loads(file.read_text(encoding="utf-8"))
+            found[fold] = FoldMetrics(**{key: data[key] for key in (*METRICS, "n")})
+    return found
+
+
+def write_summary(run_dir: Path, class_names: Sequence[str], folds: int) -> dict[int, FoldMetrics]:
+    """oof_predictions.csv, kfold_summary.json and the figure over the folds scored so far."""
+    from mritumor.evaluation.plots import plot_kfold_summary
+
+    metrics = read_fold_metrics(run_dir, folds)
+    lines = [",".join(_oof_header(class_names))]
+    for fold in sorted(metrics):
+        text = (fold_dir(run_dir, fold) / OOF_FILE).read_text(encoding="utf-8")
+        lines.extend(text.splitlines()[1:])
+    atomic_write_text(run_dir / OOF_FILE, "\n".join(lines) + "\n")
+    summary = aggregate(metrics) if metrics else {}
+    payload = {
+        "folds": folds,
+        "folds_scored": sorted(metrics),
+        "confidence": CONFIDENCE,
+        "checkpoint_selection": "inner validation part carved from each fold's training portion",
+        "per_fold": {str(fold): asdict(m) for fold, m in sorted(metrics.items())},
+        "summary": {name: asdict(s) for name, s in summary.items()},
+    }
+    atomic_write_json(run_dir / SUMMARY_FILE, payload)
+    if metrics:
+        plot_kfold_summary(
+            sorted(metrics),
+            {name: [getattr(metrics[f], name) for f in sorted(metrics)] for name in METRICS[:2]},
+            {
+                name: (summary[name].mean, summary[name].ci_low, summary[name].ci_high)
+                for name in METRICS[:2]
+            },
+            run_dir / "reports" / SUMMARY_FIGURE,
+        )
+    return metrics

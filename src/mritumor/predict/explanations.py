@@ -1,0 +1,230 @@
+"""Grad-CAM for a run: panels for ``gradcam`` and ``infer --gradcam``, localisation for ``eval``.
+
+Images reach Grad-CAM through the same :class:`~mritumor.predict.inference.Predictor`
+batches as predictions do, so a heat map explains exactly the input the model
+classified. Panels show that model input (resized, padded as in training).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from mritumor.core.errors import UsageError
+from mritumor.core.progress import ProgressCallback
+from mritumor.evaluation import plots
+from mritumor.predict.gradcam import METHOD_LABELS, Method, default_layer, explain, overlay
+from mritumor.predict.inference import ImageInput, Predictor
+
+if TYPE_CHECKING:
+    from numpy.typing import NDArray
+
+    from mritumor.predict.gradcam import Explanation
+
+
+PANEL_SUFFIX = "_gradcam"
+
+
+@dataclass(frozen=True)
+class Panels:
+    """What a Grad-CAM run wrote."""
+
+    written: list[Path]
+    layer: str
+    failures: dict[str, str] = field(default_factory=dict)
+
+
+def write_panels(
+    predictor: Predictor,
+    inputs: Sequence[ImageInput],
+    out_dir: Path,
+    *,
+    class_name: str | None = None,
+    layer: str | None = None,
+    method: Method = "gradcam",
+    save_maps: bool = False,
+    batch_size: int = 16,
+    progress: ProgressCallback | None = None,
+) -> Panels:
+    """A panel PNG (image | heat map | overlay) per readable input; ``.npy`` maps on request.
+
+    The target is ``class_name`` for every image, else each image's predicted class.
+    """
+    chosen_layer = layer or default_layer(predictor.model, predictor.bundle.backbone)
+    target = _class_index(predictor, class_name)
+    names = _file_names(inputs)
+    _refuse_to_overwrite_inputs(inputs, out_dir, names, save_maps)
+    batches, failures = predictor.batches(inputs, batch_size)
+    written: list[Path] = []
+    done = 0
+    for positions, images in batches:
+        pixels = np.asarray(images, dtype=np.float32)
+        classes = None if target is None else [target] * len(positions)
+        found = explain(
+            predictor.model,
+            pixels,
+            layer=chosen_layer,
+            class_indices=classes,
+            method=method,
+            temperature=predictor.temperature,
+            batch_size=batch_size,
+        )
+        for position, image, explanation in zip(positions, pixels, found, strict=True):
+            written.append(
+                _write_panel(predictor, image, explanation, out_dir / f"{names[position]}.png")
+            )
+            if save_maps:
+                path = out_dir / f"{names[position]}.npy"
+                _save_map(path, explanation.heatmap)
+                written.append(path)
+        done += len(positions)
+        if progress is not None:
+            progress(done + len(failures), len(inputs))
+    return Panels(written, chosen_layer, dict(failures))
+
+
+def _write_panel(
+    predictor: Predictor, image: NDArray[np.float32], explanation: Explanation, path: Path
+) -> Path:
+    pixels = np.clip(np.round(image), 0, 255).astype(np.uint8)
+    title = (
+        f"{predictor.class_names[explanation.class_index]} {explanation.probability:.2f} "
+        f"({METHOD_LABELS[explanation.method]}, {explanation.layer})"
+    )
+    blended = overlay(pixels, explanation.heatmap)
+    return plots.plot_gradcam_panel(pixels, explanation.heatmap, blended, path, title=title)
+
+
+def _save_map(path: Path, heatmap: NDArray[np.float32]) -> None:
+    import io
+
+    from mritumor.core.fsutil import atomic_write_bytes
+
+    buffer = io.BytesIO()
+    np.save(buffer, heatmap)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def _class_index(predictor: Predictor, class_name: str | None) -> int | None:
+    if class_name is None:
+        return None
+    if class_name not in predictor.class_names:
+        raise UsageError(
+            f"--class {class_name!r} is not one of the model's classes "
+            f"{', '.join(predictor.class_names)}"
+        )
+    return predictor.class_names.index(class_name)
+
+
+def _file_names(inputs: Sequence[ImageInput]) -> list[str]:
+    """A distinct output stem per input: ``<stem>[_frame<k>][_<n>]_gradcam``."""
+    names: list[str] = []
+    taken: set[str] = set()
+    for item in inputs:
+        stem = item.path.stem + ("" if item.frame is None else f"_frame{item.frame + 1}")
+        name, counter = stem, 1
+        while name in taken:
+            counter += 1
+            name = f"{stem}_{counter}"
+        taken.add(name)
+        names.append(f"{name}{PANEL_SUFFIX}")
+    return names
+
+
+def _refuse_to_overwrite_inputs(
+    inputs: Sequence[ImageInput], out_dir: Path, names: Sequence[str], save_maps: bool
+) -> None:
+    sources = {item.path.resolve() for item in inputs}
+    suffixes = (".png", ".npy") if save_maps else (".png",)
+    for name in names:
+        for suffix in suffixes:
+            target = (out_dir / f"{name}{suffix}").resolve()
+            if target in sources:
+                raise UsageError(
+                    f"a panel would replace the input image {target}; choose another --out"
+                )
+
+
+# --------------------------------------------------------------------------- localisation
+
+
+@dataclass(frozen=True)
+class Localisation:
+    """How well Grad-CAM finds the lesion, over tumour images with a lesion mask."""
+
+    images: int
+    pointing_game: float
+    """Share of images whose heat-map maximum lies inside the lesion mask."""
+    energy_inside: float
+    """Mean share of heat-map energy inside the lesion mask."""
+    layer: str
+    method: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "images": self.images,
+            "pointing_game": self.pointing_game,
+            "energy_inside": self.energy_inside,
+            "layer": self.layer,
+            "method": self.method,
+            "target": "the true class",
+        }
+
+
+def localisation(
+    predictor: Predictor,
+    paths: Sequence[Path],
+    labels: Sequence[int],
+    masks: Sequence[Path],
+    *,
+    method: Method = "gradcam",
+    batch_size: int = 16,
+) -> Localisation:
+    """Pointing game and energy inside the mask, explaining each image's true class.
+
+    Masks are brought to the model's input exactly as the images are (same
+    resize and padding); a pixel counts as lesion when any of it was.
+    """
+    from mritumor.predict.gradcam import energy_inside, pointing_game_hit
+
+    layer = default_layer(predictor.model, predictor.bundle.backbone)
+    inputs = [ImageInput(path) for path in paths]
+    batches, _ = predictor.batches(inputs, batch_size)
+    hits: list[bool] = []
+    shares: list[float] = []
+    for positions, images in batches:
+        found = explain(
+            predictor.model,
+            np.asarray(images, dtype=np.float32),
+            layer=layer,
+            class_indices=[labels[p] for p in positions],
+            method=method,
+            temperature=predictor.temperature,
+            batch_size=batch_size,
+        )
+        for position, explanation in zip(positions, found, strict=True):
+            mask = _model_mask(predictor, masks[position])
+            hits.append(pointing_game_hit(explanation.heatmap, mask))
+            shares.append(energy_inside(explanation.heatmap, mask))
+    return Localisation(
+        images=len(hits),
+        pointing_game=float(np.mean(hits)) if hits else float("nan"),
+        energy_inside=float(np.mean(shares)) if shares else float("nan"),
+        layer=layer,
+        method=method,
+    )
+
+
+def _model_mask(predictor: Predictor, path: Path) -> NDArray[np.bool_]:
+    import tensorflow as tf
+
+    from mritumor.data.files import read_image
+    from mritumor.data.input_pipeline import resize_image
+
+    bundle = predictor.bundle
+    resized = resize_image(tf.constant(read_image(path, 1)), bundle.image_size, bundle.resize_mode)
+    return np.asarray(resized.numpy()[..., 0] > 0)
