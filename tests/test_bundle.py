@@ -803,7 +803,7 @@ def test_git_commit_without_git_or_on_a_hang(monkeypatch: pytest.MonkeyPatch) ->
 
 def test_bundle_and_plots_import_no_heavy_library(tmp_path: Path) -> None:
     code = (
-        "import sys, mritumor.run.bundle, mritumor.evaluation.plots; "
+        "import sys, mritumor.run.bundle, mritumor.plots; "
         "print(sorted(m for m in ('tensorflow', 'keras', 'matplotlib') if m in sys.modules))"
     )
     result = subprocess.run(

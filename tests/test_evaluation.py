@@ -19,10 +19,10 @@ from sklearn.metrics import accuracy_score, cohen_kappa_score, f1_score
 from typer.testing import CliRunner
 
 from helpers import build_run
+from mritumor import plots
 from mritumor.cli.main import app
 from mritumor.data.files import CLASS_NAMES
 from mritumor.data.synth import SynthConfig, write_synthetic_dataset
-from mritumor.evaluation import plots
 from mritumor.evaluation import steps as evaluation
 from mritumor.run import bundle as bundles
 from mritumor.stats.calibration import softmax

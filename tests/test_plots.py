@@ -1,4 +1,4 @@
-"""Figures (mritumor.evaluation.plots): files, PNG validity, and what is drawn where."""
+"""Figures (mritumor.plots): files, PNG validity, and what is drawn where."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from matplotlib.figure import Figure
 from matplotlib.text import Annotation
 from PIL import Image
 
-from mritumor.evaluation import plots
-from mritumor.evaluation.plots import (
+from mritumor import plots
+from mritumor.plots import (
     ACC_CURVE_FILE,
     CM_FILE,
     CM_NORM_FILE,

@@ -471,7 +471,7 @@ def write_report(settings: Settings, parent_dir: Path, run_dir: Path) -> dict[st
     (holdout never takes part in any choice); sensitivity, specificity, FN and
     FP on ext_holdout are reported at it, with bootstrap intervals, plus AUC.
     """
-    from mritumor.evaluation import plots
+    from mritumor import plots
     from mritumor.predict.inference import Predictor
 
     bundle = bundles.read_bundle(run_dir)

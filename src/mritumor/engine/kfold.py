@@ -503,7 +503,7 @@ def read_fold_metrics(run_dir: Path, folds: int) -> dict[int, FoldMetrics]:
 
 def write_summary(run_dir: Path, class_names: Sequence[str], folds: int) -> dict[int, FoldMetrics]:
     """oof_predictions.csv, kfold_summary.json and the figure over the folds scored so far."""
-    from mritumor.evaluation.plots import plot_kfold_summary
+    from mritumor.plots import plot_kfold_summary
 
     metrics = read_fold_metrics(run_dir, folds)
     lines = [",".join(_oof_header(class_names))]

@@ -582,7 +582,7 @@ def stop_on_sigint() -> Iterator[Callable[[], bool]]:
 
 
 def write_curves(run_dir: Path, book: Bookkeeping) -> None:
-    from mritumor.evaluation.plots import plot_training_curves
+    from mritumor.plots import plot_training_curves
 
     if book.history:
         plot_training_curves(

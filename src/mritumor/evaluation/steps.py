@@ -396,7 +396,7 @@ def _binary_report(
     report_dir: Path, predictor: Predictor, scored: Scored, settings: Settings
 ) -> dict[str, Any]:
     """A yes/no set: tumour-score AUC, ROC, counts and rates at the bundle's threshold."""
-    from mritumor.evaluation import plots
+    from mritumor import plots
     from mritumor.stats.metrics import roc_auc, roc_curve
     from mritumor.stats.threshold import bootstrap_rates, confusion_at
 
@@ -622,7 +622,7 @@ def _write_eval_figures(
     predicted: NDArray[np.int64],
     settings: Settings,
 ) -> None:
-    from mritumor.evaluation import plots
+    from mritumor import plots
     from mritumor.stats.metrics import confusion_matrix, normalise_rows, one_vs_rest_curves
 
     names = bundle.class_names
@@ -650,7 +650,7 @@ def _write_calibration_figures(
     title: str | None = None,
     histogram: bool = True,
 ) -> None:
-    from mritumor.evaluation import plots
+    from mritumor import plots
 
     bins = reliability_bins(probabilities, labels, n_bins)
     metrics = calibration_metrics(probabilities, labels, n_bins)
@@ -683,7 +683,7 @@ def _write_error_gallery(
     settings: Settings,
 ) -> None:
     """The most confident mistakes: the images a reader should look at first."""
-    from mritumor.evaluation import plots
+    from mritumor import plots
 
     wrong = np.flatnonzero(predicted != scored.labels)
     confidence = probabilities.max(axis=1)
@@ -820,7 +820,7 @@ def choose_operating_point(
     ``infer`` thresholds. An infeasible constraint writes the report but leaves
     the bundle alone and raises.
     """
-    from mritumor.evaluation import plots
+    from mritumor import plots
     from mritumor.stats.metrics import roc_auc, roc_curve
     from mritumor.stats.threshold import bootstrap_rates
 

@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mritumor import plots
 from mritumor.core.errors import UsageError
 from mritumor.core.progress import ProgressCallback
-from mritumor.evaluation import plots
 from mritumor.predict.gradcam import METHOD_LABELS, Method, default_layer, explain, overlay
 from mritumor.predict.inference import ImageInput, Predictor
 
