@@ -33,19 +33,18 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image, ImageFilter
 
+from mritumor.core.classes import CLASS_NAMES
 from mritumor.data.check import check_dataset
-from mritumor.data.files import CLASS_NAMES, iter_image_files, read_image
-from mritumor.data.hashing import (
-    DEFAULT_RADIUS,
+from mritumor.data.duplicates import DEFAULT_RADIUS, MIN_SIMILARITY, duplicate_groups
+from mritumor.data.files import iter_image_files
+from mritumor.data.hashing import ImageRecord, image_hashes
+from mritumor.data.images import read_image
+from mritumor.data.perceptual import (
     HASH_BITS,
-    MIN_SIMILARITY,
     THUMBNAIL_SHAPE,
-    ImageRecord,
     detail_vectors,
-    duplicate_groups,
     hamming_distance,
     hamming_pairs,
-    image_hashes,
     popcount,
     thumbnail,
     thumbnail_hash,

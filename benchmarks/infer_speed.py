@@ -12,7 +12,7 @@ the weight values) is built, then the same folder of synthetic images (written
 once into a temporary folder by :func:`write_synthetic_dataset`) is predicted
 three ways, each in a fresh Python process:
 
-* ``mritumor``: :class:`mritumor.predict.inference.Predictor` construction (reading
+* ``mritumor``: :class:`mritumor.predict.predictor.Predictor` construction (reading
   ``bundle.json`` and ``keras.saving.load_model`` in safe mode) is timed as the
   model load, after TensorFlow and Keras are imported (timed apart); then
   :func:`gather_inputs` on the folder and ``Predictor.predict(inputs,
@@ -58,7 +58,7 @@ from typing import Any
 
 from _measure import child_env, cpu_model, emit_result, run_child, usable_cores
 
-from mritumor.data.files import CLASS_NAMES
+from mritumor.core.classes import CLASS_NAMES
 from mritumor.data.synth import SynthConfig, write_synthetic_dataset
 
 RESULT_PREFIX = "INFER_SPEED_RESULT "
@@ -117,11 +117,13 @@ class Span:
 
 def build_run(args: argparse.Namespace, backbone: str, run_dir: Path) -> dict[str, Any]:
     """A run directory as ``train`` leaves it, with an untrained model (as tests/helpers.py)."""
-    from mritumor.config.settings import load_settings
+    from mritumor.config.loading import load_settings
     from mritumor.core.environment import import_tensorflow
     from mritumor.data.splits import load_split
     from mritumor.models.classifier import build_classifier
-    from mritumor.run import bundle as bundles
+    from mritumor.run.bundle import new_bundle, write_bundle, write_config
+    from mritumor.run.layout import MODEL_FILE
+    from mritumor.run.splits import write_splits
 
     settings = load_settings(
         None,
@@ -138,12 +140,12 @@ def build_run(args: argparse.Namespace, backbone: str, run_dir: Path) -> dict[st
 
     keras.utils.set_random_seed(settings.seed)
     run_dir.mkdir(parents=True)
-    build_classifier(settings).save(run_dir / bundles.MODEL_FILE)
+    build_classifier(settings).save(run_dir / MODEL_FILE)
     names = settings.data.class_names
     splits = [load_split(args.data, name, names) for name in ("train", "val", "test")]
-    bundles.write_config(run_dir, settings)
-    bundles.write_splits(run_dir, args.data, splits)
-    bundles.write_bundle(run_dir, bundles.new_bundle(settings, "train"))
+    write_config(run_dir, settings)
+    write_splits(run_dir, args.data, splits)
+    write_bundle(run_dir, new_bundle(settings, "train"))
     return {}
 
 
@@ -159,9 +161,7 @@ def pipeline_for(bundle: Any, paths: list[Path], batch_size: int) -> Any:
         class_names=tuple(bundle.class_names),
     )
     options = PipelineOptions(
-        image_size=bundle.image_size,
-        channels=bundle.channels,
-        resize="pad" if bundle.resize == "pad" else "plain",
+        preprocessing=bundle.preprocessing,
         batch_size=batch_size,
         seed=0,
         cache="none",
@@ -176,7 +176,8 @@ def measure_mritumor(args: argparse.Namespace) -> dict[str, Any]:
         import_tensorflow()
         import keras  # noqa: F401
 
-        from mritumor.predict.inference import Predictor, gather_inputs
+        from mritumor.predict.inputs import gather_inputs
+        from mritumor.predict.predictor import Predictor
     with Span() as load:
         predictor = Predictor(args.run)
     passes = []
@@ -213,17 +214,16 @@ def measure_bare(args: argparse.Namespace) -> dict[str, Any]:
     import numpy as np
 
     from mritumor.core.environment import import_tensorflow
-    from mritumor.predict.inference import gather_inputs
-    from mritumor.run import bundle as bundles
+    from mritumor.predict.inputs import gather_inputs
+    from mritumor.run.bundle import read_bundle
+    from mritumor.run.layout import MODEL_FILE
 
     import_tensorflow()
     import keras
 
-    bundle = bundles.read_bundle(args.run)
+    bundle = read_bundle(args.run)
     with Span() as load:
-        model = keras.saving.load_model(
-            args.run / bundles.MODEL_FILE, safe_mode=True, compile=False
-        )
+        model = keras.saving.load_model(args.run / MODEL_FILE, safe_mode=True, compile=False)
     inputs, _ = gather_inputs([str(args.folder)])
     pipeline = pipeline_for(bundle, [item.path for item in inputs], args.batch_size)
     x = np.concatenate([batch[0] for batch in pipeline.dataset.as_numpy_iterator()])

@@ -18,9 +18,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from mritumor.config.settings import AugmentSettings
+from mritumor.config.schema import AugmentSettings
+from mritumor.core.classes import CLASS_NAMES
 from mritumor.core.environment import import_tensorflow
-from mritumor.data.files import CLASS_NAMES, read_image
+from mritumor.data.images import read_image
 from mritumor.data.splits import load_split
 
 
@@ -52,14 +53,13 @@ def pil_loop(paths: list[Path], size: int) -> float:
 def pipeline_epochs(root: Path, size: int, cache: str, epochs: int) -> list[float]:
     """Images/s of each of ``epochs`` passes over the training pipeline."""
     import_tensorflow()
+    from mritumor.core.preprocessing import Preprocessing
     from mritumor.data.input_pipeline import PipelineOptions, build_pipeline
 
     split = load_split(root, "train", CLASS_NAMES)
     augment = AugmentSettings(zoom=0.0, brightness=0.0, contrast=0.0)
     options = PipelineOptions(
-        image_size=size,
-        channels=3,
-        resize="plain",
+        preprocessing=Preprocessing(image_size=size, channels=3, resize="plain"),
         batch_size=32,
         seed=0,
         cache=cache,  # type: ignore[arg-type]

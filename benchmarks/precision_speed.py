@@ -32,7 +32,7 @@ def measure(backbone: str, policy: str, size: int, channels: int, batch: int, ba
     import keras
     import numpy as np
 
-    from mritumor.config.settings import load_settings
+    from mritumor.config.loading import load_settings
     from mritumor.engine.losses import make_loss, make_optimizer
     from mritumor.models.classifier import build_classifier
 

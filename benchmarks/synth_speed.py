@@ -15,7 +15,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from mritumor.data.files import CLASS_NAMES
+from mritumor.core.classes import CLASS_NAMES
 from mritumor.data.synth import SynthConfig, write_synthetic_dataset
 
 

@@ -49,7 +49,7 @@ from typing import Any
 
 from _measure import cpu_model, emit_result, run_child, usable_cores
 
-from mritumor.data.files import CLASS_NAMES
+from mritumor.core.classes import CLASS_NAMES
 from mritumor.data.synth import SynthConfig, write_synthetic_dataset
 
 RESULT_PREFIX = "TRAIN_SPEED_RESULT "
@@ -60,7 +60,7 @@ MODES = ("mritumor", "bare")
 
 
 def settings_for(args: argparse.Namespace, backbone: str, root: Path, work: Path) -> Any:
-    from mritumor.config.settings import load_settings, parse_assignment
+    from mritumor.config.loading import load_settings, parse_assignment
 
     overrides = {
         "paths.data_dir": str(root),
@@ -79,7 +79,7 @@ def settings_for(args: argparse.Namespace, backbone: str, root: Path, work: Path
 
 
 class RecordingObserver:
-    """A :class:`~mritumor.engine.training.TrainingObserver` that keeps timestamps instead of drawing."""
+    """A :class:`~mritumor.engine.callbacks.TrainingObserver` that keeps timestamps instead of drawing."""
 
     def __init__(self) -> None:
         self.epochs: list[dict[str, Any]] = []

@@ -6,11 +6,13 @@ A page asks for a section with a marker comment, replaced on every build:
 - ``<!-- mritumor:config-template -->``   the output of ``mritumor config init``
 - ``<!-- mritumor:cli-reference -->``     every command of the Typer app, walked recursively
 - ``<!-- mritumor:backbones-table -->``   the built-in backbones of the registry
+- ``<!-- mritumor:bundle-schema -->``     the JSON Schema of a run's ``bundle.json``
 """
 
 from __future__ import annotations
 
 import inspect
+import json
 import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeGuard, Union, get_args, get_
 from mritumor.config.yaml_file import yaml_scalar
 
 if TYPE_CHECKING:
-    from mritumor.config.settings import Section
+    from mritumor.config.schema import Section
 
 CONSTRAINTS = (
     ("ge", "≥"),
@@ -43,7 +45,7 @@ def on_page_markdown(markdown: str, **_: Any) -> str:
 
 
 def config_reference() -> str:
-    from mritumor.config.settings import Settings
+    from mritumor.config.schema import Settings
 
     defaults = Settings.model_construct().model_dump(mode="json")
     fields = Settings.model_fields
@@ -65,7 +67,7 @@ def config_template() -> str:
 
 
 def _field_table(model: Any, values: dict[str, Any], prefix: str, names: list[str]) -> list[str]:
-    from mritumor.config.settings import env_var_name
+    from mritumor.config.schema import env_var_name
 
     rows = [
         "| Key | Type | Default | Constraints | Environment variable | Description |",
@@ -106,7 +108,7 @@ def _type_name(annotation: Any) -> str:
 
 
 def _is_section(annotation: Any) -> TypeGuard[type[Section]]:
-    from mritumor.config.settings import Section
+    from mritumor.config.schema import Section
 
     return isinstance(annotation, type) and issubclass(annotation, Section)
 
@@ -219,9 +221,19 @@ def backbones_table() -> str:
     return "\n".join(rows) + "\n"
 
 
+# The run folder --------------------------------------------------------------------------------
+
+
+def bundle_schema() -> str:
+    from mritumor.run.bundle import Bundle
+
+    return f"```json\n{json.dumps(Bundle.model_json_schema(), indent=2)}\n```\n"
+
+
 RENDERERS: dict[str, Callable[[], str]] = {
     "config-reference": config_reference,
     "config-template": config_template,
     "cli-reference": cli_reference,
     "backbones-table": backbones_table,
+    "bundle-schema": bundle_schema,
 }

@@ -1,4 +1,4 @@
-"""Small helpers shared by several test modules (images to plant, rich tables to read)."""
+"""Small helpers shared by several test modules (images to plant, rich tables to read, runs)."""
 
 from __future__ import annotations
 
@@ -6,10 +6,14 @@ import functools
 import struct
 import zlib
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
+
+if TYPE_CHECKING:
+    from mritumor.run.bundle import Bundle
 
 
 def smooth_image(seed: int, size: int = 64) -> NDArray[np.uint8]:
@@ -72,11 +76,13 @@ def build_run(run_dir: Path, data_root: Path, *, dropout: float = 0.0, seed: int
     files, and recompute the numbers themselves. TensorFlow is imported here,
     only by the modules that use this.
     """
-    from mritumor.config.settings import load_settings
-    from mritumor.data.files import CLASS_NAMES
+    from mritumor.config.loading import load_settings
+    from mritumor.core.classes import CLASS_NAMES
     from mritumor.data.splits import load_split
     from mritumor.models.classifier import build_classifier
-    from mritumor.run import bundle as bundles
+    from mritumor.run.bundle import new_bundle, write_bundle, write_config
+    from mritumor.run.layout import MODEL_FILE
+    from mritumor.run.splits import write_splits
 
     settings = load_settings(
         None,
@@ -91,9 +97,30 @@ def build_run(run_dir: Path, data_root: Path, *, dropout: float = 0.0, seed: int
 
     keras.utils.set_random_seed(seed)
     run_dir.mkdir(parents=True)
-    build_classifier(settings).save(run_dir / bundles.MODEL_FILE)
+    build_classifier(settings).save(run_dir / MODEL_FILE)
     splits = [load_split(data_root, name, CLASS_NAMES) for name in ("train", "val", "test")]
-    bundles.write_config(run_dir, settings)
-    bundles.write_splits(run_dir, data_root, splits)
-    bundles.write_bundle(run_dir, bundles.new_bundle(settings, "train"))
+    write_config(run_dir, settings)
+    write_splits(run_dir, data_root, splits)
+    write_bundle(run_dir, new_bundle(settings, "train"))
     return run_dir
+
+
+def make_bundle(**changes: Any) -> Bundle:
+    """A valid 4-class bundle (fixed time, versions and commit); ``changes`` replace fields."""
+    from mritumor.core.classes import CLASS_NAMES
+    from mritumor.run.bundle import Bundle
+
+    values: dict[str, Any] = {
+        "command": "train",
+        "class_names": list(CLASS_NAMES),
+        "negative_class": "no_tumor",
+        "image_size": 224,
+        "channels": 3,
+        "resize": "pad",
+        "backbone": "v2b0",
+        "created": "2025-01-02T03:04:05+00:00",
+        "versions": {"mritumor": "0.1.0"},
+        "git_commit": None,
+        **changes,
+    }
+    return Bundle(**values)

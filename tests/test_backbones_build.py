@@ -98,7 +98,7 @@ def test_efficientnet_takes_grayscale_input_as_three_equal_channels(
     import keras
     import numpy as np
 
-    from mritumor.config.settings import load_settings
+    from mritumor.config.loading import load_settings
     from mritumor.models.classifier import build_classifier
 
     keras.backend.clear_session()

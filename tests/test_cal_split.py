@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from helpers import save, smooth_image
-from mritumor.config.settings import load_settings
+from mritumor.config.loading import load_settings
+from mritumor.core.classes import CLASS_NAMES
 from mritumor.core.errors import UsageError
-from mritumor.data.files import CLASS_NAMES
 from mritumor.data.splits import carve_calibration_split, load_split
 
 PER_CLASS = 10

@@ -16,19 +16,13 @@ from PIL import Image
 from helpers import save, smooth_image, write_bomb
 from mritumor.core.errors import MritumorError, UsageError
 from mritumor.data import hashing
-from mritumor.data.check import (
-    CheckReport,
-    check_dataset,
-    class_folders,
-    leaks_path,
-    quarantine_leaks,
-    restore_quarantine,
-    write_leaks,
-    write_report,
-)
-from mritumor.data.hashing import DEFAULT_RADIUS, MIN_SIMILARITY
+from mritumor.data.check import CheckReport, check_dataset, class_folders
+from mritumor.data.check_report import leaks_path, report_json, write_leaks, write_report
+from mritumor.data.duplicates import DEFAULT_RADIUS, MIN_SIMILARITY
+from mritumor.data.phantom.render import render_slice
+from mritumor.data.quarantine import quarantine_leaks, restore_quarantine
 from mritumor.data.splits import load_split
-from mritumor.data.synth import SynthConfig, render_slice, write_synthetic_dataset
+from mritumor.data.synth import SynthConfig, write_synthetic_dataset
 
 
 class Dataset:
@@ -192,7 +186,7 @@ def test_each_kind_of_problem_is_reported_and_png_named_jpg_is_not(dataset: Data
         "tiny.png": "too_small",
     }
     assert report.class_counts["train"]["glioma"] == 3  # two originals + the PNG named .jpg
-    assert report.to_json()["summary"]["problems"] == {
+    assert report_json(report)["summary"]["problems"] == {
         "unreadable": 0,
         "truncated": 1,
         "zero_bytes": 1,
@@ -221,7 +215,7 @@ def test_an_empty_class_folder_makes_the_imbalance_infinite(dataset: Dataset) ->
 
     assert report.class_counts["train"]["meningioma"] == 0
     assert report.imbalance_ratios["train"] == float("inf")
-    assert report.to_json()["imbalance_ratio"]["train"] is None
+    assert report_json(report)["imbalance_ratio"]["train"] is None
 
 
 def test_write_report_saves_the_leakage_table_as_json(dataset: Dataset, tmp_path: Path) -> None:

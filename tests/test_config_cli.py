@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 from helpers import table_names
 from mritumor import __version__
 from mritumor.cli.main import app
-from mritumor.config.settings import Settings, load_settings, valid_keys
+from mritumor.config.loading import load_settings
+from mritumor.config.schema import Settings, valid_keys
 from mritumor.config.yaml_file import TEMPLATE_HEADER, resolved_yaml, settings_yaml, template_yaml
 
 WIDE = {"COLUMNS": "200"}

@@ -23,7 +23,8 @@ from mritumor.data.dicom import (  # noqa: E402
     pydicom_available,
     read_dicom_frames,
 )
-from mritumor.data.files import ImageTooLargeError, UnreadableImageError, read_image  # noqa: E402
+from mritumor.data.image_errors import ImageTooLargeError, UnreadableImageError  # noqa: E402
+from mritumor.data.images import read_image  # noqa: E402
 
 MR_IMAGE_STORAGE = UID("1.2.840.10008.5.1.4.1.1.4")
 RAMP = np.arange(1001, dtype=np.uint16).reshape(1, 1001)  # stored values 0..1000
@@ -337,6 +338,7 @@ def test_importing_the_module_does_not_import_pydicom() -> None:
 def test_a_pipeline_over_dicom_files_without_pydicom_is_one_usage_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from mritumor.core.preprocessing import Preprocessing
     from mritumor.data import dicom
     from mritumor.data.input_pipeline import PipelineOptions, build_pipeline
     from mritumor.data.splits import SplitFiles
@@ -344,7 +346,8 @@ def test_a_pipeline_over_dicom_files_without_pydicom_is_one_usage_error(
     monkeypatch.setattr(dicom, "pydicom_available", lambda: False)
     split = SplitFiles("test", (tmp_path / "scan.DCM",), (0,), ("a", "b"))
     (tmp_path / "scan.DCM").write_bytes(b"DICM")
-    options = PipelineOptions(image_size=8, channels=1, resize="plain", batch_size=1, seed=0)
+    preprocessing = Preprocessing(image_size=8, channels=1, resize="plain")
+    options = PipelineOptions(preprocessing=preprocessing, batch_size=1, seed=0)
     with pytest.raises(UsageError, match=r"mritumor\[dicom\]"):
         build_pipeline(split, options)
 

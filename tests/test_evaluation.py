@@ -21,19 +21,22 @@ from typer.testing import CliRunner
 from helpers import build_run
 from mritumor import plots
 from mritumor.cli.main import app
-from mritumor.data.files import CLASS_NAMES
+from mritumor.core.classes import CLASS_NAMES
 from mritumor.data.synth import SynthConfig, write_synthetic_dataset
-from mritumor.evaluation import steps as evaluation
-from mritumor.run import bundle as bundles
+from mritumor.evaluation import reports
+from mritumor.evaluation.eval_sets import default_split
+from mritumor.run.bundle import read_bundle, update_bundle
+from mritumor.run.layout import BUNDLE_FILE
+from mritumor.run.splits import read_split
 from mritumor.stats.calibration import softmax
 
 WIDE = {"COLUMNS": "200"}
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 EVAL_FILES = (
-    evaluation.SUMMARY_FILE,
-    evaluation.PREDICTIONS_FILE,
-    evaluation.REPORT_FILE,
-    evaluation.CONFUSION_CSV,
+    reports.SUMMARY_FILE,
+    reports.PREDICTIONS_FILE,
+    reports.REPORT_FILE,
+    reports.CONFUSION_CSV,
     plots.CM_FILE,
     plots.CM_NORM_FILE,
     plots.ROC_FILE,
@@ -90,7 +93,7 @@ def test_eval_writes_every_report_of_the_test_split(run_dir: Path, data_root: Pa
         assert (report_dir / name).is_file(), name
         if name.endswith(".png"):
             assert (report_dir / name).read_bytes()[:8] == PNG_SIGNATURE
-    rows = read_csv(report_dir / evaluation.PREDICTIONS_FILE)
+    rows = read_csv(report_dir / reports.PREDICTIONS_FILE)
     assert len(rows) == 4 * 6
     assert "accuracy [95% CI]" in result.stdout
     assert str(report_dir) in result.stdout.replace("\n", "")
@@ -101,10 +104,10 @@ def test_eval_summary_agrees_with_sklearn_on_its_own_predictions(
 ) -> None:
     assert invoke("eval", "--run", str(run_dir), "-q").exit_code == 0
     report_dir = run_dir / "reports" / "eval-test"
-    rows = read_csv(report_dir / evaluation.PREDICTIONS_FILE)
+    rows = read_csv(report_dir / reports.PREDICTIONS_FILE)
     true = [CLASS_NAMES.index(row["true_class"]) for row in rows]
     predicted = [CLASS_NAMES.index(row["predicted_class"]) for row in rows]
-    metrics = read_json(report_dir / evaluation.SUMMARY_FILE)["metrics"]
+    metrics = read_json(report_dir / reports.SUMMARY_FILE)["metrics"]
     assert isinstance(metrics, dict)
     assert metrics["accuracy"] == pytest.approx(accuracy_score(true, predicted))
     assert metrics["macro_f1"] == pytest.approx(
@@ -118,26 +121,26 @@ def test_eval_summary_agrees_with_sklearn_on_its_own_predictions(
 def test_predictions_hold_calibrated_probabilities_and_the_tumour_score(
     run_dir: Path, data_root: Path
 ) -> None:
-    bundles.update_bundle(run_dir, temperature=2.0)
+    update_bundle(run_dir, temperature=2.0)
     assert invoke("eval", "--run", str(run_dir), "-q").exit_code == 0
-    rows = read_csv(run_dir / "reports" / "eval-test" / evaluation.PREDICTIONS_FILE)
+    rows = read_csv(run_dir / "reports" / "eval-test" / reports.PREDICTIONS_FILE)
     for row in rows:
         probabilities = [float(row[f"p_{name}"]) for name in CLASS_NAMES]
         assert sum(probabilities) == pytest.approx(1.0, abs=1e-5)
         assert float(row["tumour_score"]) == pytest.approx(1.0 - float(row["p_no_tumor"]), abs=1e-5)
         assert row["predicted_class"] == CLASS_NAMES[int(np.argmax(probabilities))]
-    summary = read_json(run_dir / "reports" / "eval-test" / evaluation.SUMMARY_FILE)
+    summary = read_json(run_dir / "reports" / "eval-test" / reports.SUMMARY_FILE)
     assert summary["temperature"] == 2.0
 
 
 def test_eval_logits_equal_the_models_own_on_the_same_pixels(run_dir: Path) -> None:
     """The Predictor feeds the model exactly what the training pipeline would."""
-    from mritumor.data.files import read_image
+    from mritumor.data.images import read_image
     from mritumor.data.input_pipeline import resize_image
-    from mritumor.predict.inference import Predictor
+    from mritumor.predict.predictor import Predictor
 
     predictor = Predictor(run_dir)
-    paths = bundles.read_split(run_dir, "test", CLASS_NAMES).paths[:5]
+    paths = read_split(run_dir, "test", CLASS_NAMES).paths[:5]
     logits = predictor.logits(paths, batch_size=2).logits
     pixels = np.stack([resize_image(read_image(p, 3), 32, "pad").numpy() for p in paths])
     expected = predictor.model.predict(pixels.astype(np.float32), verbose=0)
@@ -150,7 +153,7 @@ def test_eval_logits_equal_the_models_own_on_the_same_pixels(run_dir: Path) -> N
 def test_eval_on_val_notes_that_val_selected_the_checkpoint(run_dir: Path) -> None:
     result = invoke("eval", "--run", str(run_dir), "--split", "val", "-q")
     assert result.exit_code == 0, result.output
-    summary = read_json(run_dir / "reports" / "eval-val" / evaluation.SUMMARY_FILE)
+    summary = read_json(run_dir / "reports" / "eval-val" / reports.SUMMARY_FILE)
     assert any("selected the checkpoint" in note for note in summary["notes"])  # type: ignore[union-attr]
     assert "selected the checkpoint" in result.stderr
 
@@ -162,7 +165,7 @@ def test_eval_of_a_folder_with_spaces_writes_reports_named_after_it(
     result = invoke("eval", "--run", str(run_dir), "--split", str(folder), "-q")
     assert result.exit_code == 0, result.output
     (report_dir,) = (run_dir / "reports").glob("eval-site B scans-*")
-    summary = read_json(report_dir / evaluation.SUMMARY_FILE)
+    summary = read_json(report_dir / reports.SUMMARY_FILE)
     assert summary["split"] == str(folder.resolve())
     assert summary["n_images"] == 24
 
@@ -171,7 +174,7 @@ def test_eval_reports_accuracy_without_copies_of_training_images(
     run_dir: Path, data_root: Path, tmp_path: Path
 ) -> None:
     folder = Path(shutil.copytree(data_root / "test", tmp_path / "site with copies"))
-    train = bundles.read_split(run_dir, "train", CLASS_NAMES)
+    train = read_split(run_dir, "train", CLASS_NAMES)
     copied = []
     for index in (0, 7, 13):  # one exact copy, under another name, from three classes
         source, label = train.paths[index], CLASS_NAMES[train.labels[index]]
@@ -179,13 +182,13 @@ def test_eval_reports_accuracy_without_copies_of_training_images(
     result = invoke("eval", "--run", str(run_dir), "--split", str(folder))
     assert result.exit_code == 0, result.output
     (report_dir,) = (run_dir / "reports").glob("eval-site with copies-*")
-    summary = read_json(report_dir / evaluation.SUMMARY_FILE)
+    summary = read_json(report_dir / reports.SUMMARY_FILE)
     without = summary["without_training_copies"]
     assert isinstance(without, dict)
     assert (summary["n_images"], without["n_copies"], without["n_images"]) == (27, 3, 24)
-    listed = read_csv(report_dir / evaluation.TRAINING_COPIES_FILE)
+    listed = read_csv(report_dir / reports.TRAINING_COPIES_FILE)
     assert sorted(Path(row["path"]).name for row in listed) == sorted(p.name for p in copied)
-    rows = read_csv(report_dir / evaluation.PREDICTIONS_FILE)
+    rows = read_csv(report_dir / reports.PREDICTIONS_FILE)
     kept = [row for row in rows if not Path(row["path"]).name.startswith("copy ")]
     expected = accuracy_score(
         [row["true_class"] for row in kept], [row["predicted_class"] for row in kept]
@@ -198,7 +201,7 @@ def test_eval_reports_accuracy_without_copies_of_training_images(
 
 def test_eval_of_distinct_images_reports_no_copies_and_val_is_not_checked(run_dir: Path) -> None:
     assert invoke("eval", "--run", str(run_dir), "-q").exit_code == 0
-    test = read_json(run_dir / "reports" / "eval-test" / evaluation.SUMMARY_FILE)
+    test = read_json(run_dir / "reports" / "eval-test" / reports.SUMMARY_FILE)
     assert test["without_training_copies"] == {  # phantoms are all distinct
         "n_copies": 0,
         "n_images": test["n_images"],
@@ -207,7 +210,7 @@ def test_eval_of_distinct_images_reports_no_copies_and_val_is_not_checked(run_di
         "macro_f1": pytest.approx(test["metrics"]["macro_f1"]),  # type: ignore[index]
     }
     assert invoke("eval", "--run", str(run_dir), "--split", "val", "-q").exit_code == 0
-    val = read_json(run_dir / "reports" / "eval-val" / evaluation.SUMMARY_FILE)
+    val = read_json(run_dir / "reports" / "eval-val" / reports.SUMMARY_FILE)
     assert "without_training_copies" not in val
 
 
@@ -215,7 +218,7 @@ def test_external_eval_reports_auc_without_copies_of_training_images(
     run_dir: Path, data_root: Path, tmp_path: Path
 ) -> None:
     external = Path(shutil.copytree(data_root / "external" / "synthetic", tmp_path / "ext"))
-    train = bundles.read_split(run_dir, "train", CLASS_NAMES)
+    train = read_split(run_dir, "train", CLASS_NAMES)
     no_tumour = [
         p for p, y in zip(train.paths, train.labels, strict=True) if CLASS_NAMES[y] == "no_tumor"
     ]
@@ -223,7 +226,7 @@ def test_external_eval_reports_auc_without_copies_of_training_images(
     result = invoke("eval", "--run", str(run_dir), "--external", str(external), "-q")
     assert result.exit_code == 0, result.output
     (report_dir,) = (run_dir / "reports").glob("eval-ext-*")
-    summary = read_json(report_dir / evaluation.SUMMARY_FILE)
+    summary = read_json(report_dir / reports.SUMMARY_FILE)
     without = summary["without_training_copies"]
     assert isinstance(without, dict)
     assert (without["n_copies"], without["n_images"]) == (1, 12)
@@ -239,7 +242,7 @@ def test_unreadable_images_are_listed_and_skipped(
     assert result.exit_code == 0, result.output
     assert "broken.jpg" in result.stderr
     (report_dir,) = (run_dir / "reports").glob("eval-scans-*")
-    summary = read_json(report_dir / evaluation.SUMMARY_FILE)
+    summary = read_json(report_dir / reports.SUMMARY_FILE)
     assert summary["n_images"] == 24
     assert summary["n_unreadable"] == 1
 
@@ -261,16 +264,16 @@ def test_bad_run_or_split_is_one_line_exit_2(
 
 
 def test_a_bundle_of_another_schema_version_is_refused(run_dir: Path) -> None:
-    data = read_json(run_dir / bundles.BUNDLE_FILE)
+    data = read_json(run_dir / BUNDLE_FILE)
     data["schema_version"] = 99
-    (run_dir / bundles.BUNDLE_FILE).write_text(json.dumps(data), encoding="utf-8")
+    (run_dir / BUNDLE_FILE).write_text(json.dumps(data), encoding="utf-8")
     result = invoke("eval", "--run", str(run_dir))
     assert result.exit_code == 2
     assert "schema" in result.stderr
 
 
 def test_a_model_that_does_not_match_its_bundle_is_refused(run_dir: Path) -> None:
-    bundles.update_bundle(run_dir, image_size=64)
+    update_bundle(run_dir, image_size=64)
     result = invoke("eval", "--run", str(run_dir))
     assert result.exit_code == 2
     assert "mixes files of different runs" in result.stderr
@@ -279,7 +282,7 @@ def test_a_model_that_does_not_match_its_bundle_is_refused(run_dir: Path) -> Non
 def test_the_newest_run_is_the_default(run_dir: Path) -> None:
     result = invoke("eval", "--set", f"paths.runs_dir={run_dir.parent}", "-q")
     assert result.exit_code == 0, result.output
-    assert (run_dir / "reports" / "eval-test" / evaluation.SUMMARY_FILE).is_file()
+    assert (run_dir / "reports" / "eval-test" / reports.SUMMARY_FILE).is_file()
 
 
 # --------------------------------------------------------------------------- calibrate
@@ -294,9 +297,9 @@ def test_calibrate_writes_the_temperature_into_the_bundle_and_the_metrics(
     result = invoke("--config", str(config), "calibrate", "--run", str(run_dir), "-q")
     assert result.exit_code == 0, result.output
     assert config.read_bytes() == before
-    report_dir = run_dir / "reports" / evaluation.CALIBRATION_DIR
-    metrics = read_json(report_dir / evaluation.CALIBRATION_METRICS_FILE)
-    bundle = bundles.read_bundle(run_dir)
+    report_dir = run_dir / "reports" / reports.CALIBRATION_DIR
+    metrics = read_json(report_dir / reports.CALIBRATION_METRICS_FILE)
+    bundle = read_bundle(run_dir)
     assert metrics["T"] == pytest.approx(bundle.temperature)
     assert metrics["n_bins"] == 10
     assert metrics["split"] == "val"
@@ -305,17 +308,17 @@ def test_calibrate_writes_the_temperature_into_the_bundle_and_the_metrics(
     assert {"ECE", "MCE", "BrierScore", "NLL"} <= set(metrics)
     assert bundle.temperature_source is not None
     assert bundle.temperature_source["split"] == "val"
-    for name in (plots.RELIABILITY_FILE, evaluation.RELIABILITY_BEFORE_FILE):
+    for name in (plots.RELIABILITY_FILE, reports.RELIABILITY_BEFORE_FILE):
         assert (report_dir / name).read_bytes()[:8] == PNG_SIGNATURE
 
 
 def test_calibrate_fits_on_cal_when_the_run_has_one(run_dir: Path) -> None:
     shutil.copy(run_dir / "splits" / "val.csv", run_dir / "splits" / "cal.csv")
-    assert evaluation.default_split(run_dir, "calibrate") == "cal"
+    assert default_split(run_dir, "calibrate") == "cal"
     assert invoke("calibrate", "--run", str(run_dir), "-q").exit_code == 0
-    assert bundles.read_bundle(run_dir).temperature_source["split"] == "cal"  # type: ignore[index]
+    assert read_bundle(run_dir).temperature_source["split"] == "cal"  # type: ignore[index]
     result = invoke("eval", "--run", str(run_dir), "--split", "cal", "-q")
-    summary = read_json(run_dir / "reports" / "eval-cal" / evaluation.SUMMARY_FILE)
+    summary = read_json(run_dir / "reports" / "eval-cal" / reports.SUMMARY_FILE)
     assert any("temperature was fitted on these images" in n for n in summary["notes"])  # type: ignore[union-attr]
     assert result.exit_code == 0
 
@@ -328,10 +331,10 @@ def test_calibrating_on_test_warns_that_test_is_spent(run_dir: Path) -> None:
 
 def test_calibrate_clears_a_threshold_chosen_at_the_old_temperature(run_dir: Path) -> None:
     assert invoke("threshold", "--run", str(run_dir), "--strategy", "youden", "-q").exit_code == 0
-    assert bundles.read_bundle(run_dir).threshold is not None
+    assert read_bundle(run_dir).threshold is not None
     result = invoke("calibrate", "--run", str(run_dir), "-q")
     assert result.exit_code == 0, result.output
-    bundle = bundles.read_bundle(run_dir)
+    bundle = read_bundle(run_dir)
     assert bundle.threshold is None and bundle.threshold_info is None
     assert "run `mritumor threshold` again" in result.stderr
 
@@ -345,8 +348,8 @@ def test_threshold_writes_the_operating_point_into_the_bundle(run_dir: Path) -> 
         "threshold.bootstrap_samples=50", "-q",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    report = read_json(run_dir / "reports" / "threshold" / evaluation.THRESHOLD_FILE)
-    bundle = bundles.read_bundle(run_dir)
+    report = read_json(run_dir / "reports" / "threshold" / reports.THRESHOLD_FILE)
+    bundle = read_bundle(run_dir)
     assert bundle.threshold == report["threshold"]
     assert bundle.threshold_info is not None
     assert bundle.threshold_info["strategy"] == "youden"
@@ -362,9 +365,9 @@ def test_eval_reports_sensitivity_at_the_bundles_threshold(run_dir: Path) -> Non
     assert invoke("threshold", "--run", str(run_dir), "--strategy", "youden", "-q").exit_code == 0
     assert invoke("eval", "--run", str(run_dir), "-q").exit_code == 0
     report_dir = run_dir / "reports" / "eval-test"
-    binary = read_json(report_dir / evaluation.SUMMARY_FILE)["tumour_vs_no_tumour"]
-    rows = read_csv(report_dir / evaluation.PREDICTIONS_FILE)
-    threshold = bundles.read_bundle(run_dir).threshold
+    binary = read_json(report_dir / reports.SUMMARY_FILE)["tumour_vs_no_tumour"]
+    rows = read_csv(report_dir / reports.PREDICTIONS_FILE)
+    threshold = read_bundle(run_dir).threshold
     assert threshold is not None
     tumour = [row["true_class"] != "no_tumor" for row in rows]
     called = [float(row["tumour_score"]) >= threshold for row in rows]
@@ -379,7 +382,7 @@ def test_threshold_on_an_external_yes_no_folder(run_dir: Path, data_root: Path) 
         "threshold", "--run", str(run_dir), "--data", str(external), "--strategy", "youden", "-q"
     )
     assert result.exit_code == 0, result.output
-    report = read_json(run_dir / "reports" / "threshold" / evaluation.THRESHOLD_FILE)
+    report = read_json(run_dir / "reports" / "threshold" / reports.THRESHOLD_FILE)
     assert report["n_images"] == 12 and report["n_tumour"] == 6
 
 
@@ -391,7 +394,7 @@ def test_threshold_on_tumour_images_only_is_a_clear_error(run_dir: Path, tmp_pat
     result = invoke("threshold", "--run", str(run_dir), "--data", str(folder), "-q")
     assert result.exit_code == 2, result.output
     assert "no tumour" in result.stderr or "no-tumour" in result.stderr
-    assert bundles.read_bundle(run_dir).threshold is None
+    assert read_bundle(run_dir).threshold is None
 
 
 # --------------------------------------------------------------------------- model files
@@ -399,7 +402,7 @@ def test_threshold_on_tumour_images_only_is_a_clear_error(run_dir: Path, tmp_pat
 
 def test_only_keras_files_are_loaded(tmp_path: Path) -> None:
     from mritumor.core.errors import MritumorError, UsageError
-    from mritumor.models.classifier import load_model
+    from mritumor.run.checkpoint import load_model
 
     with pytest.raises(UsageError, match="refused"):
         load_model(tmp_path / "model.h5")

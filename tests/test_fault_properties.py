@@ -4,7 +4,7 @@ Whatever a bundle.json holds (keys deleted, values of another type, random JSON,
 a cut-off file, flipped or random bytes), :func:`mritumor.run.bundle.read_bundle`
 either returns a usable bundle or raises a :class:`~mritumor.core.errors.MritumorError`
 whose message is one line. Whatever a YAML file, the ``MRITUMOR_*`` environment
-or the flags hold, :func:`mritumor.config.settings.load_settings` either resolves or
+or the flags hold, :func:`mritumor.config.loading.load_settings` either resolves or
 raises :class:`~mritumor.core.errors.ConfigError`. Anything else (a KeyError, a
 TypeError, a RecursionError) would reach the user as a traceback.
 
@@ -28,11 +28,13 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mritumor.config.settings import env_var_name, load_settings, valid_keys
+from mritumor.config.loading import load_settings
+from mritumor.config.schema import env_var_name, valid_keys
 from mritumor.config.yaml_file import template_yaml
 from mritumor.core.environment import ENV_PREFIX
 from mritumor.core.errors import ConfigError, MritumorError
-from mritumor.run.bundle import Bundle, BundleError, latest_run, read_bundle
+from mritumor.run.bundle import Bundle, read_bundle
+from mritumor.run.layout import BundleError, latest_run
 
 FEW = settings(
     max_examples=40,
@@ -62,7 +64,7 @@ VALID_BUNDLE: dict[str, Any] = Bundle(
     best_epoch=1,
     epochs_completed=1,
     extra={"recipe": None, "best_value": 0.9},
-).to_dict()
+).model_dump()
 BUNDLE_KEYS = sorted(VALID_BUNDLE)
 
 json_scalars = (

@@ -47,7 +47,7 @@ from typer.testing import CliRunner
 from helpers import save, smooth_image
 from mritumor.cli.main import app
 from mritumor.core.environment import ENV_PREFIX
-from mritumor.run.bundle import LOCK_FILE
+from mritumor.run.layout import LOCK_FILE
 
 WIDE = {"COLUMNS": "200"}
 REPO = Path(__file__).resolve().parents[1]

@@ -12,23 +12,23 @@ from typer.testing import CliRunner
 
 from helpers import build_run, save, smooth_image
 from mritumor.cli.main import app
-from mritumor.config.settings import load_settings
+from mritumor.config.loading import load_settings
 from mritumor.core.environment import import_tensorflow
 from mritumor.core.errors import UsageError
 from mritumor.data.splits import BINARY_CLASSES, EXTERNAL_SPLITS
 from mritumor.data.synth import SynthConfig, write_synthetic_dataset
-from mritumor.run import bundle as bundles
+from mritumor.run.bundle import read_bundle, update_bundle
+from mritumor.run.history import read_history
+from mritumor.run.layout import LAST_FILE, MODEL_FILE
+from mritumor.run.splits import list_splits, read_split
 from mritumor.stats.calibration import softmax, tumour_score
 
 tf = import_tensorflow()
 
-from mritumor.engine.finetune import (  # noqa: E402  (TensorFlow must be imported quietly first)
-    REPORT_FILE,
-    HybridLoss,
-    hybrid_targets,
-    split_external,
-    training_duplicates,
-)
+# TensorFlow must be imported quietly first
+from mritumor.engine.finetune_data import split_external, training_duplicates  # noqa: E402
+from mritumor.engine.finetune_loss import HybridLoss, hybrid_targets  # noqa: E402
+from mritumor.engine.finetune_report import REPORT_FILE  # noqa: E402
 
 NEGATIVE = 2  # no_tumor
 WIDE = {"COLUMNS": "200"}
@@ -217,13 +217,13 @@ def test_a_finetune_run_is_a_bundle_that_names_its_parent(
     finetuned: tuple[Path, Path, str],
 ) -> None:
     parent, run_dir, stdout = finetuned
-    bundle = bundles.read_bundle(run_dir)
+    bundle = read_bundle(run_dir)
     assert bundle.command == "finetune" and bundle.parent == str(parent)
     assert bundle.image_size == 32 and bundle.temperature == 1.0 and bundle.threshold is None
     assert bundle.epochs_completed == 2
-    for name in (bundles.MODEL_FILE, bundles.LAST_FILE, "reports/finetune_comparison.png"):
+    for name in (MODEL_FILE, LAST_FILE, "reports/finetune_comparison.png"):
         assert (run_dir / name).is_file(), name
-    assert set(bundles.list_splits(run_dir)) == {"train", "val", "test", *EXTERNAL_SPLITS}
+    assert set(list_splits(run_dir)) == {"train", "val", "test", *EXTERNAL_SPLITS}
     assert "sensitivity (ext_holdout)" in stdout
 
 
@@ -239,13 +239,13 @@ def test_copies_of_the_parents_training_images_are_left_out_and_reported(
     assert report["external_training_duplicates_dropped"] == 2
     assert "Left out 2 external image(s) that copy the parent's training images" in stdout
     for name in EXTERNAL_SPLITS:
-        paths = bundles.read_split(run_dir, name, BINARY_CLASSES).paths
+        paths = read_split(run_dir, name, BINARY_CLASSES).paths
         assert not any(path.name.startswith("also in training") for path in paths)
 
 
 def test_the_external_splits_never_overlap(finetuned: tuple[Path, Path, str]) -> None:
     _, run_dir, _ = finetuned
-    sets = [set(bundles.read_split(run_dir, n, BINARY_CLASSES).paths) for n in EXTERNAL_SPLITS]
+    sets = [set(read_split(run_dir, n, BINARY_CLASSES).paths) for n in EXTERNAL_SPLITS]
     assert not (sets[0] & sets[1] or sets[0] & sets[2] or sets[1] & sets[2])
     assert sum(len(s) for s in sets) == 20
 
@@ -253,13 +253,13 @@ def test_the_external_splits_never_overlap(finetuned: tuple[Path, Path, str]) ->
 def test_thresholds_are_chosen_on_ext_val_never_on_holdout(
     finetuned: tuple[Path, Path, str],
 ) -> None:
-    from mritumor.predict.inference import Predictor
+    from mritumor.predict.predictor import Predictor
     from mritumor.stats.threshold import choose_threshold
 
     parent, run_dir, _ = finetuned
     report = json.loads((run_dir / "reports" / REPORT_FILE).read_text())
     assert report["threshold_chosen_on"] == "ext_val"
-    val = bundles.read_split(run_dir, "ext_val", BINARY_CLASSES)
+    val = read_split(run_dir, "ext_val", BINARY_CLASSES)
     for when, model_dir in (("before", parent), ("after", run_dir)):
         predictor = Predictor(model_dir)
         scores = tumour_score(
@@ -275,9 +275,9 @@ def test_the_checkpoint_is_the_epoch_with_the_lowest_ext_val_loss(
     finetuned: tuple[Path, Path, str],
 ) -> None:
     _, run_dir, _ = finetuned
-    rows = bundles.read_history(run_dir)
+    rows = read_history(run_dir)
     best = min(range(len(rows)), key=lambda i: float(rows[i]["val_loss"]))  # type: ignore[arg-type]
-    assert bundles.read_bundle(run_dir).best_epoch == best + 1
+    assert read_bundle(run_dir).best_epoch == best + 1
 
 
 def test_calibrate_and_threshold_default_to_ext_val_in_a_finetune_run(
@@ -287,7 +287,7 @@ def test_calibrate_and_threshold_default_to_ext_val_in_a_finetune_run(
     copy = Path(shutil.copytree(run_dir, tmp_path / "ft"))
     runner = CliRunner()
     assert runner.invoke(app, ["calibrate", "--run", str(copy), "-q"], env=WIDE).exit_code == 0
-    source = bundles.read_bundle(copy).temperature_source
+    source = read_bundle(copy).temperature_source
     assert source is not None and source["split"] == "ext_val"
     assert source["target"] == "the tumour score (binary NLL)"
     spent = runner.invoke(
@@ -312,9 +312,9 @@ def test_partial_unfreezing_trains_the_last_blocks_and_never_batchnorm(
     import keras
 
     from mritumor.engine.finetune import _set_trainable
-    from mritumor.models.classifier import load_model
+    from mritumor.run.checkpoint import load_model
 
-    model = load_model(build_run(tmp_path / "run", data_root) / bundles.MODEL_FILE)
+    model = load_model(build_run(tmp_path / "run", data_root) / MODEL_FILE)
     _set_trainable(model, 1)
     trainable = {w.path.split("/")[0] for w in model.trainable_weights}
     assert trainable == {"last_conv", "logits"}
@@ -335,7 +335,7 @@ def test_eval_on_an_external_folder_reports_the_binary_view(
 ) -> None:
     parent, _, _ = finetuned
     copy = Path(shutil.copytree(parent, tmp_path / "parent"))
-    bundles.update_bundle(copy, threshold=0.5)
+    update_bundle(copy, threshold=0.5)
     external = data_root / "external" / "synthetic"
     result = CliRunner().invoke(
         app, ["eval", "--run", str(copy), "--external", str(external)], env=WIDE
@@ -359,8 +359,8 @@ def test_resume_continues_with_the_hybrid_loss_and_optimizer_state(
         app, ["finetune", "--resume", str(copy), "--epochs", "3", "-q"], env=WIDE
     )
     assert result.exit_code == 0, result.output
-    rows = bundles.read_history(copy)
+    rows = read_history(copy)
     assert [row["epoch"] for row in rows] == [1, 2, 3]
-    assert bundles.read_bundle(copy).epochs_completed == 3
+    assert read_bundle(copy).epochs_completed == 3
     refused = CliRunner().invoke(app, ["finetune", "--resume", str(copy), "--lr", "0.1"], env=WIDE)
     assert refused.exit_code == 2 and "--resume continues a run" in refused.stderr

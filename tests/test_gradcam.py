@@ -11,9 +11,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from mritumor.config.settings import Settings, load_settings
+from mritumor.config.loading import load_settings
+from mritumor.config.schema import Settings
 from mritumor.core.errors import UsageError
-from mritumor.models.classifier import build_classifier, load_model
+from mritumor.models.classifier import build_classifier
 from mritumor.predict import gradcam
 from mritumor.predict.gradcam import (
     Explanation,
@@ -26,6 +27,7 @@ from mritumor.predict.gradcam import (
     resize_heatmap,
     resize_mask,
 )
+from mritumor.run.checkpoint import load_model
 
 METHODS = ("gradcam", "gradcam++")
 SIDE = 16

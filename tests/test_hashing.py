@@ -13,28 +13,27 @@ from numpy.typing import NDArray
 from PIL import Image, ImageFilter
 
 from helpers import save, smooth_image, write_bomb
-from mritumor.data import hashing
-from mritumor.data.hashing import (
+from mritumor.data import hashing, perceptual
+from mritumor.data.duplicates import (
     DEFAULT_RADIUS,
     MIN_SIMILARITY,
-    THUMBNAIL_SHAPE,
     DuplicateGraph,
-    ImageRecord,
-    ProblemKind,
+    duplicate_groups,
+)
+from mritumor.data.hashing import ImageRecord, ProblemKind, hash_image, image_hashes
+from mritumor.data.perceptual import (
+    THUMBNAIL_SHAPE,
     candidate_pairs,
     detail_vectors,
-    duplicate_groups,
     hamming_distance,
     hamming_pairs,
-    hash_image,
-    image_hashes,
     perceptual_hash,
     popcount,
     popcount_by_table,
     thumbnail,
     thumbnail_hash,
 )
-from mritumor.data.synth import render_slice
+from mritumor.data.phantom.render import render_slice
 
 
 def jpeg_bytes(pixels: NDArray[np.uint8], quality: int = 90) -> bytes:
@@ -249,7 +248,7 @@ def with_neighbours(count: int, seed: int) -> list[int]:
 def test_hamming_pairs_matches_a_brute_force_search(
     block_elements: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(hashing, "PAIR_BLOCK_ELEMENTS", block_elements)
+    monkeypatch.setattr(perceptual, "PAIR_BLOCK_ELEMENTS", block_elements)
     hashes = with_neighbours(40, seed=block_elements)
 
     i, j, d = hamming_pairs(np.array(hashes, dtype=np.uint64), 4)

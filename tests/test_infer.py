@@ -14,20 +14,14 @@ from typer.testing import CliRunner
 
 from helpers import build_run, write_bomb
 from mritumor.cli.main import app
+from mritumor.core.classes import CLASS_NAMES
 from mritumor.core.errors import EXIT_PARTIAL
-from mritumor.data.files import CLASS_NAMES
 from mritumor.data.synth import SynthConfig, write_synthetic_dataset
-from mritumor.evaluation import steps as evaluation
-from mritumor.predict.inference import (
-    NO_TUMOUR,
-    REVIEW,
-    TUMOUR,
-    ImageInput,
-    Predictor,
-    gather_inputs,
-    triage,
-)
-from mritumor.run import bundle as bundles
+from mritumor.evaluation import reports
+from mritumor.predict.ensemble import NO_TUMOUR, REVIEW, TUMOUR, triage
+from mritumor.predict.inputs import ImageInput, gather_inputs
+from mritumor.predict.predictor import Predictor
+from mritumor.run.bundle import update_bundle
 
 WIDE = {"COLUMNS": "200"}
 
@@ -70,7 +64,7 @@ def test_infer_and_eval_give_identical_predictions(
 ) -> None:
     run_dir = Path(shutil.copytree(runs[0], tmp_path / "run"))
     assert invoke("eval", "--run", str(run_dir), "-q").exit_code == 0
-    predictions = run_dir / "reports" / "eval-test" / evaluation.PREDICTIONS_FILE
+    predictions = run_dir / "reports" / "eval-test" / reports.PREDICTIONS_FILE
     evaluated = csv_rows(predictions.read_text(encoding="utf-8"))
     result = invoke(
         "infer", str(data_root / "test"), "--run", str(run_dir), "--format", "csv", "-q"
@@ -96,7 +90,7 @@ def test_tta_1_is_plain_inference_and_tta_2_averages_the_flip(
     inputs, _ = gather_inputs([str(data_root / "test" / "glioma")])
     plain = predictor.predict(inputs).samples
     np.testing.assert_array_equal(predictor.predict(inputs, tta=1).samples, plain)
-    from mritumor.data.files import read_image
+    from mritumor.data.images import read_image
     from mritumor.data.input_pipeline import resize_image
 
     pixels = np.stack(
@@ -188,7 +182,7 @@ def test_the_bundles_threshold_decides(
     runs: tuple[Path, ...], data_root: Path, tmp_path: Path
 ) -> None:
     run_dir = Path(shutil.copytree(runs[0], tmp_path / "run"))
-    bundles.update_bundle(run_dir, threshold=0.5)
+    update_bundle(run_dir, threshold=0.5)
     result = invoke(
         "infer", str(data_root / "test"), "--run", str(run_dir), "--format", "jsonl", "-q"
     )

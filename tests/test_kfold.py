@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 
 from mritumor.core.environment import ENV_PREFIX
 from mritumor.core.errors import UsageError
-from mritumor.engine import kfold
+from mritumor.engine import kfold, kfold_summary
 
 CLASSES = ("glioma", "meningioma", "no_tumor", "pituitary")
 TINY: dict[str, Any] = {
@@ -100,7 +100,7 @@ def test_inner_carve_never_uses_the_held_out_fold() -> None:
 
 def test_summary_matches_hand_computation() -> None:
     scores = [0.8, 0.9, 0.7]
-    summary = kfold.summarize(scores)
+    summary = kfold_summary.summarize(scores)
     mean = (0.8 + 0.9 + 0.7) / 3
     std = math.sqrt(((0.8 - mean) ** 2 + (0.9 - mean) ** 2 + (0.7 - mean) ** 2) / 2)
     half = 4.302652729911275 * std / math.sqrt(3)  # t_{0.975, 2}
@@ -108,21 +108,23 @@ def test_summary_matches_hand_computation() -> None:
     assert summary.std == pytest.approx(std) == pytest.approx(0.1)
     assert summary.ci_low == pytest.approx(mean - half)
     assert summary.ci_high == pytest.approx(mean + half)
-    single = kfold.summarize([0.5])
+    single = kfold_summary.summarize([0.5])
     assert single.mean == 0.5 and math.isnan(single.std) and math.isnan(single.ci_low)
 
 
 def test_fold_metrics_and_aggregate() -> None:
     truth = [0, 0, 1, 2]
     probs = np.array([[0.9, 0.1, 0.0], [0.2, 0.8, 0.0], [0.1, 0.7, 0.2], [0.3, 0.3, 0.4]])
-    metrics = kfold.fold_metrics(truth, probs, 3)
+    metrics = kfold_summary.fold_metrics(truth, probs, 3)
     assert metrics.accuracy == pytest.approx(0.75)
     assert metrics.balanced_accuracy == pytest.approx((0.5 + 1 + 1) / 3)
     # F1: class 0 = 2/3 (p=1, r=.5), class 1 = 2/3 (p=.5, r=1), class 2 = 1
     assert metrics.macro_f1 == pytest.approx((2 / 3 + 2 / 3 + 1) / 3)
     assert metrics.loss == pytest.approx(-np.log([0.9, 0.2, 0.7, 0.4]).mean())
-    table = {f: kfold.FoldMetrics(a, a, a, 1 - a, 4) for f, a in ((1, 0.8), (2, 0.9), (3, 0.7))}
-    summary = kfold.aggregate(table)
+    table = {
+        f: kfold_summary.FoldMetrics(a, a, a, 1 - a, 4) for f, a in ((1, 0.8), (2, 0.9), (3, 0.7))
+    }
+    summary = kfold_summary.aggregate(table)
     assert summary["accuracy"].mean == pytest.approx(0.8)
     assert summary["loss"].mean == pytest.approx(0.2)
 
@@ -131,8 +133,9 @@ def test_aggregation_imports_no_tensorflow() -> None:
     import subprocess
 
     code = (
-        "import sys, mritumor.engine.kfold as k; k.summarize([1.0, 2.0]);"
-        "k.assign_folds([0,0,1,1], [0,1,2,3], 2, 0); print('tensorflow' in sys.modules)"
+        "import sys, mritumor.engine.kfold as k, mritumor.engine.kfold_summary as s;"
+        "s.summarize([1.0, 2.0]); k.assign_folds([0,0,1,1], [0,1,2,3], 2, 0);"
+        "print('tensorflow' in sys.modules)"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
@@ -214,9 +217,9 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 
 
 def test_kfold_reports_three_folds_with_oof_and_grouped_folds(tiny: Tiny, full_run: Path) -> None:
-    summary = json.loads((full_run / kfold.SUMMARY_FILE).read_text())
+    summary = json.loads((full_run / kfold_summary.SUMMARY_FILE).read_text())
     assert summary["folds_scored"] == [1, 2, 3]
-    for name in kfold.METRICS:
+    for name in kfold_summary.METRICS:
         entry = summary["summary"][name]
         assert entry["ci_low"] <= entry["mean"] <= entry["ci_high"]
     pooled = {
@@ -225,7 +228,7 @@ def test_kfold_reports_three_folds_with_oof_and_grouped_folds(tiny: Tiny, full_r
         for p in (tiny.data / split).rglob("*")
         if p.is_file()
     }
-    oof = read_csv(full_run / kfold.OOF_FILE)
+    oof = read_csv(full_run / kfold_summary.OOF_FILE)
     assert sorted(row["path"] for row in oof) == sorted(pooled)
     assert set(oof[0]) == {"path", "fold", "true", "predicted", *(f"p_{c}" for c in CLASSES)}
     for row in oof:
@@ -241,7 +244,7 @@ def test_kfold_reports_three_folds_with_oof_and_grouped_folds(tiny: Tiny, full_r
     assert {row["fold"] for row in oof} == {"1", "2", "3"}
     for row in oof:
         assert by_path[row["path"]]["fold"] == row["fold"]
-    assert (full_run / "reports" / kfold.SUMMARY_FIGURE).stat().st_size > 0
+    assert (full_run / "reports" / kfold_summary.SUMMARY_FIGURE).stat().st_size > 0
     for fold in (1, 2, 3):
         folder = full_run / f"fold-{fold}"
         assert (folder / "model.keras").is_file() and (folder / "bundle.json").is_file()
@@ -268,10 +271,10 @@ def test_single_fold_then_resume(tiny: Tiny, train_calls: list[Path]) -> None:
     run = tiny.runs / "one"
     assert [path.name for path in train_calls] == ["fold-2"]
     assert not (run / "fold-1").exists() and not (run / "fold-3").exists()
-    summary = json.loads((run / kfold.SUMMARY_FILE).read_text())
+    summary = json.loads((run / kfold_summary.SUMMARY_FILE).read_text())
     assert summary["folds_scored"] == [2]
     assert summary["summary"]["accuracy"]["std"] is None
-    oof = read_csv(run / kfold.OOF_FILE)
+    oof = read_csv(run / kfold_summary.OOF_FILE)
     assert oof and {row["fold"] for row in oof} == {"2"}
     again = invoke(["kfold", "--resume", str(run), "--fold", "2", "-q"])
     assert again.exit_code == 0, again.output

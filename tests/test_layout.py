@@ -16,9 +16,9 @@ from fixtures_kaggle import (
     write_class_tree,
     write_image,
 )
+from mritumor.core.classes import CLASS_NAMES
 from mritumor.core.errors import UsageError
 from mritumor.data.layout import (
-    CLASS_NAMES,
     Destination,
     detect_layout,
     normalise_binary_label,

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from mritumor.config.settings import TrainSettings
+from mritumor.config.schema import TrainSettings
 from mritumor.core.errors import ConfigError
 from mritumor.engine.losses import make_loss, make_optimizer
 

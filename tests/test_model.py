@@ -9,17 +9,18 @@ from typing import Any
 import numpy as np
 import pytest
 
-from mritumor.config.settings import Settings, load_settings
+from mritumor.config.loading import load_settings
+from mritumor.config.schema import Settings
 from mritumor.models.classifier import (
     DROPOUT_LAYER,
     LOGITS_LAYER,
     POOL_LAYER,
     backbone_layers,
     build_classifier,
-    load_model,
     set_backbone_trainable,
 )
 from mritumor.models.registry import registry
+from mritumor.run.checkpoint import load_model
 
 SIZE = 32
 #: small_cnn: 4 convs without bias, 4 BatchNorms with gamma and beta, the Dense kernel and bias.

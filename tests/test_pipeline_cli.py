@@ -147,7 +147,7 @@ def test_a_step_that_reruns_reruns_every_step_after_it(demo: tuple[Path, str]) -
 
 
 def test_the_data_stamp_follows_the_images_not_the_checks_own_report(tmp_path: Path) -> None:
-    from mritumor.config.settings import load_settings
+    from mritumor.config.loading import load_settings
     from mritumor.engine.pipeline import _data_stamp
 
     root = tmp_path / "data"

@@ -103,7 +103,7 @@ def test_training_warns_once_when_bf16_is_forced_on_an_emulating_cpu(
 ) -> None:
     import keras
 
-    from mritumor.config.settings import load_settings
+    from mritumor.config.loading import load_settings
     from mritumor.engine import precision, training
 
     monkeypatch.setattr(precision, "detect_hardware", lambda: CPU_AVX2)
@@ -127,9 +127,10 @@ def test_a_resumed_model_keeps_the_precision_its_layers_were_saved_in(
 
     import keras
 
-    from mritumor.config.settings import load_settings
-    from mritumor.engine import precision, training
-    from mritumor.models.classifier import build_classifier, load_model
+    from mritumor.config.loading import load_settings
+    from mritumor.engine import training
+    from mritumor.models.classifier import build_classifier
+    from mritumor.run.checkpoint import load_model
 
     settings = load_settings(
         None, {"model.backbone": "small_cnn", "model.weights": "none", "data.image_size": 32}
@@ -138,7 +139,7 @@ def test_a_resumed_model_keeps_the_precision_its_layers_were_saved_in(
     build_classifier(settings).save(tmp_path / "last.keras")
     keras.mixed_precision.set_global_policy("float32")
     model = load_model(tmp_path / "last.keras")
-    monkeypatch.setattr(precision, "detect_hardware", lambda: CPU_AVX2)
+    monkeypatch.setattr(training, "detect_hardware", lambda: CPU_AVX2)
     chosen = choose_precision("auto", CPU_AVX2)
     assert chosen.policy == "float32"
     with warnings.catch_warnings(record=True) as caught:

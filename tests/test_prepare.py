@@ -31,11 +31,15 @@ from fixtures_kaggle import (
 )
 from helpers import write_bomb
 from mritumor.cli.main import app
+from mritumor.core.classes import CLASS_NAMES
 from mritumor.core.errors import UsageError
-from mritumor.data.files import iter_image_files, read_image
-from mritumor.data.hashing import duplicate_groups, image_hashes
-from mritumor.data.layout import CLASS_NAMES, normalise_class_name
-from mritumor.data.prepare import FilesByLabel, carve_splits, prepare
+from mritumor.data.carve import FilesByLabel, carve_splits
+from mritumor.data.duplicates import duplicate_groups
+from mritumor.data.files import iter_image_files
+from mritumor.data.hashing import image_hashes
+from mritumor.data.images import read_image
+from mritumor.data.layout import normalise_class_name
+from mritumor.data.prepare import prepare
 from mritumor.data.splits import load_split
 
 MASOUD_TRAIN_COUNTS = {normalise_class_name(k): v for k, v in MASOUD_TRAIN.items()}

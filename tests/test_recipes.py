@@ -11,8 +11,9 @@ from typer.testing import CliRunner
 
 from helpers import table_names
 from mritumor.cli.main import app
+from mritumor.config.loading import load_settings
 from mritumor.config.recipes import RECIPES, get_recipe, recipe_names
-from mritumor.config.settings import Settings, load_settings, valid_keys
+from mritumor.config.schema import Settings, valid_keys
 from mritumor.core.errors import ConfigError
 from mritumor.models.registry import registry
 

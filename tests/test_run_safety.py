@@ -26,7 +26,8 @@ from helpers import build_run
 from mritumor.cli.main import app
 from mritumor.core.environment import ENV_PREFIX
 from mritumor.core.errors import MritumorError
-from mritumor.run import bundle as bundles
+from mritumor.run.bundle import read_bundle
+from mritumor.run.layout import BUNDLE_FILE, HISTORY_FILE, LAST_FILE, LOCK_FILE, MODEL_FILE
 from mritumor.run.lock import RunInUseError, claimed_run
 from test_train_cli import SUBPROCESS_TIMEOUT_S, history_rows, one_error_line, train_args
 
@@ -65,7 +66,7 @@ def file_state(folder: Path) -> dict[str, bytes]:
     return {
         str(path.relative_to(folder)): path.read_bytes()
         for path in sorted(folder.rglob("*"))
-        if path.is_file() and path.name != bundles.LOCK_FILE
+        if path.is_file() and path.name != LOCK_FILE
     }
 
 
@@ -127,7 +128,7 @@ def test_the_lock_is_released_after_the_block_and_when_its_process_is_killed(
 
 
 def test_a_fresh_claim_of_a_folder_that_holds_a_run_is_refused(tmp_path: Path) -> None:
-    (tmp_path / bundles.BUNDLE_FILE).write_text("{}", encoding="utf-8")
+    (tmp_path / BUNDLE_FILE).write_text("{}", encoding="utf-8")
     with (
         pytest.raises(MritumorError, match="already holds a run; continue it with --resume"),
         claimed_run(tmp_path, fresh=True),
@@ -152,7 +153,7 @@ def test_two_trainings_started_together_with_one_name_one_refuses_and_one_run_su
     assert "is in use by another mritumor process" in message or "already holds a run" in message
     assert f"Run {runs / 'X'}" in (tmp_path / f"{winner}.out").read_text()
     run_dir = runs / "X"
-    bundle = bundles.read_bundle(run_dir)
+    bundle = read_bundle(run_dir)
     assert bundle.epochs_completed == 2
     assert [int(row["epoch"]) for row in history_rows(run_dir)] == [1, 2]
 
@@ -179,7 +180,7 @@ def test_sigkill_leaves_a_run_that_resumes_to_the_end(
     process = start_training(tmp_path, *train_args(cli_data_root, runs, 4), name="killed")
     try:
         if moment == "before the first checkpoint":
-            wait_for((run_dir / bundles.BUNDLE_FILE).exists, process, "the bundle")
+            wait_for((run_dir / BUNDLE_FILE).exists, process, "the bundle")
         else:
             wait_for(lambda: len(history_rows_or_none(run_dir)) >= 1, process, "the first epoch")
         if moment == "while a checkpoint is written":
@@ -191,9 +192,9 @@ def test_sigkill_leaves_a_run_that_resumes_to_the_end(
             process.kill()
             process.wait()
     # What a kill leaves: whole files only, a bundle that reads, checkpoints that are zips.
-    bundle = bundles.read_bundle(run_dir)
-    json.loads((run_dir / bundles.BUNDLE_FILE).read_text(encoding="utf-8"))
-    for name in (bundles.MODEL_FILE, bundles.LAST_FILE):
+    bundle = read_bundle(run_dir)
+    json.loads((run_dir / BUNDLE_FILE).read_text(encoding="utf-8"))
+    for name in (MODEL_FILE, LAST_FILE):
         if (run_dir / name).exists():
             assert zipfile.is_zipfile(run_dir / name), name
     completed = bundle.epochs_completed
@@ -203,12 +204,12 @@ def test_sigkill_leaves_a_run_that_resumes_to_the_end(
     code = resumed.wait(timeout=SUBPROCESS_TIMEOUT_S)
     stderr = (tmp_path / "resumed.err").read_text()
     if code == 0:
-        assert bundles.read_bundle(run_dir).epochs_completed == 4
+        assert read_bundle(run_dir).epochs_completed == 4
         assert [int(row["epoch"]) for row in history_rows(run_dir)] == [1, 2, 3, 4]
         assert partial_files(run_dir) == []
     else:  # killed before last.keras existed: the run says it is incomplete, in one line
         assert code == 2
-        assert not (run_dir / bundles.LAST_FILE).exists()
+        assert not (run_dir / LAST_FILE).exists()
         (error,) = [line for line in stderr.splitlines() if line.startswith("error: ")]
         assert error == (
             f"error: {run_dir} is incomplete: it stopped before its first epoch ended, so there "
@@ -223,16 +224,16 @@ def test_sigkill_leaves_a_run_that_resumes_to_the_end(
 
 
 def history_rows_or_none(run_dir: Path) -> list[dict[str, str]]:
-    return history_rows(run_dir) if (run_dir / bundles.HISTORY_FILE).exists() else []
+    return history_rows(run_dir) if (run_dir / HISTORY_FILE).exists() else []
 
 
 def test_a_failing_checkpoint_write_keeps_the_previous_checkpoint(tmp_path: Path) -> None:
     import keras
 
-    from mritumor.engine.training import _save_atomically
+    from mritumor.engine.checkpoints import _save_atomically
 
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
-    path = tmp_path / bundles.MODEL_FILE
+    path = tmp_path / MODEL_FILE
     _save_atomically(model, path)
     before = path.read_bytes()
 
@@ -247,7 +248,7 @@ def test_a_failing_checkpoint_write_keeps_the_previous_checkpoint(tmp_path: Path
         f"cannot write checkpoint {path}: No space left on device; the previous model.keras is kept"
     )
     assert path.read_bytes() == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == [bundles.MODEL_FILE]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [MODEL_FILE]
 
 
 # --------------------------------------------------------------------------- damaged run files
@@ -262,8 +263,8 @@ def run_dir(cli_data_root: Path, tmp_path: Path) -> Path:
 def test_a_damaged_model_keras_is_named_with_the_way_to_recover(
     damage: str, run_dir: Path, cli_data_root: Path
 ) -> None:
-    model = run_dir / bundles.MODEL_FILE
-    shutil.copy(model, run_dir / bundles.LAST_FILE)
+    model = run_dir / MODEL_FILE
+    shutil.copy(model, run_dir / LAST_FILE)
     data = model.read_bytes()
     model.write_bytes(b"" if damage == "zero bytes" else data[: len(data) // 2])
     image = next((cli_data_root / "test" / "glioma").iterdir())
@@ -278,7 +279,7 @@ def test_a_damaged_model_keras_is_named_with_the_way_to_recover(
 def test_a_bundle_with_fewer_class_names_than_outputs_is_refused(
     run_dir: Path, cli_data_root: Path
 ) -> None:
-    path = run_dir / bundles.BUNDLE_FILE
+    path = run_dir / BUNDLE_FILE
     bundle = json.loads(path.read_text(encoding="utf-8"))
     bundle["class_names"] = ["glioma", "meningioma", "no_tumor"]
     path.write_text(json.dumps(bundle), encoding="utf-8")

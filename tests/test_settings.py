@@ -9,15 +9,10 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mritumor.config.settings import (
-    Settings,
-    env_var_name,
-    load_settings,
-    parse_assignment,
-    valid_keys,
-)
+from mritumor.config.loading import load_settings, parse_assignment
+from mritumor.config.schema import Settings, env_var_name, valid_keys
+from mritumor.core.classes import CLASS_NAMES
 from mritumor.core.errors import ConfigError, UsageError
-from mritumor.data.files import CLASS_NAMES
 
 # --- defaults and precedence -------------------------------------------------------------
 

@@ -15,17 +15,18 @@ from sklearn.model_selection import StratifiedKFold, cross_val_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from mritumor.core.classes import CLASS_NAMES
 from mritumor.core.errors import UsageError
-from mritumor.data.files import CLASS_NAMES, SPLITS, iter_image_files, read_image
+from mritumor.data.files import SPLITS, iter_image_files
+from mritumor.data.images import read_image
+from mritumor.data.phantom.lesions import NO_TUMOR, TUMOUR_CLASSES
+from mritumor.data.phantom.render import render_slice
 from mritumor.data.synth import (
     MANIFEST_NAME,
     MASKS_DIR,
-    NO_TUMOR,
-    TUMOUR_CLASSES,
     SynthConfig,
     SynthSummary,
     mask_path,
-    render_slice,
     write_synthetic_dataset,
 )
 

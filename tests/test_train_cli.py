@@ -22,8 +22,10 @@ from typer.testing import CliRunner
 
 from mritumor.cli.main import app
 from mritumor.core.environment import ENV_PREFIX
-from mritumor.models.classifier import backbone_layers, load_model
-from mritumor.run import bundle as bundles
+from mritumor.models.classifier import backbone_layers
+from mritumor.run.bundle import read_bundle
+from mritumor.run.checkpoint import load_model
+from mritumor.run.layout import HISTORY_FILE
 
 STEPS = 4  # 32 train images in batches of 8
 WIDE = {"COLUMNS": "200"}
@@ -65,7 +67,7 @@ def train_args(data: Path, runs: Path, epochs: int, *extra: str) -> list[str]:
 
 
 def history_rows(run_dir: Path) -> list[dict[str, str]]:
-    with (run_dir / bundles.HISTORY_FILE).open(newline="", encoding="utf-8") as handle:
+    with (run_dir / HISTORY_FILE).open(newline="", encoding="utf-8") as handle:
         return list(csv.DictReader(handle))
 
 
@@ -104,7 +106,7 @@ def interrupted(cli_data_root: Path, tmp_path_factory: pytest.TempPathFactory) -
         process = subprocess.Popen(command, stdout=stdout, stderr=stderr, env=env, cwd=work)
         try:
             deadline = time.monotonic() + SUBPROCESS_TIMEOUT_S
-            while not (run_dir / bundles.HISTORY_FILE).exists():
+            while not (run_dir / HISTORY_FILE).exists():
                 if process.poll() is not None:
                     pytest.fail(f"training ended early: {(work / 'stderr.txt').read_text()}")
                 if time.monotonic() > deadline:
@@ -133,7 +135,7 @@ def test_sigint_saves_last_keras_and_says_how_to_resume(interrupted: Interrupted
     run_dir = interrupted.run_dir
     last = load_model(run_dir / "last.keras", compile=True)
     assert int(last.optimizer.iterations.numpy()) >= 1
-    bundle = bundles.read_bundle(run_dir)
+    bundle = read_bundle(run_dir)
     rows = history_rows(run_dir)
     assert bundle.epochs_completed == len(rows) >= 1
     assert [int(row["epoch"]) for row in rows] == list(range(1, len(rows) + 1))
@@ -148,7 +150,7 @@ def test_resume_with_more_epochs_continues_the_interrupted_run(
     runner: CliRunner, interrupted: Interrupted
 ) -> None:
     run_dir = interrupted.run_dir
-    completed = bundles.read_bundle(run_dir).epochs_completed
+    completed = read_bundle(run_dir).epochs_completed
     before = history_rows(run_dir)
     last = load_model(run_dir / "last.keras", compile=True)
     steps_before = int(last.optimizer.iterations.numpy())
@@ -163,7 +165,7 @@ def test_resume_with_more_epochs_continues_the_interrupted_run(
     assert rows[:-1] == before
     assert [int(row["epoch"]) for row in rows] == list(range(1, completed + 2))
     assert rows[-1]["stage"] == "full"
-    bundle = bundles.read_bundle(run_dir)
+    bundle = read_bundle(run_dir)
     assert bundle.epochs_completed == completed + 1
     assert bundle.extra["unfreeze_epoch"] == 1
     # The saved full-stage optimizer went on: one more epoch of steps.
@@ -195,7 +197,7 @@ def test_a_second_run_gets_a_new_directory(
     assert not [w for w in caught if "ran out of data" in str(w.message)]
     # A frozen stage on a randomly initialised backbone trains the head on random features.
     assert [w for w in caught if "starts from random weights" in str(w.message)]
-    bundle = bundles.read_bundle(run_dir)
+    bundle = read_bundle(run_dir)
     assert bundle.epochs_completed == 1 and "unfreeze_epoch" not in bundle.extra
 
 
@@ -338,7 +340,7 @@ def test_unreadable_images_are_listed_once_at_the_end_only_when_quiet(
 
 
 def test_progress_warnings_keep_brackets_in_file_names(capsys: pytest.CaptureFixture[str]) -> None:
-    from mritumor.cli.train import RichTrainingObserver
+    from mritumor.cli.runs import RichTrainingObserver
 
     observer = RichTrainingObserver()
     observer.on_warning("skipped unreadable image: cannot read image /d/[b]old scan.jpg")

@@ -20,14 +20,19 @@ from typing import Any
 import numpy as np
 import pytest
 
-from mritumor.config.settings import Settings, TrainSettings, load_settings
+from mritumor.config.loading import load_settings
+from mritumor.config.schema import Settings, TrainSettings
 from mritumor.core.environment import ENV_PREFIX
 from mritumor.core.errors import BackboneError, ConfigError, UsageError
 from mritumor.data.synth import SynthConfig, write_synthetic_dataset
 from mritumor.engine import training
-from mritumor.engine.training import Stage, TrainResult, plan_stages
-from mritumor.models.classifier import backbone_layers, load_model
-from mritumor.run import bundle as bundles
+from mritumor.engine.callbacks import stop_on_sigint
+from mritumor.engine.stages import Stage, plan_stages
+from mritumor.engine.training import TrainResult
+from mritumor.models.classifier import backbone_layers
+from mritumor.run.bundle import Bundle, read_bundle
+from mritumor.run.checkpoint import load_model
+from mritumor.run.layout import HISTORY_FILE, RunLayout
 
 TRAIN_PER_CLASS, VAL_PER_CLASS, CLASSES, BATCH = 8, 4, 4, 8
 STEPS = TRAIN_PER_CLASS * CLASSES // BATCH  # optimizer steps per epoch
@@ -141,7 +146,7 @@ def run(
 
 
 def history_rows(run_dir: Path) -> list[dict[str, str]]:
-    with (run_dir / bundles.HISTORY_FILE).open(newline="", encoding="utf-8") as handle:
+    with (run_dir / HISTORY_FILE).open(newline="", encoding="utf-8") as handle:
         return list(csv.DictReader(handle))
 
 
@@ -168,7 +173,7 @@ def finished(tiny: Tiny, tmp_path_factory: pytest.TempPathFactory) -> Finished:
     runs = tmp_path_factory.mktemp("runs")
     settings = tiny.with_(runs)
     recorder = Recorder()
-    result, model = run(settings, bundles.new_run_dir(runs, "train"), observer=recorder)
+    result, model = run(settings, RunLayout.create(runs, "train").root, observer=recorder)
     predictions = model.predict(probe_images(), verbose=0)
     return Finished(settings, result, recorder, model, predictions)
 
@@ -205,7 +210,7 @@ def test_short_run_writes_the_whole_bundle(finished: Finished) -> None:
         assert (run_dir / name).is_file(), name
     assert not list(run_dir.glob(".*partial*")), "temporary checkpoint files left behind"
 
-    bundle = bundles.read_bundle(run_dir)
+    bundle = read_bundle(run_dir)
     assert bundle.command == "train" and bundle.backbone == "small_cnn"
     assert bundle.image_size == 32 and bundle.channels == 3
     assert bundle.class_names == ["glioma", "meningioma", "no_tumor", "pituitary"]
@@ -285,7 +290,7 @@ def test_model_keras_holds_the_best_epoch(finished: Finished) -> None:
     run_dir = finished.result.run_dir
     losses = [float(row["val_loss"]) for row in history_rows(run_dir)]
     best = int(np.argmin(losses)) + 1  # the first on a tie: only strict improvements count
-    bundle = bundles.read_bundle(run_dir)
+    bundle = read_bundle(run_dir)
     assert bundle.best_epoch == finished.result.best_epoch == best
     assert bundle.extra["best_value"] == pytest.approx(min(losses))
     assert finished.result.best_value == pytest.approx(min(losses))
@@ -315,7 +320,7 @@ class Phase:
 
     result: TrainResult | None
     recorder: Recorder | None
-    bundle: bundles.Bundle
+    bundle: Bundle
     rows: list[dict[str, str]]
     backbone_trainable: list[bool]
     iterations: int
@@ -328,7 +333,7 @@ def snapshot(run_dir: Path, result: TrainResult | None, recorder: Recorder | Non
     return Phase(
         result=result,
         recorder=recorder,
-        bundle=bundles.read_bundle(run_dir),
+        bundle=read_bundle(run_dir),
         rows=history_rows(run_dir),
         backbone_trainable=[layer.trainable for layer in backbone_layers(last)],
         iterations=int(last.optimizer.iterations.numpy()),
@@ -357,7 +362,7 @@ def resumed(tiny: Tiny, tmp_path_factory: pytest.TempPathFactory) -> Resumed:
     """
     runs = tmp_path_factory.mktemp("resume")
     settings = tiny.with_(runs, train__epochs=3)
-    run_dir = bundles.new_run_dir(runs, "train")
+    run_dir = RunLayout.create(runs, "train").root
     with pytest.raises(RuntimeError, match="power went out"):
         run(settings, run_dir, observer=Recorder(fail_on_stage="full"))
     crashed = snapshot(run_dir, None, None)
@@ -432,7 +437,7 @@ def test_resume_after_ctrl_c_finishes_without_repeating_epochs(resumed: Resumed)
 
 def test_second_ctrl_c_quits_at_once_and_handlers_are_restored() -> None:
     before = signal.getsignal(signal.SIGINT)
-    with training.stop_on_sigint() as stop_requested:
+    with stop_on_sigint() as stop_requested:
         assert not stop_requested()
         signal.raise_signal(signal.SIGINT)
         assert stop_requested()
@@ -448,7 +453,7 @@ def test_stop_on_sigint_outside_the_main_thread_installs_nothing() -> None:
 
     def worker() -> None:
         try:
-            with training.stop_on_sigint() as stop_requested:
+            with stop_on_sigint() as stop_requested:
                 outcome.append(stop_requested())
         except Exception as error:  # reported below
             outcome.append(error)
@@ -498,7 +503,7 @@ def stopped_early(tiny: Tiny, tmp_path_factory: pytest.TempPathFactory) -> tuple
             "_is_improvement",
             lambda self, current, reference: reference is None,
         )
-        result, _ = run(settings, bundles.new_run_dir(root / "runs", "train"), observer=recorder)
+        result, _ = run(settings, RunLayout.create(root / "runs", "train").root, observer=recorder)
     return recorder, (result, bad_train, bad_val)
 
 
@@ -512,7 +517,7 @@ def test_early_stopping_ends_the_frozen_stage_and_the_full_stage_takes_over(
     assert [row["epoch"] for row in rows] == ["1", "2", "3", "4"]
     assert [row["stage"] for row in rows] == ["frozen", "frozen", "full", "full"]
     assert result.epochs_completed == 4 and not result.interrupted
-    bundle = bundles.read_bundle(result.run_dir)
+    bundle = read_bundle(result.run_dir)
     assert bundle.epochs_completed == 4
     assert bundle.extra["unfreeze_epoch"] == 2
     assert iterations(result.run_dir / "last.keras") == 2 * STEPS

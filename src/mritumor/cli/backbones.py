@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+from rich.table import Table
 
 from mritumor.cli.completion import complete_backbone
 from mritumor.cli.ui import console
@@ -25,8 +26,6 @@ def list_backbones(
     ] = None,
 ) -> None:
     """Name, aliases, default input size, parameter count and source of each backbone."""
-    from rich.table import Table
-
     from mritumor.models.registry import registry
 
     specs = registry.specs(pattern)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from mritumor.config.recipes import RECIPES
+
 
 def complete_backbone(incomplete: str) -> list[tuple[str, str]]:
     """Backbone names (not aliases) that start with what was typed, with their description."""
@@ -17,7 +19,5 @@ def complete_backbone(incomplete: str) -> list[tuple[str, str]]:
 
 def complete_recipe(incomplete: str) -> list[tuple[str, str]]:
     """Recipe names that start with what was typed, with their summary."""
-    from mritumor.config.recipes import RECIPES
-
     prefix = incomplete.lower()
     return [(recipe.name, recipe.summary) for recipe in RECIPES if recipe.name.startswith(prefix)]

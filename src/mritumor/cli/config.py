@@ -7,8 +7,11 @@ from typing import Annotated
 
 import typer
 
+from mritumor import __version__
 from mritumor.cli.state import SetOption, resolve_settings
 from mritumor.cli.ui import console
+from mritumor.core.errors import UsageError
+from mritumor.core.fsutil import atomic_write_text
 
 app = typer.Typer(
     help="Show the resolved settings or write a commented config file.", no_args_is_help=True
@@ -18,7 +21,6 @@ app = typer.Typer(
 @app.command("show")
 def show(ctx: typer.Context, assignments: SetOption = None) -> None:
     """Print the resolved settings as YAML; explicitly set keys say where they came from."""
-    from mritumor import __version__
     from mritumor.config.yaml_file import resolved_yaml
 
     loaded = resolve_settings(ctx, assignments=assignments or ())
@@ -34,8 +36,6 @@ def init(
 ) -> None:
     """Write every setting with its default and a comment saying what it does."""
     from mritumor.config.yaml_file import template_yaml
-    from mritumor.core.errors import UsageError
-    from mritumor.core.fsutil import atomic_write_text
 
     if path.is_dir():
         raise UsageError(

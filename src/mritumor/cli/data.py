@@ -8,12 +8,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.markup import escape
+from rich.table import Table
 
 from mritumor.cli.state import SetOption, resolve_settings
 from mritumor.cli.ui import console, err_console, print_counts, progress_bar
+from mritumor.core.errors import UsageError
 
 if TYPE_CHECKING:
-    from mritumor.config.settings import Settings
+    from mritumor.config.schema import Settings
     from mritumor.data.check import CheckReport
     from mritumor.data.prepare import PrepareSummary
 
@@ -90,7 +93,6 @@ def fetch(
     Without a network, a copy already in the kagglehub cache is used, and the
     version it holds is reported. navoneel lands in external/navoneel.
     """
-    from mritumor.core.errors import UsageError
     from mritumor.data.fetch import fetch as fetch_dataset
     from mritumor.data.fetch import kaggle_dataset
 
@@ -188,7 +190,6 @@ def synth(
     Glioma, meningioma, pituitary and no-tumour phantoms in the standard layout,
     masks under masks/, and with --external a yes/no set in another domain.
     """
-    from mritumor.core.errors import UsageError
     from mritumor.data.synth import SynthConfig, write_synthetic_dataset
 
     settings = _settings(ctx, out, None, seed, assignments)
@@ -262,14 +263,10 @@ def check(
     written to <report>-leaks.csv beside the JSON report, and with --fix the copy in val,
     test or external is moved to a quarantine folder (undo log in quarantine/moves.json).
     """
-    from mritumor.data.check import (
-        check_dataset,
-        leaks_path,
-        quarantine_leaks,
-        write_leaks,
-        write_report,
-    )
-    from mritumor.data.hashing import DEFAULT_RADIUS, MIN_SIMILARITY
+    from mritumor.data.check import check_dataset
+    from mritumor.data.check_report import leaks_path, write_leaks, write_report
+    from mritumor.data.duplicates import DEFAULT_RADIUS, MIN_SIMILARITY
+    from mritumor.data.quarantine import quarantine_leaks
 
     settings = _settings(ctx, root, None, None, assignments)
     data_root = settings.paths.data_dir
@@ -358,8 +355,6 @@ def _report_prepared(summary: PrepareSummary) -> None:
 
 def _warn_about_prepared(summary: PrepareSummary) -> None:
     """Every image file left out, with why, and every split short of a class, on stderr."""
-    from rich.markup import escape
-
     if summary.left_out:
         err_console.print(
             f"[yellow]warning:[/] left out {len(summary.left_out)} file(s) that are not usable "
@@ -421,9 +416,6 @@ def _relative(report: CheckReport, path: Path) -> str:
 
 def _print_rows(title: str, columns: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
     """A table on a terminal; elsewhere (a pipe, a log) tab-separated lines, paths never cut."""
-    from rich.markup import escape
-    from rich.table import Table
-
     if not console.is_terminal:  # written as they are: rich would turn the tabs into spaces
         lines = [title, *("\t".join(row) for row in (columns, *rows))]
         console.file.write("\n".join(lines) + "\n")

@@ -7,23 +7,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from rich.table import Table
 
-from mritumor.cli.options import QuietOption
+from mritumor.cli.options import InferenceBatchOption, QuietOption, RunOption
 from mritumor.cli.state import SetOption, resolve_settings
 from mritumor.cli.ui import console, err_console, optional_progress, report_unreadable
+from mritumor.core.errors import UsageError
+from mritumor.run.layout import latest_run
 
 if TYPE_CHECKING:
-    from mritumor.config.settings import Settings
-    from mritumor.evaluation.steps import StepReport
-    from mritumor.predict.inference import Predictor
+    from mritumor.config.schema import Settings
+    from mritumor.evaluation.reports import StepReport
+    from mritumor.predict.predictor import Predictor
 
-RunOption = Annotated[
-    Path | None,
-    typer.Option(help="Run directory [default: the newest run under paths.runs_dir]."),
-]
-InferenceBatchOption = Annotated[
-    int | None, typer.Option(min=1, help="Images per model call [default: inference.batch_size].")
-]
 FitSplitHelp = (
     "Split of the run (cal, val, ...) or a folder of class sub-folders "
     "[default: cal when the run has one, else val]."
@@ -56,8 +52,7 @@ def evaluate(
     A yes/no set (--external, or a finetune run's ext_* splits) gets the tumour-score
     AUC, threshold_roc.png and the counts at the run's threshold.
     """
-    from mritumor.core.errors import UsageError
-    from mritumor.evaluation.steps import evaluate as evaluate_run
+    from mritumor.evaluation.evaluate import evaluate as evaluate_run
 
     if external is not None:
         if split is not None:
@@ -87,7 +82,7 @@ def calibrate(
     Reports NLL, ECE, MCE and Brier before and after in
     reports/calibration/calibration_metrics.json with reliability diagrams.
     """
-    from mritumor.evaluation.steps import calibrate as calibrate_run
+    from mritumor.evaluation.calibrate import calibrate as calibrate_run
 
     flags = {"calibration.n_bins": bins}
     report = _run_step(ctx, calibrate_run, run, split, batch_size, quiet, assignments, flags)
@@ -130,7 +125,7 @@ def threshold(
     Searches the exact ROC thresholds; writes reports/threshold/threshold_optimization.json
     and threshold_roc.png, and the threshold into bundle.json (never into your config).
     """
-    from mritumor.evaluation.steps import choose_operating_point
+    from mritumor.evaluation.operating_point import choose_operating_point
 
     flags = {
         "threshold.strategy": strategy,
@@ -170,8 +165,7 @@ def _run_step(
 
 
 def _predictor(settings: Settings, run: Path | None) -> Predictor:
-    from mritumor.predict.inference import Predictor
-    from mritumor.run.bundle import latest_run
+    from mritumor.predict.predictor import Predictor
 
     run_dir = run if run is not None else latest_run(settings.paths.runs_dir)
     return Predictor(run_dir)
@@ -188,8 +182,6 @@ def _interval(value: Any, interval: Any) -> str:
 
 
 def _table(title: str, rows: list[tuple[str, str]]) -> None:
-    from rich.table import Table
-
     table = Table(title=title, title_justify="left")
     table.add_column("metric", style="bold")
     table.add_column("value", justify="right")

@@ -7,19 +7,16 @@ from typing import Annotated
 
 import typer
 
-from mritumor.cli.evaluate import RunOption
-from mritumor.cli.infer import image_inputs
-from mritumor.cli.options import QuietOption
+from mritumor.cli.options import ImagePathsArgument, QuietOption, RunOption
 from mritumor.cli.state import SetOption, resolve_settings
-from mritumor.cli.ui import console, optional_progress, report_unreadable
+from mritumor.cli.ui import console, image_inputs, optional_progress, report_unreadable
 from mritumor.core.errors import EXIT_PARTIAL, UsageError
+from mritumor.run.layout import RunLayout, latest_run
 
 
 def gradcam(
     ctx: typer.Context,
-    paths: Annotated[
-        list[str], typer.Argument(help="Image files, folders (searched recursively) or globs.")
-    ],
+    paths: ImagePathsArgument,
     run: RunOption = None,
     class_name: Annotated[
         str | None,
@@ -48,15 +45,14 @@ def gradcam(
     """
     from mritumor.predict.explanations import write_panels
     from mritumor.predict.gradcam import METHODS
-    from mritumor.predict.inference import Predictor
-    from mritumor.run.bundle import latest_run
+    from mritumor.predict.predictor import Predictor
 
     if method not in METHODS:
         raise UsageError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
     settings = resolve_settings(ctx, {}, assignments or ()).settings
     inputs, missing = image_inputs(paths)
     predictor = Predictor(run or latest_run(settings.paths.runs_dir))
-    folder = out or predictor.run_dir / "reports" / "gradcam"
+    folder = out or RunLayout(predictor.run_dir).reports / "gradcam"
     with optional_progress(quiet, "Explaining") as progress:
         panels = write_panels(
             predictor,

@@ -6,13 +6,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from rich.table import Table
 
-from mritumor.cli.evaluate import RunOption
-from mritumor.cli.options import ExistOkOption, QuietOption, SeedOption
+from mritumor.cli.options import ExistOkOption, QuietOption, RunOption, SeedOption
+from mritumor.cli.runs import exit_interrupted, training_run
 from mritumor.cli.state import SetOption, resolve_settings, resumed_settings
-from mritumor.cli.train import create_run_dir, removed_unless_started, training_observer
 from mritumor.cli.ui import console
-from mritumor.core.errors import EXIT_INTERRUPTED
+from mritumor.run.layout import RunLayout, latest_run
 
 if TYPE_CHECKING:
     from mritumor.engine.finetune import FinetuneResult
@@ -67,8 +67,7 @@ def finetune(
     4-class test split. Writes a new run (runs/finetune-<n>) that records its parent.
     """
     from mritumor.engine.finetune import finetune as finetune_run
-    from mritumor.run.bundle import latest_run, read_bundle
-    from mritumor.run.lock import claimed_run
+    from mritumor.run.bundle import read_bundle
 
     flags = {
         "finetune.external": external,
@@ -84,17 +83,14 @@ def finetune(
         settings = resumed_settings(
             ctx, resume, flags, assignments, changeable=frozenset({"finetune.epochs"})
         )
-        parent, run_dir, created = Path(bundle.parent or ""), resume, False
+        parent = Path(bundle.parent or "")
     else:
         settings = resolve_settings(ctx, flags, assignments or ()).settings
         parent = run or latest_run(settings.paths.runs_dir, "train")
         read_bundle(parent)  # a clear error before a run directory is made
-        run_dir, created = create_run_dir(settings, name, exist_ok, command="finetune")
-    with (
-        claimed_run(run_dir, fresh=resume is None),
-        removed_unless_started(run_dir, keep=not created),
-        training_observer(quiet) as observer,
-    ):
+    with training_run(
+        settings, "finetune", resume=resume, name=name, exist_ok=exist_ok, quiet=quiet
+    ) as (run_dir, observer):
         result = finetune_run(
             settings, parent, run_dir, resume=resume is not None, observer=observer
         )
@@ -102,17 +98,10 @@ def finetune(
 
 
 def _show(result: FinetuneResult) -> None:
-    from rich.table import Table
-
     if result.interrupted:
-        console.print(
-            f"Interrupted after {result.epochs_completed} epoch(s). Resume with:\n"
-            f"  mritumor finetune --resume {result.run_dir}",
-            soft_wrap=True,
-            markup=False,
-            highlight=False,
+        exit_interrupted(
+            f"Interrupted after {result.epochs_completed} epoch(s)", "finetune", result.run_dir
         )
-        raise typer.Exit(EXIT_INTERRUPTED)
     report = result.report
     table = Table(title=f"Fine-tuned {result.run_dir}", title_justify="left")
     table.add_column("metric", style="bold")
@@ -137,14 +126,14 @@ def _show(result: FinetuneResult) -> None:
     if dropped:
         console.print(
             f"Left out {dropped} external image(s) that copy the parent's training images "
-            f"(listed in {result.run_dir / 'bundle.json'}, extra.external_training_duplicates).",
+            f"(listed in {RunLayout(result.run_dir).bundle}, extra.external_training_duplicates).",
             soft_wrap=True,
             markup=False,
             highlight=False,
         )
     console.print(
         f"Best epoch {result.best_epoch} of {result.epochs_completed}; report in "
-        f"{result.run_dir / 'reports'}. Next: mritumor calibrate --run {result.run_dir}, "
+        f"{RunLayout(result.run_dir).reports}. Next: mritumor calibrate --run {result.run_dir}, "
         f"then mritumor threshold --run {result.run_dir} (both on ext_val).",
         soft_wrap=True,
         markup=False,

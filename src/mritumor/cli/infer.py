@@ -9,24 +9,37 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
+from rich.markup import escape
+from rich.table import Table
 
-from mritumor.cli.evaluate import InferenceBatchOption, RunOption
-from mritumor.cli.options import QuietOption, SeedOption
+from mritumor.cli.options import (
+    ImagePathsArgument,
+    InferenceBatchOption,
+    QuietOption,
+    RunOption,
+    SeedOption,
+)
 from mritumor.cli.state import SetOption, resolve_settings
-from mritumor.cli.ui import console, err_console, optional_progress, report_unreadable
+from mritumor.cli.ui import (
+    console,
+    err_console,
+    image_inputs,
+    optional_progress,
+    report_unreadable,
+)
 from mritumor.core.errors import EXIT_PARTIAL, UsageError
+from mritumor.core.fsutil import atomic_write_text, json_safe
+from mritumor.run.layout import latest_run
 
 if TYPE_CHECKING:
-    from mritumor.predict.inference import ImageInput, Predictions
+    from mritumor.predict.ensemble import Predictions
 
 OutputFormat = Literal["table", "json", "jsonl", "csv"]
 
 
 def infer(
     ctx: typer.Context,
-    paths: Annotated[
-        list[str], typer.Argument(help="Image files, folders (searched recursively) or globs.")
-    ],
+    paths: ImagePathsArgument,
     run: RunOption = None,
     ensemble: Annotated[
         list[Path] | None,
@@ -88,9 +101,8 @@ def infer(
     inputs could not be read (the others are still predicted), an image over the
     decompression-bomb pixel limit included. Images under 32 px are predicted with a note.
     """
-    from mritumor.predict.inference import InferOptions, load_members
-    from mritumor.predict.inference import infer as run_inference
-    from mritumor.run.bundle import latest_run
+    from mritumor.predict.ensemble import InferOptions, load_members
+    from mritumor.predict.ensemble import infer as run_inference
 
     fmt = _output_format(output_format)
     if output is not None and fmt == "table":
@@ -159,24 +171,8 @@ def infer(
         raise typer.Exit(EXIT_PARTIAL)
 
 
-def image_inputs(paths: list[str]) -> tuple[list[ImageInput], list[str]]:
-    """The images of ``paths``; a warning per spec that matched nothing, an error for none."""
-    from rich.markup import escape
-
-    from mritumor.predict.inference import gather_inputs
-
-    inputs, missing = gather_inputs(paths)
-    for spec in missing:
-        err_console.print(f"[yellow]warning:[/] no image matches {escape(spec)}", soft_wrap=True)
-    if not inputs:
-        raise UsageError(f"no images found in {', '.join(paths)}")
-    return inputs, missing
-
-
 def _warn_about_notes(notes: dict[str, str]) -> None:
     """The images predicted with a caution (too small), on stderr whatever the format."""
-    from rich.markup import escape
-
     if notes:
         err_console.print(
             f"[yellow]warning:[/] {len(notes)} image(s) predicted with a caution:", soft_wrap=True
@@ -194,8 +190,6 @@ def _output_format(text: str) -> OutputFormat:
 
 
 def _emit(predictions: Predictions, fmt: OutputFormat, output: Path | None) -> None:
-    from mritumor.core.fsutil import atomic_write_text
-
     if fmt == "table":
         _print_table(predictions)
         return
@@ -211,8 +205,6 @@ def _emit(predictions: Predictions, fmt: OutputFormat, output: Path | None) -> N
 
 def render(predictions: Predictions, fmt: OutputFormat) -> str:
     """The predictions as JSON (one document), JSON lines or CSV text."""
-    from mritumor.core.fsutil import json_safe
-
     records = predictions.records()
     if fmt == "json":
         document = {
@@ -259,9 +251,6 @@ def _cell(value: object) -> str:
 
 
 def _print_table(predictions: Predictions) -> None:
-    from rich.markup import escape
-    from rich.table import Table
-
     title = "Predictions" + (
         f" (threshold {predictions.threshold:.3f})" if predictions.threshold is not None else ""
     )

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import math
-import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.table import Table
 
 from mritumor.cli.options import (
     BackboneOption,
@@ -18,14 +18,16 @@ from mritumor.cli.options import (
     SeedOption,
     WeightsOption,
 )
+from mritumor.cli.runs import RichTrainingObserver, exit_interrupted
 from mritumor.cli.state import SetOption, resolve_settings, resumed_settings
-from mritumor.cli.train import RichTrainingObserver
 from mritumor.cli.ui import console, err_console
-from mritumor.core.errors import EXIT_INTERRUPTED
+from mritumor.core.errors import UsageError
+from mritumor.run.lock import new_run
 
 if TYPE_CHECKING:
-    from mritumor.engine.kfold import FoldMetrics, KFoldResult, Summary
-    from mritumor.engine.training import TrainingObserver
+    from mritumor.engine.callbacks import TrainingObserver
+    from mritumor.engine.kfold import KFoldResult
+    from mritumor.engine.kfold_summary import FoldMetrics, Summary
 
 
 def kfold(
@@ -64,9 +66,7 @@ def kfold(
     runs/kfold-<n>/ with folds.csv, fold-<k>/ bundles, oof_predictions.csv,
     kfold_summary.json and reports/kfold_summary.png.
     """
-    from mritumor.core.errors import UsageError
     from mritumor.engine import kfold as library
-    from mritumor.run.lock import claimed_run
 
     flags = {
         "recipe": recipe,
@@ -91,26 +91,16 @@ def kfold(
             raise UsageError(f"--folds must be at least 2, got {count}")
         library.check_fold_number(fold, count)
         settings = resolve_settings(ctx, flags, assignments or ()).settings
-        run_dir = _new_run(settings, name)
         # Held while the folds are drawn, so two `kfold --name X` never share a run;
         # `--fold K` on several hosts then fill in the folds side by side.
-        with claimed_run(run_dir, fresh=True, run_file=library.FOLDS_FILE):
-            try:
-                pool = library.start_run(settings, run_dir, count)
-            except BaseException:
-                if not (run_dir / library.FOLDS_FILE).exists():  # nothing of the run was made
-                    shutil.rmtree(run_dir, ignore_errors=True)
-                raise
+        with new_run(
+            settings.paths.runs_dir, "kfold", name=name, started_by=library.FOLDS_FILE
+        ) as run_dir:
+            pool = library.start_run(settings, run_dir, count)
     result = library.run_folds(
         settings, run_dir, pool, only_fold=fold, observer=_FoldProgress(quiet)
     )
     _report(result)
-
-
-def _new_run(settings: Any, name: str | None) -> Path:
-    from mritumor.run.bundle import new_run_dir
-
-    return new_run_dir(settings.paths.runs_dir, "kfold", name=name)
 
 
 class _FoldProgress:
@@ -144,19 +134,10 @@ class _FoldProgress:
 
 
 def _report(result: KFoldResult) -> None:
-    from rich.table import Table
-
-    from mritumor.engine.kfold import METRICS, SUMMARY_FILE
+    from mritumor.engine.kfold_summary import METRICS, SUMMARY_FILE
 
     if result.interrupted:
-        console.print(
-            f"Interrupted; finished folds are kept. Resume with:\n"
-            f"  mritumor kfold --resume {result.run_dir}",
-            soft_wrap=True,
-            markup=False,
-            highlight=False,
-        )
-        raise typer.Exit(EXIT_INTERRUPTED)
+        exit_interrupted("Interrupted; finished folds are kept", "kfold", result.run_dir)
     table = Table(
         title=f"k-fold run {result.run_dir} ({len(result.metrics)}/{result.fold_count} folds)",
         title_justify="left",

@@ -1,7 +1,8 @@
-"""Options shared by the commands that build and train models (train, kfold, finetune)."""
+"""Options and arguments that several commands share, declared once so their help reads the same."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -34,4 +35,14 @@ RecipeOption = Annotated[
         help="A named bundle of settings (`mritumor recipes list`); flags and --set still win.",
         autocompletion=complete_recipe,
     ),
+]
+RunOption = Annotated[
+    Path | None,
+    typer.Option(help="Run directory [default: the newest run under paths.runs_dir]."),
+]
+InferenceBatchOption = Annotated[
+    int | None, typer.Option(min=1, help="Images per model call [default: inference.batch_size].")
+]
+ImagePathsArgument = Annotated[
+    list[str], typer.Argument(help="Image files, folders (searched recursively) or globs.")
 ]

@@ -4,21 +4,26 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from contextlib import nullcontext
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from rich.markup import escape
+from rich.table import Table
 
 from mritumor.cli.options import QuietOption
 from mritumor.cli.state import SetOption, app_state, resolve_settings
 from mritumor.cli.ui import console, err_console, status_progress
 from mritumor.core.errors import UsageError
+from mritumor.run.layout import RunLayout
 
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
 
     from mritumor.engine.pipeline import Outcome, PipelineResult
-    from mritumor.engine.training import Stage
+    from mritumor.engine.stages import Stage
 
 ForceOption = Annotated[
     bool, typer.Option("--force", help="Run every step again, even those that are up to date.")
@@ -86,8 +91,6 @@ def demo(
 
 
 def _synth_changed(data: Path, synth: Any) -> bool:
-    from dataclasses import asdict
-
     from mritumor.data.synth import MANIFEST_NAME
 
     try:
@@ -100,8 +103,6 @@ def _synth_changed(data: Path, synth: Any) -> bool:
 
 
 def _status(quiet: bool, text: str) -> Any:
-    from contextlib import nullcontext
-
     return nullcontext() if quiet else err_console.status(text)
 
 
@@ -177,8 +178,6 @@ class _EpochBar:
         """Notes (the precision chosen) are in the run's bundle.json; the display stays compact."""
 
     def on_warning(self, message: str) -> None:
-        from rich.markup import escape
-
         self.display.progress.console.print(f"[yellow]warning:[/] {escape(message)}")
 
 
@@ -198,8 +197,8 @@ def summary_rows(result: PipelineResult) -> list[tuple[str, str]]:
 
 def _train_rows(run: Path) -> list[tuple[str, str]]:
     rows: list[tuple[str, str]] = []
-    summary = _json(run / "reports" / "eval-test" / "summary.json")
-    calibration = _json(run / "reports" / "calibration" / "calibration_metrics.json")
+    summary = _json(RunLayout(run).reports / "eval-test" / "summary.json")
+    calibration = _json(RunLayout(run).reports / "calibration" / "calibration_metrics.json")
     if summary:
         metrics = summary["metrics"]
         low, high = metrics["accuracy_ci95"]
@@ -233,7 +232,7 @@ def _train_rows(run: Path) -> list[tuple[str, str]]:
 
 
 def _finetune_rows(run: Path) -> list[tuple[str, str]]:
-    report = _json(run / "reports" / "finetune_report.json")
+    report = _json(RunLayout(run).reports / "finetune_report.json")
     if not report:
         return []
     before, after = report["before"], report["after"]
@@ -259,9 +258,6 @@ def _finetune_rows(run: Path) -> list[tuple[str, str]]:
 
 
 def show_summary(result: PipelineResult) -> None:
-    from rich.markup import escape
-    from rich.table import Table
-
     table = Table(title="Results", title_justify="left")
     table.add_column("metric", style="bold")
     table.add_column("value", justify="right")

@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+from rich.table import Table
 
 from mritumor.cli.completion import complete_recipe
 from mritumor.cli.ui import console
+from mritumor.config.recipes import RECIPES, get_recipe
 
 app = typer.Typer(
     help="List the named training recipes (train --recipe NAME) and show their settings.",
@@ -18,10 +20,6 @@ app = typer.Typer(
 @app.command("list")
 def list_recipes() -> None:
     """Name, backbone, input, epochs and summary of each recipe."""
-    from rich.table import Table
-
-    from mritumor.config.recipes import RECIPES
-
     table = Table(
         title="Recipes",
         title_justify="left",
@@ -52,8 +50,7 @@ def show(
     """Print the settings a recipe sets, as YAML that a config file can hold."""
     import yaml
 
-    from mritumor.config.recipes import get_recipe
-    from mritumor.config.settings import nest_dotted_keys
+    from mritumor.config.loading import nest_dotted_keys
 
     recipe = get_recipe(name)
     typer.echo(f"# recipe {recipe.name}: {recipe.summary}")

@@ -9,8 +9,12 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from mritumor.core.errors import UsageError
+from mritumor.run.layout import CONFIG_FILE
+
 if TYPE_CHECKING:
-    from mritumor.config.settings import LoadedSettings, Settings
+    from mritumor.config.loading import LoadedSettings
+    from mritumor.config.schema import Settings
 
 
 @dataclass
@@ -47,7 +51,7 @@ def resolve_settings(
     were not given and override nothing. ``assignments`` are ``--set KEY=VALUE``
     strings, applied as given (``--set inference.threshold=null`` sets None).
     """
-    from mritumor.config.settings import load_settings, parse_assignment
+    from mritumor.config.loading import load_settings, parse_assignment
 
     overrides = {key: value for key, value in (flags or {}).items() if value is not None}
     overrides.update(parse_assignment(text) for text in assignments)
@@ -68,9 +72,7 @@ def resumed_settings(
     Only the ``changeable`` flags may differ; any other flag, ``--set`` or
     ``--config`` is refused, because a resumed run must continue as it began.
     """
-    from mritumor.config.settings import load_settings
-    from mritumor.core.errors import UsageError
-    from mritumor.run.bundle import CONFIG_FILE
+    from mritumor.config.loading import load_settings
 
     given = sorted(
         key for key, value in flags.items() if value is not None and key not in changeable

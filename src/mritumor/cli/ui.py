@@ -1,8 +1,9 @@
-"""Consoles, progress bars and tables shared by all commands.
+"""Consoles, progress bars, tables and input warnings shared by all commands.
 
 Results go to stdout, messages and progress to stderr, so output can be piped.
 Rich falls back to plain, final-state rendering when stderr is not a terminal
-(CI logs stay readable).
+(CI logs stay readable). ``rich.progress`` is imported when a bar is made:
+``--help`` never needs it.
 """
 
 from __future__ import annotations
@@ -12,12 +13,16 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from mritumor.core.errors import UsageError
 
 if TYPE_CHECKING:
     from rich.progress import Progress
-    from rich.table import Table
 
     from mritumor.core.progress import ProgressCallback
+    from mritumor.predict.inputs import ImageInput
 
 console = Console()
 err_console = Console(stderr=True)
@@ -91,10 +96,20 @@ def optional_progress(quiet: bool, description: str) -> Iterator[ProgressCallbac
         yield update
 
 
+def image_inputs(paths: list[str]) -> tuple[list[ImageInput], list[str]]:
+    """The images of ``paths``; a warning per spec that matched nothing, an error for none."""
+    from mritumor.predict.inputs import gather_inputs
+
+    inputs, missing = gather_inputs(paths)
+    for spec in missing:
+        err_console.print(f"[yellow]warning:[/] no image matches {escape(spec)}", soft_wrap=True)
+    if not inputs:
+        raise UsageError(f"no images found in {', '.join(paths)}")
+    return inputs, missing
+
+
 def report_unreadable(failures: Mapping[str, str]) -> None:
     """List the inputs that were skipped because they could not be read."""
-    from rich.markup import escape
-
     if failures:
         err_console.print(f"[yellow]warning:[/] {len(failures)} unreadable image(s) skipped:")
         for path, reason in failures.items():
@@ -111,8 +126,6 @@ def print_counts(title: str, counts: Mapping[str, Mapping[str, int]]) -> None:
 
 
 def _counts_table(title: str, counts: Mapping[str, Mapping[str, int]]) -> Table:
-    from rich.table import Table
-
     labels = list(dict.fromkeys(name for per_label in counts.values() for name in per_label))
     table = Table(title=title, title_justify="left")
     table.add_column("split", style="bold")

@@ -1,3 +1,3 @@
-"""Settings: the typed schema, recipes, and reading and writing config YAML.
+"""Settings: the typed schema, resolving it from its sources, recipes, and config YAML.
 
 May import: core."""

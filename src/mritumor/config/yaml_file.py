@@ -13,7 +13,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from mritumor.config.settings import LoadedSettings, Section, Settings
+from mritumor.config.loading import LoadedSettings
+from mritumor.config.schema import Section, Settings
 
 TEMPLATE_HEADER = """\
 # mritumor configuration.

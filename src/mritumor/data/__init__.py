@@ -1,5 +1,5 @@
-"""Data: class names, layouts, image reading, Kaggle fetch, synthetic phantoms, integrity checks,
-split manifests and the tf.data input pipeline.
+"""Data: the standard layout, image reading, Kaggle fetch and prepare, synthetic phantoms,
+integrity and leakage checks, split manifests and the tf.data input pipeline.
 
 May import: core, config.
 """

@@ -29,7 +29,7 @@ uint8 array in these steps, applied to each frame in turn:
 5. channels: grey is replicated to three planes for ``channels=3``; colour
    (``RGB``, ``YBR_*``; not windowed, 16-bit colour scaled by *Bits Stored*)
    becomes luminance for ``channels=1``, with the weights and rounding of
-   Pillow's ``L`` conversion, as :func:`mritumor.data.files.read_image` does.
+   Pillow's ``L`` conversion, as :func:`mritumor.data.images.read_image` does.
 
 Values are rounded to the nearest integer. Other photometric interpretations
 (``PALETTE COLOR``, ...) are reported as unreadable.
@@ -44,7 +44,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mritumor.core.errors import UsageError
-from mritumor.data.files import UnreadableImageError, is_hidden, refuse_too_large
+from mritumor.data.files import is_hidden
+from mritumor.data.image_errors import UnreadableImageError, refuse_too_large
 
 if TYPE_CHECKING:
     import numpy as np
@@ -88,10 +89,10 @@ def read_dicom_frames(path: Path, channels: int = 3) -> list[NDArray[np.uint8]]:
     frame, in the file's order. See the module's documentation for the steps.
 
     Raises :class:`~mritumor.core.errors.UsageError` naming the ``dicom`` extra when
-    pydicom is not installed, and :class:`~mritumor.data.files.UnreadableImageError`
+    pydicom is not installed, and :class:`~mritumor.data.image_errors.UnreadableImageError`
     naming the file when it is not DICOM, is damaged, has no pixel data, needs
     a decoder plugin that is not installed, or holds an unsupported kind of
-    picture; :class:`~mritumor.data.files.ImageTooLargeError` when a frame is over
+    picture; :class:`~mritumor.data.image_errors.ImageTooLargeError` when a frame is over
     Pillow's pixel limit, as for any other image.
     """
     import numpy as np

@@ -6,7 +6,7 @@ Order of work, and why::
           -> [train: shuffle -> augment] -> float32 -> batch -> [train: MixUp] -> weights
           -> prefetch
 
-Decoding uses :func:`mritumor.data.files.read_image`, the same function every
+Decoding uses :func:`mritumor.data.images.read_image`, the same function every
 other command uses, so training and inference see identical pixels whatever
 the file's mode (L, RGB, RGBA, P, 16-bit) or misleading extension. Images are
 cached as uint8 after resizing: a quarter of the memory of float32, and the
@@ -31,11 +31,13 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 
-from mritumor.config.settings import AugmentSettings, Settings
+from mritumor.config.schema import AugmentSettings, Settings
 from mritumor.core.environment import import_tensorflow
 from mritumor.core.errors import UsageError
+from mritumor.core.preprocessing import Preprocessing, ResizeMode
 from mritumor.data.balance import class_weights, oversample_indices
-from mritumor.data.files import UnreadableImageError, read_image
+from mritumor.data.image_errors import UnreadableImageError
+from mritumor.data.images import read_image
 from mritumor.data.splits import SplitFiles
 
 if TYPE_CHECKING:
@@ -44,7 +46,6 @@ else:
     tf = import_tensorflow()
 
 CACHE_FORMAT_VERSION = 1
-ResizeMode = Literal["plain", "pad"]
 CacheMode = Literal["memory", "file", "none"]
 
 
@@ -52,9 +53,8 @@ CacheMode = Literal["memory", "file", "none"]
 class PipelineOptions:
     """Everything that shapes the tensors the model sees."""
 
-    image_size: int
-    channels: int
-    resize: ResizeMode
+    preprocessing: Preprocessing
+    """Image size, channels and resize: the settings' when training, the bundle's after."""
     batch_size: int
     seed: int
     cache: CacheMode = "memory"
@@ -71,9 +71,7 @@ class PipelineOptions:
         """Training gets augmentation, MixUp, class weights and oversampling; evaluation none."""
         augment = settings.augment if training and settings.augment.enabled else None
         return cls(
-            image_size=settings.data.image_size,
-            channels=settings.data.channels,
-            resize=settings.data.resize,
+            preprocessing=settings.data.preprocessing,
             batch_size=settings.train.batch_size if training else settings.inference.batch_size,
             seed=settings.seed,
             cache=settings.data.cache,
@@ -166,7 +164,11 @@ def _require_dicom_reader(paths: Sequence[Path]) -> None:
 def cache_key(paths: list[str], options: PipelineOptions) -> str:
     """Digest of the settings that shape decoded pixels and of every file's size and mtime."""
     digest = hashlib.sha256()
-    shape = f"v{CACHE_FORMAT_VERSION}|{options.image_size}|{options.channels}|{options.resize}"
+    preprocessing = options.preprocessing
+    shape = (
+        f"v{CACHE_FORMAT_VERSION}|{preprocessing.image_size}|{preprocessing.channels}"
+        f"|{preprocessing.resize}"
+    )
     digest.update(shape.encode())
     for path in paths:
         stat = Path(path).stat()
@@ -177,7 +179,7 @@ def cache_key(paths: list[str], options: PipelineOptions) -> str:
 def _decoded_images(
     paths: list[str], labels: NDArray[np.int32], options: PipelineOptions, failures: DecodeFailures
 ) -> tf.data.Dataset:
-    channels, size = options.channels, options.image_size
+    channels, size = options.preprocessing.channels, options.preprocessing.image_size
 
     def decode(path: bytes) -> tuple[NDArray[np.uint8], bool]:
         name = path.decode()
@@ -190,7 +192,7 @@ def _decoded_images(
     def load(path: tf.Tensor, label: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         image, ok = tf.numpy_function(decode, [path], (tf.uint8, tf.bool), stateful=False)
         image.set_shape([None, None, channels])
-        return resize_image(image, size, options.resize), label, ok
+        return resize_image(image, size, options.preprocessing.resize), label, ok
 
     dataset = tf.data.Dataset.from_tensor_slices((paths, labels))
     dataset = dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE)

@@ -19,9 +19,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal, NamedTuple
 
+from mritumor.core.classes import CLASS_NAMES
 from mritumor.core.errors import UsageError
 from mritumor.data.files import (
-    CLASS_NAMES,
     EXTERNAL_DIR,
     NO_TUMOUR_LABEL,
     TUMOUR_LABEL,

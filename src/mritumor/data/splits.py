@@ -1,23 +1,23 @@
 """The file lists of a split: from a persisted manifest, or by scanning the layout.
 
-``data prepare`` writes ``<root>/manifests/<split>.csv`` (columns ``path``
-relative to the root, ``label``); splits are read from there when it exists so
-that the exact files are reused, not re-drawn. Otherwise ``<root>/<split>/<class>/``
-is scanned (case-insensitive extensions, via :func:`iter_image_files`).
+``data prepare`` writes ``<root>/manifests/<split>.csv`` (:mod:`mritumor.data.manifests`);
+splits are read from there when it exists so that the exact files are reused, not
+re-drawn. Otherwise ``<root>/<split>/<class>/`` is scanned (case-insensitive
+extensions, via :func:`iter_image_files`).
 """
 
 from __future__ import annotations
 
-import csv
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from mritumor.core.errors import UsageError
-from mritumor.data.files import iter_image_files, subfolders
+from mritumor.data.files import TUMOUR_LABEL, iter_image_files, subfolders
+from mritumor.data.layout import normalise_binary_label
+from mritumor.data.manifests import manifest_path, read_manifest
 
-MANIFEST_DIR = "manifests"
 #: Class names of binary (external yes/no) splits: label 1 is tumour.
 BINARY_CLASSES = ("no", "yes")
 #: The splits ``finetune`` carves from an external yes/no set.
@@ -43,42 +43,14 @@ class SplitFiles:
 
 def load_split(root: Path, split: str, class_names: Sequence[str]) -> SplitFiles:
     """The files of ``split`` under ``root``; raises UsageError naming what is wrong."""
-    manifest = root / MANIFEST_DIR / f"{split}.csv"
-    if manifest.is_file():
-        pairs = _read_manifest(root, manifest)
-    else:
-        pairs = _scan_split_folder(root, split)
+    manifest = manifest_path(root, split)
+    pairs = read_manifest(root, manifest) if manifest.is_file() else _scan_split_folder(root, split)
     return _labelled(split, pairs, class_names)
 
 
 def split_exists(root: Path, split: str) -> bool:
     """Whether ``root`` has a manifest or a folder for ``split``."""
-    return (root / MANIFEST_DIR / f"{split}.csv").is_file() or (root / split).is_dir()
-
-
-def _read_manifest(root: Path, manifest: Path) -> list[tuple[Path, str]]:
-    try:
-        with manifest.open(newline="", encoding="utf-8") as handle:
-            reader = csv.DictReader(handle)
-            missing_columns = {"path", "label"} - set(reader.fieldnames or [])
-            if missing_columns:
-                raise UsageError(f"{manifest} lacks column(s) {', '.join(sorted(missing_columns))}")
-            rows = list(reader)
-    except (UnicodeDecodeError, csv.Error) as error:
-        raise UsageError(f"{manifest} is not a readable CSV manifest: {error}") from None
-    incomplete = [
-        number for number, row in enumerate(rows, 2) if not row["path"] or not row["label"]
-    ]
-    if incomplete:
-        raise UsageError(f"{manifest} line {incomplete[0]} lacks a path or a label")
-    pairs = [(root / row["path"], row["label"]) for row in rows]
-    absent = [path for path, _ in pairs if not path.is_file()]
-    if absent:
-        raise UsageError(
-            f"{manifest} lists {len(absent)} file(s) that no longer exist, first {absent[0]}; "
-            "restore them or run `mritumor data prepare` again"
-        )
-    return pairs
+    return manifest_path(root, split).is_file() or (root / split).is_dir()
 
 
 def _scan_split_folder(root: Path, split: str) -> list[tuple[Path, str]]:
@@ -86,7 +58,7 @@ def _scan_split_folder(root: Path, split: str) -> list[tuple[Path, str]]:
     if not folder.is_dir():
         raise UsageError(
             f"no {split} split under {root}: expected {folder}/<class>/ or "
-            f"{root / MANIFEST_DIR / (split + '.csv')} (see `mritumor data prepare`)"
+            f"{manifest_path(root, split)} (see `mritumor data prepare`)"
         )
     pairs: list[tuple[Path, str]] = []
     for class_dir in subfolders(folder):
@@ -129,9 +101,6 @@ def load_binary_folder(folder: Path) -> tuple[tuple[Path, ...], tuple[int, ...]]
 
     Folder names are read as ``data prepare`` reads them (``Y``, ``normal``, ...).
     """
-    from mritumor.data.files import TUMOUR_LABEL
-    from mritumor.data.layout import normalise_binary_label
-
     labelled = {
         class_dir: normalise_binary_label(class_dir.name)
         for class_dir in (subfolders(folder) if folder.is_dir() else [])
@@ -154,10 +123,11 @@ def carve_calibration_split(
 
     Temperature and threshold are then fitted on images that neither trained
     the model nor selected its checkpoint (val does the latter). Exact and near
-    duplicates (:func:`~mritumor.data.hashing.duplicate_groups`) go whole to one side.
+    duplicates (:func:`~mritumor.data.duplicates.duplicate_groups`) go whole to one side.
     """
-    from mritumor.data.hashing import duplicate_groups, image_hashes
-    from mritumor.data.prepare import carve_splits
+    from mritumor.data.carve import carve_splits
+    from mritumor.data.duplicates import duplicate_groups
+    from mritumor.data.hashing import image_hashes
 
     groups = dict(zip(train.paths, duplicate_groups(image_hashes(train.paths)), strict=True))
     by_label = {

@@ -1,7 +1,7 @@
 """Grouped, stratified k-fold cross-validation over the train and val splits pooled.
 
 Fold assignment: the train and val images are pooled; exact and near duplicates
-(:func:`mritumor.data.hashing.duplicate_groups`) form groups, and scikit-learn's
+(:func:`mritumor.data.duplicates.duplicate_groups`) form groups, and scikit-learn's
 ``StratifiedGroupKFold(shuffle=True, random_state=seed)`` deals the groups out
 to the folds, so a duplicate pair never straddles a fold boundary.
 
@@ -31,7 +31,8 @@ A fold with a ``fold_result.json`` is skipped on a rerun (``resume=True``);
 one trained but not scored is only scored; one interrupted mid-training
 continues from its ``last.keras``.
 
-Fold assignment, the inner carve and the aggregation import no TensorFlow.
+The per-fold metrics and their summary are :mod:`mritumor.engine.kfold_summary`.
+Fold assignment and the inner carve import no TensorFlow.
 """
 
 from __future__ import annotations
@@ -39,37 +40,48 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import os
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
 
 from mritumor.core.errors import UsageError
-from mritumor.core.fsutil import atomic_write_json, atomic_write_text
-from mritumor.data.splits import MANIFEST_DIR, SplitFiles, load_split
+from mritumor.core.fsutil import atomic_write_text
+from mritumor.data.duplicates import duplicate_groups
+from mritumor.data.hashing import image_hashes
+from mritumor.data.manifests import manifest_path, write_manifest
+from mritumor.data.splits import SplitFiles, load_split
+from mritumor.engine.kfold_summary import (
+    FOLD_RESULT_FILE,
+    OOF_FILE,
+    FoldMetrics,
+    Summary,
+    aggregate,
+    fold_dir,
+    fold_metrics,
+    oof_header,
+    write_summary,
+)
+from mritumor.predict.predictor import Predictor
+from mritumor.run.bundle import read_bundle, write_config
+from mritumor.run.layout import RunLayout
 from mritumor.run.lock import claimed_run, clear_run_dir
+from mritumor.run.splits import write_splits
 from mritumor.stats.calibration import softmax
 
 if TYPE_CHECKING:
-    from mritumor.config.settings import Settings
-    from mritumor.engine.training import TrainingObserver
+    from mritumor.config.schema import Settings
+    from mritumor.engine.callbacks import TrainingObserver
 
 FOLDS_FILE = "folds.csv"
-OOF_FILE = "oof_predictions.csv"
-SUMMARY_FILE = "kfold_summary.json"
-SUMMARY_FIGURE = "kfold_summary.png"
-FOLD_RESULT_FILE = "fold_result.json"
 TRAINED_MARKER = "trained.json"
 INNER_DIR = "inner"
 HELDOUT_SPLIT = "test"
-METRICS = ("accuracy", "macro_f1", "balanced_accuracy", "loss")
-CONFIDENCE = 0.95
 
 
 # --------------------------------------------------------------------------- fold assignment
@@ -139,75 +151,6 @@ def _grouped_split(
     return fold_of
 
 
-# --------------------------------------------------------------------------- metrics
-
-
-@dataclass(frozen=True)
-class FoldMetrics:
-    accuracy: float
-    macro_f1: float
-    balanced_accuracy: float
-    loss: float
-    n: int
-
-
-@dataclass(frozen=True)
-class Summary:
-    """Mean, sample std (ddof=1) and a two-sided t interval of the mean over folds."""
-
-    mean: float
-    std: float
-    ci_low: float
-    ci_high: float
-    n: int
-
-
-def fold_metrics(
-    y_true: Sequence[int], probabilities: NDArray[np.floating[Any]], num_classes: int
-) -> FoldMetrics:
-    """Accuracy, macro-F1, balanced accuracy (sklearn) and the mean cross-entropy."""
-    from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
-
-    truth = np.asarray(y_true, dtype=np.int64)
-    probs = np.asarray(probabilities, np.float64)
-    predicted = probs.argmax(axis=1)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # classes absent from a tiny fold
-        balanced = float(balanced_accuracy_score(truth, predicted))
-    p_true = np.clip(probs[np.arange(len(truth)), truth], 1e-12, 1.0)
-    return FoldMetrics(
-        accuracy=float(accuracy_score(truth, predicted)),
-        macro_f1=float(
-            f1_score(
-                truth, predicted, labels=list(range(num_classes)), average="macro", zero_division=0
-            )
-        ),
-        balanced_accuracy=balanced,
-        loss=float(-np.log(p_true).mean()),
-        n=len(truth),
-    )
-
-
-def summarize(values: Sequence[float], confidence: float = CONFIDENCE) -> Summary:
-    """``mean ± t_{(1+c)/2, n-1} · std / sqrt(n)``; std and interval are NaN for one value."""
-    from scipy import stats
-
-    data = np.asarray(values, np.float64)
-    n = len(data)
-    mean = float(data.mean()) if n else math.nan
-    if n < 2:
-        return Summary(mean, math.nan, math.nan, math.nan, n)
-    std = float(data.std(ddof=1))
-    half = float(stats.t.ppf((1 + confidence) / 2, n - 1)) * std / math.sqrt(n)
-    return Summary(mean, std, mean - half, mean + half, n)
-
-
-def aggregate(per_fold: Mapping[int, FoldMetrics]) -> dict[str, Summary]:
-    """A :class:`Summary` of each metric over the folds given."""
-    ordered = [per_fold[fold] for fold in sorted(per_fold)]
-    return {name: summarize([getattr(m, name) for m in ordered]) for name in METRICS}
-
-
 # --------------------------------------------------------------------------- the run
 
 
@@ -258,8 +201,6 @@ def pooled_images(settings: Settings) -> tuple[list[Path], list[int]]:
 
 def prepare_pool(settings: Settings, folds: int) -> Pool:
     """Pool train + val, group duplicates, and assign folds (raises UsageError on bad --folds)."""
-    from mritumor.data.hashing import duplicate_groups, image_hashes
-
     paths, labels = pooled_images(settings)
     groups = duplicate_groups(image_hashes(paths))
     fold_of = assign_folds(labels, groups, folds, settings.seed)
@@ -299,10 +240,8 @@ def read_folds(run_dir: Path, class_names: Sequence[str]) -> Pool:
 
 def start_run(settings: Settings, run_dir: Path, folds: int) -> Pool:
     """Write config.yaml and folds.csv into a new (empty) run directory."""
-    from mritumor.run import bundle as bundles
-
     pool = prepare_pool(settings, folds)
-    bundles.write_config(run_dir, settings)
+    write_config(run_dir, settings)
     write_folds(run_dir, pool, settings.data.class_names)
     return pool
 
@@ -344,22 +283,16 @@ def run_folds(
     )
 
 
-def fold_dir(run_dir: Path, fold: int) -> Path:
-    return run_dir / f"fold-{fold}"
-
-
 def _fold_state(folder: Path, epochs: int) -> str:
     """skip (scored), score (trained), resume (part-trained) or train (nothing usable)."""
-    from mritumor.run import bundle as bundles
-
     if (folder / FOLD_RESULT_FILE).is_file():
         return "skip"
-    if not (folder / bundles.BUNDLE_FILE).is_file():
+    if not RunLayout(folder).bundle.is_file():
         return "train"
-    done = bundles.read_bundle(folder).epochs_completed
+    done = read_bundle(folder).epochs_completed
     if (folder / TRAINED_MARKER).is_file() or done >= epochs:
-        return "score" if (folder / bundles.MODEL_FILE).is_file() else "train"
-    return "resume" if (folder / bundles.LAST_FILE).is_file() else "train"
+        return "score" if RunLayout(folder).model.is_file() else "train"
+    return "resume" if RunLayout(folder).last.is_file() else "train"
 
 
 def _run_fold(
@@ -372,8 +305,7 @@ def _run_fold(
     """Train, resume or score one fold while holding its lock: ``kfold --fold K`` on
     another host, or a second ``--resume``, is refused rather than sharing the folder."""
     folder = fold_dir(run_dir, fold)
-    folder.mkdir(parents=True, exist_ok=True)
-    with claimed_run(folder, fresh=False):
+    with claimed_run(RunLayout.ensured(folder).root, fresh=False):
         return _run_claimed_fold(settings, run_dir, pool, fold, observer)
 
 
@@ -432,12 +364,8 @@ def _fold_settings(settings: Settings, run_dir: Path, pool: Pool, fold: int) -> 
     root = run_dir / INNER_DIR / f"fold-{fold}"
     names = settings.data.class_names
     for split, indices in (("train", fit), ("val", select)):
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(("path", "label"))
-        for i in indices:
-            writer.writerow((pool.paths[i].as_posix(), names[pool.labels[i]]))
-        atomic_write_text(root / MANIFEST_DIR / f"{split}.csv", buffer.getvalue())
+        rows = ({"path": pool.paths[i].as_posix(), "label": names[pool.labels[i]]} for i in indices)
+        write_manifest(manifest_path(root, split), rows, columns=("path", "label"))
     paths = settings.paths.model_copy(update={"data_dir": root})
     # A fold is scored, not calibrated: all of its training part trains.
     data = settings.data.model_copy(update={"cal_size": 0.0})
@@ -456,12 +384,9 @@ def heldout_split(pool: Pool, fold: int, class_names: Sequence[str]) -> SplitFil
 
 def _score_fold(settings: Settings, folder: Path, pool: Pool, fold: int) -> FoldMetrics:
     """Score the held-out fold with the fold's checkpoint; write its predictions and metrics."""
-    from mritumor.predict.inference import Predictor
-    from mritumor.run import bundle as bundles
-
     names = settings.data.class_names
     split = heldout_split(pool, fold, names)
-    bundles.write_splits(folder, settings.paths.data_dir, [split])
+    write_splits(folder, settings.paths.data_dir, [split])
     scored = Predictor(folder).logits(split.paths, batch_size=settings.inference.batch_size)
     logits, kept, failed = scored.logits, scored.kept.tolist(), scored.failures
     truth = [split.labels[i] for i in kept]
@@ -469,7 +394,7 @@ def _score_fold(settings: Settings, folder: Path, pool: Pool, fold: int) -> Fold
     metrics = fold_metrics(truth, probabilities, len(names))
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(_oof_header(names))
+    writer.writerow(oof_header(names))
     for row, i in enumerate(kept):
         writer.writerow(
             (
@@ -483,52 +408,4 @@ def _score_fold(settings: Settings, folder: Path, pool: Pool, fold: int) -> Fold
     atomic_write_text(folder / OOF_FILE, buffer.getvalue())
     payload = {"fold": fold, **asdict(metrics), "unreadable": sorted(failed)}
     atomic_write_text(folder / FOLD_RESULT_FILE, json.dumps(payload, indent=2))
-    return metrics
-
-
-def _oof_header(class_names: Sequence[str]) -> list[str]:
-    return ["path", "fold", "true", "predicted", *(f"p_{name}" for name in class_names)]
-
-
-def read_fold_metrics(run_dir: Path, folds: int) -> dict[int, FoldMetrics]:
-    """The metrics of every scored fold present."""
-    found: dict[int, FoldMetrics] = {}
-    for fold in range(1, folds + 1):
-        file = fold_dir(run_dir, fold) / FOLD_RESULT_FILE
-        if file.is_file():
-            data = json.loads(file.read_text(encoding="utf-8"))
-            found[fold] = FoldMetrics(**{key: data[key] for key in (*METRICS, "n")})
-    return found
-
-
-def write_summary(run_dir: Path, class_names: Sequence[str], folds: int) -> dict[int, FoldMetrics]:
-    """oof_predictions.csv, kfold_summary.json and the figure over the folds scored so far."""
-    from mritumor.plots import plot_kfold_summary
-
-    metrics = read_fold_metrics(run_dir, folds)
-    lines = [",".join(_oof_header(class_names))]
-    for fold in sorted(metrics):
-        text = (fold_dir(run_dir, fold) / OOF_FILE).read_text(encoding="utf-8")
-        lines.extend(text.splitlines()[1:])
-    atomic_write_text(run_dir / OOF_FILE, "\n".join(lines) + "\n")
-    summary = aggregate(metrics) if metrics else {}
-    payload = {
-        "folds": folds,
-        "folds_scored": sorted(metrics),
-        "confidence": CONFIDENCE,
-        "checkpoint_selection": "inner validation part carved from each fold's training portion",
-        "per_fold": {str(fold): asdict(m) for fold, m in sorted(metrics.items())},
-        "summary": {name: asdict(s) for name, s in summary.items()},
-    }
-    atomic_write_json(run_dir / SUMMARY_FILE, payload)
-    if metrics:
-        plot_kfold_summary(
-            sorted(metrics),
-            {name: [getattr(metrics[f], name) for f in sorted(metrics)] for name in METRICS[:2]},
-            {
-                name: (summary[name].mean, summary[name].ci_low, summary[name].ci_high)
-                for name in METRICS[:2]
-            },
-            run_dir / "reports" / SUMMARY_FIGURE,
-        )
     return metrics

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mritumor.config.settings import TrainSettings
+from mritumor.config.schema import TrainSettings
 from mritumor.core.errors import ConfigError
 
 

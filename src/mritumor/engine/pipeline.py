@@ -13,22 +13,21 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from mritumor.core.errors import MritumorError, UsageError
 from mritumor.core.fsutil import atomic_write_json
-from mritumor.run.lock import claimed_run, clear_run_dir
+from mritumor.run.layout import RunLayout
+from mritumor.run.lock import renewed_run
 
 if TYPE_CHECKING:
-    from mritumor.config.settings import Settings
-    from mritumor.engine.training import TrainingObserver
+    from mritumor.config.schema import Settings
+    from mritumor.engine.callbacks import TrainingObserver
 
 STATE_FILE = "pipeline.json"
-MARKER_FILE = ".mritumor-pipeline"
 TRAIN_RUN = "pipeline-train"
 FINETUNE_RUN = "pipeline-finetune"
 EXAMPLES = 4
@@ -205,7 +204,8 @@ def _steps(settings: Settings) -> list[_Step]:
 
 
 def _check(context: _Context) -> tuple[Path, ...]:
-    from mritumor.data.check import check_dataset, write_report
+    from mritumor.data.check import check_dataset
+    from mritumor.data.check_report import write_report
 
     root = context.settings.paths.data_dir
     report = check_dataset(root, negative_class=context.settings.data.negative_class)
@@ -221,42 +221,19 @@ def _check(context: _Context) -> tuple[Path, ...]:
 
 def _train(context: _Context) -> tuple[Path, ...]:
     from mritumor.engine.training import train
-    from mritumor.run import bundle as bundles
 
-    with _fresh_run(context.train_run) as run_dir:
+    with renewed_run(context.train_run, "pipeline") as run_dir:
         result = train(context.settings, run_dir, observer=context.training_observer)
     if result.interrupted:
         raise MritumorError(f"training was interrupted; the state is in {run_dir}")
-    return (run_dir / bundles.MODEL_FILE,)
-
-
-@contextmanager
-def _fresh_run(run_dir: Path) -> Iterator[Path]:
-    """An empty ``run_dir``, locked for the block; an out-of-date one of the pipeline's own
-    is emptied, any other folder of that name is refused (runs never overwrite each other).
-
-    The lock is taken before anything is removed and held through the step, so a second
-    pipeline never empties a run that the first is still writing.
-    """
-    marker = run_dir / MARKER_FILE
-    if run_dir.exists() and not marker.is_file():
-        raise UsageError(
-            f"{run_dir} exists and was not made by `mritumor pipeline`; "
-            "move it, or set paths.runs_dir to another folder"
-        )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with claimed_run(run_dir, fresh=False):
-        clear_run_dir(run_dir)
-        marker.write_text(
-            "made by mritumor pipeline; replaced when out of date\n", encoding="utf-8"
-        )
-        yield run_dir
+    return (RunLayout(run_dir).model,)
 
 
 def _calibrate(run_name: str) -> Callable[[_Context], tuple[Path, ...]]:
     def step(context: _Context) -> tuple[Path, ...]:
-        from mritumor.evaluation.steps import CALIBRATION_METRICS_FILE, calibrate
-        from mritumor.predict.inference import Predictor
+        from mritumor.evaluation.calibrate import calibrate
+        from mritumor.evaluation.reports import CALIBRATION_METRICS_FILE
+        from mritumor.predict.predictor import Predictor
 
         report = calibrate(
             Predictor(context.settings.paths.runs_dir / run_name), context.settings, None
@@ -268,8 +245,9 @@ def _calibrate(run_name: str) -> Callable[[_Context], tuple[Path, ...]]:
 
 def _threshold(run_name: str) -> Callable[[_Context], tuple[Path, ...]]:
     def step(context: _Context) -> tuple[Path, ...]:
-        from mritumor.evaluation.steps import THRESHOLD_FILE, choose_operating_point
-        from mritumor.predict.inference import Predictor
+        from mritumor.evaluation.operating_point import choose_operating_point
+        from mritumor.evaluation.reports import THRESHOLD_FILE
+        from mritumor.predict.predictor import Predictor
 
         predictor = Predictor(context.settings.paths.runs_dir / run_name)
         report = choose_operating_point(predictor, context.settings, None)
@@ -280,8 +258,9 @@ def _threshold(run_name: str) -> Callable[[_Context], tuple[Path, ...]]:
 
 def _evaluate(run_name: str, split: str | None) -> Callable[[_Context], tuple[Path, ...]]:
     def step(context: _Context) -> tuple[Path, ...]:
-        from mritumor.evaluation.steps import SUMMARY_FILE, evaluate
-        from mritumor.predict.inference import Predictor
+        from mritumor.evaluation.evaluate import evaluate
+        from mritumor.evaluation.reports import SUMMARY_FILE
+        from mritumor.predict.predictor import Predictor
 
         predictor = Predictor(context.settings.paths.runs_dir / run_name)
         report = evaluate(predictor, context.settings, split)
@@ -291,21 +270,22 @@ def _evaluate(run_name: str, split: str | None) -> Callable[[_Context], tuple[Pa
 
 
 def _finetune(context: _Context) -> tuple[Path, ...]:
-    from mritumor.engine.finetune import REPORT_FILE, finetune
+    from mritumor.engine.finetune import finetune
+    from mritumor.engine.finetune_report import REPORT_FILE
 
-    with _fresh_run(context.finetune_run) as run_dir:
+    with renewed_run(context.finetune_run, "pipeline") as run_dir:
         result = finetune(
             context.settings, context.train_run, run_dir, observer=context.training_observer
         )
     if result.interrupted:
         raise MritumorError(f"fine-tuning was interrupted; the state is in {run_dir}")
-    return (run_dir / "reports" / REPORT_FILE,)
+    return (RunLayout(run_dir).reports / REPORT_FILE,)
 
 
 def _examples(context: _Context) -> list[Path]:
-    from mritumor.run import bundle as bundles
+    from mritumor.run.splits import read_split
 
-    test = bundles.read_split(context.train_run, "test", context.settings.data.class_names)
+    test = read_split(context.train_run, "test", context.settings.data.class_names)
     step = max(len(test) // EXAMPLES, 1)
     return list(test.paths[::step][:EXAMPLES])
 
@@ -315,7 +295,8 @@ def _final_run(context: _Context) -> Path:
 
 
 def _infer(context: _Context) -> tuple[Path, ...]:
-    from mritumor.predict.inference import ImageInput, InferOptions, infer, load_members
+    from mritumor.predict.ensemble import InferOptions, infer, load_members
+    from mritumor.predict.inputs import ImageInput
 
     run_dir = _final_run(context)
     inputs = [ImageInput(path) for path in _examples(context)]
@@ -333,7 +314,7 @@ def _infer(context: _Context) -> tuple[Path, ...]:
             max_disagreement=options.max_disagreement,
         ),
     )
-    path = run_dir / "reports" / "example_predictions.json"
+    path = RunLayout(run_dir).reports / "example_predictions.json"
     atomic_write_json(
         path, {"threshold": predictions.threshold, "predictions": predictions.records()}
     )
@@ -342,11 +323,12 @@ def _infer(context: _Context) -> tuple[Path, ...]:
 
 def _gradcam(context: _Context) -> tuple[Path, ...]:
     from mritumor.predict.explanations import write_panels
-    from mritumor.predict.inference import ImageInput, Predictor
+    from mritumor.predict.inputs import ImageInput
+    from mritumor.predict.predictor import Predictor
 
     run_dir = _final_run(context)
     inputs = [ImageInput(path) for path in _examples(context)]
-    panels = write_panels(Predictor(run_dir), inputs, run_dir / "reports" / "gradcam")
+    panels = write_panels(Predictor(run_dir), inputs, RunLayout(run_dir).reports / "gradcam")
     return tuple(panels.written)
 
 
@@ -359,7 +341,7 @@ def demo_settings(base: Settings, out: Path, *, quick: bool = False) -> tuple[Se
     CPU-friendly: the small CNN from scratch at 64 px on lesions scaled 2.5x
     (see ``docs/data/synth.md``); ``quick`` shrinks everything for the tests.
     """
-    from mritumor.config.settings import load_settings
+    from mritumor.config.loading import load_settings
     from mritumor.data.synth import SynthConfig
 
     size = 32 if quick else 64

@@ -1,34 +1,18 @@
-"""Fit orchestration: two stages, checkpoints, history, resume and Ctrl-C.
+"""Fit orchestration: train a run from its settings, stage by stage, or resume it.
 
-Stage ``frozen`` trains the head with the backbone frozen (its BatchNorm in
-inference mode) at ``train.lr``; stage ``full`` trains the whole network at
-``train.finetune_lr`` (or at ``train.lr`` when there was no frozen stage).
-Each stage gets a fresh optimizer whose warm-up + cosine schedule spans that
-stage. Early stopping ends the stage it fires in.
-
-After every epoch, in this order: ``last.keras`` (weights and optimizer state)
-is written atomically, ``model.keras`` too when the monitored value improved,
-then the history files and ``bundle.json``. So ``epochs_completed`` in the
-bundle never runs ahead of ``last.keras``, and ``--resume`` continues from the
-next epoch with the optimizer's step counter, hence the schedule position.
-
-Ctrl-C stops after the current batch: ``last.keras`` is saved with the state
-reached, the interrupted epoch is not counted (a resumed run repeats it), and
-a second Ctrl-C quits at once.
+The stages and their optimizers are :mod:`mritumor.engine.stages`; what is saved
+after every epoch, and why a run can resume, is :mod:`mritumor.engine.checkpoints`;
+early stopping, progress and Ctrl-C are :mod:`mritumor.engine.callbacks`. Early
+stopping ends the stage it fires in.
 """
 
 from __future__ import annotations
 
-import signal
-import threading
-import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any
 
 from mritumor.core.environment import import_tensorflow
 
@@ -39,73 +23,33 @@ else:
 
 import keras
 
-from mritumor.config.settings import Settings, TrainSettings
-from mritumor.core.errors import ConfigError, MritumorError, UsageError
+from mritumor.config.schema import Settings, TrainSettings
+from mritumor.core.errors import ConfigError, UsageError
 from mritumor.data.input_pipeline import InputPipeline, PipelineOptions, build_pipeline
 from mritumor.data.splits import SplitFiles, carve_calibration_split, load_split, split_exists
-from mritumor.engine.losses import make_loss, make_optimizer
-from mritumor.engine.precision import PrecisionChoice, resolve_precision
-from mritumor.models.classifier import (
-    backbone_layers,
-    build_classifier,
-    load_model,
-    set_backbone_trainable,
+from mritumor.engine.callbacks import (
+    EpochEnd,
+    ObserverCallback,
+    StopOnRequest,
+    TrainingInterruptedError,
+    TrainingObserver,
+    early_stopping,
+    expected_end_of_data,
+    stop_on_sigint,
 )
-from mritumor.run import bundle as bundles
-
-StageName = Literal["frozen", "full"]
-UNFREEZE_KEY = "unfreeze_epoch"
-PRECISION_KEY = "precision"
-RECIPE_KEY = "recipe"
-BEST_VALUE_KEY = "best_value"
-
-
-@dataclass(frozen=True)
-class Stage:
-    """Epochs ``[start, end)`` (0-based) trained with one optimizer and one trainable state."""
-
-    name: StageName
-    start: int
-    end: int
-    peak_lr: float
-
-    @property
-    def backbone_trainable(self) -> bool:
-        return self.name == "full"
-
-
-def plan_stages(train: TrainSettings) -> list[Stage]:
-    """The frozen stage (if any) then the full stage (if any epochs remain)."""
-    frozen_epochs = min(train.freeze_backbone_epochs, train.epochs)
-    stages = []
-    if frozen_epochs:
-        stages.append(Stage("frozen", 0, frozen_epochs, train.lr))
-    if frozen_epochs < train.epochs:
-        full_lr = train.finetune_lr if frozen_epochs else train.lr
-        stages.append(Stage("full", frozen_epochs, train.epochs, full_lr))
-    return stages
-
-
-class TrainingObserver(Protocol):
-    """What the CLI's progress display hears about; library code never imports rich."""
-
-    def on_stage_begin(self, stage: Stage, total_epochs: int) -> None: ...
-
-    def on_epoch_begin(self, epoch: int, steps: int) -> None: ...
-
-    def on_batch_end(
-        self, step: int, images_per_second: float, logs: Mapping[str, float]
-    ) -> None: ...
-
-    def on_epoch_end(self, row: Mapping[str, Any]) -> None: ...
-
-    def on_warning(self, message: str) -> None: ...
-
-    def on_note(self, message: str) -> None: ...
-
-
-class TrainingInterruptedError(MritumorError):
-    """Ctrl-C during training; ``last.keras`` holds the state reached."""
+from mritumor.engine.checkpoints import Bookkeeping, write_curves
+from mritumor.engine.precision import (
+    PrecisionChoice,
+    detect_hardware,
+    resolve_precision,
+    saved_precision,
+)
+from mritumor.engine.stages import Stage, StageName, compile_for, plan_stages
+from mritumor.models.classifier import backbone_layers, build_classifier
+from mritumor.run.bundle import new_bundle, read_bundle, write_bundle, write_config
+from mritumor.run.checkpoint import load_model
+from mritumor.run.layout import LAST_FILE, MODEL_FILE, RunLayout
+from mritumor.run.splits import dataset_fingerprint, read_split, write_splits
 
 
 @dataclass
@@ -153,7 +97,7 @@ def train(
         try:
             for stage in _remaining_stages(settings.train, book):
                 if stage.name != compiled_for:
-                    _compile_for(stage, model, settings, train_data.steps_per_epoch)
+                    compile_for(stage, model, settings, train_data.steps_per_epoch)
                     compiled_for = stage.name
                 _run_stage(stage, model, run)
                 if book.stopped_early and stage.name == "full":
@@ -175,18 +119,18 @@ def train(
 
 def _resumable_state(run_dir: Path) -> Path:
     """``last.keras``; a run stopped before its first checkpoint has none, and is incomplete."""
-    last = run_dir / bundles.LAST_FILE
+    last = RunLayout(run_dir).last
     if last.exists():
         return last
-    if bundles.read_bundle(run_dir).epochs_completed:
+    if read_bundle(run_dir).epochs_completed:
         raise UsageError(
-            f"{run_dir} has no {bundles.LAST_FILE} to resume from (it was moved or deleted); "
-            f"its {bundles.MODEL_FILE} still holds the best epoch, for eval and infer; "
+            f"{run_dir} has no {LAST_FILE} to resume from (it was moved or deleted); "
+            f"its {MODEL_FILE} still holds the best epoch, for eval and infer; "
             "to train further, start a new run"
         )
     raise UsageError(
         f"{run_dir} is incomplete: it stopped before its first epoch ended, so there is no "
-        f"{bundles.LAST_FILE} to resume from; start a new run (remove {run_dir} or choose "
+        f"{LAST_FILE} to resume from; start a new run (remove {run_dir} or choose "
         "another --name)"
     )
 
@@ -222,8 +166,6 @@ def configure_runtime(settings: Settings) -> PrecisionChoice:
 
 def _kept_precision(model: Any, chosen: PrecisionChoice) -> PrecisionChoice:
     """A resumed model trains in the policy saved with its layers, whatever was chosen now."""
-    from mritumor.engine.precision import detect_hardware, saved_precision
-
     # Keras keeps each layer's policy in its config, not the model's: ask a backbone layer.
     policy = next(
         (layer.dtype_policy.name for layer in backbone_layers(model) if layer.weights),
@@ -247,8 +189,8 @@ def _splits(settings: Settings, run_dir: Path, *, resume: bool) -> tuple[SplitFi
     root = settings.paths.data_dir
     if resume:
         return (
-            bundles.read_split(run_dir, "train", names, data_root=root),
-            bundles.read_split(run_dir, "val", names, data_root=root),
+            read_split(run_dir, "train", names, data_root=root),
+            read_split(run_dir, "val", names, data_root=root),
         )
     train_split = load_split(root, "train", names)
     try:
@@ -270,12 +212,10 @@ def _splits(settings: Settings, run_dir: Path, *, resume: bool) -> tuple[SplitFi
 
 
 def _start_run(settings: Settings, run_dir: Path, splits: tuple[SplitFiles, ...]) -> None:
-    bundles.write_config(run_dir, settings)
-    bundles.write_splits(run_dir, settings.paths.data_dir, splits)
-    fingerprint = bundles.dataset_fingerprint(splits)
-    bundles.write_bundle(
-        run_dir, bundles.new_bundle(settings, "train", dataset_fingerprint=fingerprint)
-    )
+    write_config(run_dir, settings)
+    write_splits(run_dir, settings.paths.data_dir, splits)
+    fingerprint = dataset_fingerprint(splits)
+    write_bundle(run_dir, new_bundle(settings, "train", dataset_fingerprint=fingerprint))
 
 
 def _stage_of(model: Any) -> StageName:
@@ -301,19 +241,6 @@ def _remaining_stages(train: TrainSettings, book: Bookkeeping) -> Iterator[Stage
         start = len(book.history)
         if start < stage.end:
             yield Stage(stage.name, start, stage.end, stage.peak_lr)
-
-
-def _compile_for(stage: Stage, model: Any, settings: Settings, steps_per_epoch: int) -> None:
-    """A fresh optimizer for the stage; its schedule spans the stage's remaining epochs."""
-    set_backbone_trainable(model, stage.backbone_trainable)
-    model.compile(
-        optimizer=make_optimizer(
-            settings.train, stage.peak_lr, steps_per_epoch, stage.end - stage.start
-        ),
-        loss=make_loss(settings.train, len(settings.data.class_names)),
-        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],
-        jit_compile=settings.train.xla,
-    )
 
 
 @dataclass(frozen=True)
@@ -349,20 +276,6 @@ def _run_stage(stage: Stage, model: Any, run: _Run) -> None:
         )
 
 
-@contextmanager
-def expected_end_of_data() -> Iterator[None]:
-    """Hide Keras's warning at the end of validation data of unknown length.
-
-    Failed images are filtered out of a dataset, so its length is unknown and it
-    ends with an end-of-data that Keras reports as if it were a mistake.
-    """
-    with warnings.catch_warnings():
-        warnings.filterwarnings(
-            "ignore", message="Your input ran out of data", category=UserWarning
-        )
-        yield
-
-
 def _callbacks(run: _Run) -> list[Any]:
     settings, book, observer = run.settings, run.book, run.observer
     callbacks: list[Any] = [StopOnRequest(run.stop_requested), EpochEnd(book)]
@@ -384,210 +297,3 @@ def _callbacks(run: _Run) -> list[Any]:
             )
         )
     return callbacks
-
-
-def _mode(monitor: str) -> Literal["min", "max"]:
-    return "min" if monitor.endswith("loss") else "max"
-
-
-class Bookkeeping:
-    """Checkpoints, history and bundle updates: the state that makes a run resumable."""
-
-    def __init__(self, run_dir: Path, monitor: str, *, resume: bool) -> None:
-        self.run_dir = run_dir
-        self.monitor = monitor
-        self.history: list[dict[str, Any]] = bundles.read_history(run_dir) if resume else []
-        self.bundle = bundles.read_bundle(run_dir)
-        self.stage: StageName = "frozen"
-        self.stopped_early = False
-        best = self.bundle.extra.get(BEST_VALUE_KEY)
-        self.best_value: float | None = float(best) if best is not None else None
-        self.best_epoch: int | None = self.bundle.best_epoch
-        self.reported_failures: set[str] = set()
-        """Unreadable files already passed to the observer (once per run, not per stage)."""
-
-    @property
-    def unfrozen_at(self) -> int | None:
-        """The 0-based epoch the full stage began, or None while still frozen."""
-        value = self.bundle.extra.get(UNFREEZE_KEY)
-        return int(value) if value is not None else None
-
-    def record_runtime(self, settings: Settings, precision: PrecisionChoice) -> None:
-        """The recipe and the resolved precision, in bundle.json's ``extra``.
-
-        A resumed run may resume on other hardware: the precision of each
-        session is kept, the first one under ``precision``, later ones appended.
-        """
-        chosen = {
-            "policy": precision.policy,
-            "requested": precision.requested,
-            "reason": precision.reason,
-        }
-        extra = dict(self.bundle.extra)
-        extra.setdefault(RECIPE_KEY, settings.recipe)
-        previous = extra.get(PRECISION_KEY)
-        if previous is None:
-            extra[PRECISION_KEY] = chosen
-        elif previous != chosen:
-            extra[PRECISION_KEY + "_resumed"] = [*extra.get(PRECISION_KEY + "_resumed", []), chosen]
-        self._update(extra=extra)
-
-    def begin_stage(self, stage: Stage) -> None:
-        self.stage = stage.name
-        self.stopped_early = False
-        if stage.name == "full" and self.unfrozen_at is None:
-            self._update(extra={**self.bundle.extra, UNFREEZE_KEY: stage.start})
-
-    def end_epoch(self, model: Any, epoch: int, logs: Mapping[str, float]) -> dict[str, Any]:
-        self.save_last(model)
-        value = logs.get(self.monitor)
-        if value is not None and self._improves(float(value)):
-            self.best_value, self.best_epoch = float(value), epoch + 1
-            _save_atomically(model, self.run_dir / bundles.MODEL_FILE)
-        row = {"epoch": epoch + 1, "stage": self.stage, "lr": _current_lr(model), **logs}
-        self.history.append(row)
-        bundles.write_history(self.run_dir, self.history)
-        self._update(
-            epochs_completed=len(self.history),
-            best_epoch=self.best_epoch,
-            extra={**self.bundle.extra, BEST_VALUE_KEY: self.best_value},
-        )
-        return row
-
-    def save_last(self, model: Any) -> None:
-        _save_atomically(model, self.run_dir / bundles.LAST_FILE)
-
-    def _improves(self, value: float) -> bool:
-        if self.best_value is None:
-            return True
-        if _mode(self.monitor) == "min":
-            return value < self.best_value
-        return value > self.best_value
-
-    def _update(self, **changes: Any) -> None:
-        self.bundle = bundles.update_bundle(self.run_dir, **changes)
-
-
-def _save_atomically(model: Any, path: Path) -> None:
-    """Save through a temporary file and a rename: a crash or a full disk keeps the old file."""
-    temporary = path.with_name(f".{path.stem}.partial.keras")  # Keras wants the suffix
-    try:
-        model.save(temporary)
-        temporary.replace(path)
-    except OSError as error:
-        temporary.unlink(missing_ok=True)
-        kept = f"; the previous {path.name} is kept" if path.exists() else ""
-        raise MritumorError(
-            f"cannot write checkpoint {path}: {error.strerror or error}{kept}"
-        ) from None
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-
-
-def _current_lr(model: Any) -> float:
-    optimizer = model.optimizer
-    rate = optimizer.learning_rate
-    return float(rate.numpy() if hasattr(rate, "numpy") else rate)
-
-
-def early_stopping(monitor: str, patience: int, book: Bookkeeping) -> Any:
-    class _EarlyStopping(keras.callbacks.EarlyStopping):  # type: ignore[misc]
-        def on_train_end(self, logs: Mapping[str, float] | None = None) -> None:
-            super().on_train_end(logs)
-            book.stopped_early = self.stopped_epoch > 0
-
-    return _EarlyStopping(monitor=monitor, patience=patience, mode=_mode(monitor))
-
-
-class EpochEnd(keras.callbacks.Callback):  # type: ignore[misc]
-    def __init__(self, book: Bookkeeping) -> None:
-        super().__init__()
-        self.book = book
-
-    def on_epoch_end(self, epoch: int, logs: Mapping[str, float] | None = None) -> None:
-        self.book.end_epoch(self.model, epoch, dict(logs or {}))
-
-
-class StopOnRequest(keras.callbacks.Callback):  # type: ignore[misc]
-    def __init__(self, stop_requested: Callable[[], bool]) -> None:
-        super().__init__()
-        self.stop_requested = stop_requested
-
-    def on_train_batch_end(self, batch: int, logs: Mapping[str, float] | None = None) -> None:
-        if self.stop_requested():
-            raise TrainingInterruptedError("training interrupted")
-
-
-class ObserverCallback(keras.callbacks.Callback):  # type: ignore[misc]
-    """Forwards Keras events to the observer, with images per second."""
-
-    def __init__(
-        self,
-        observer: TrainingObserver,
-        batch_size: int,
-        data: InputPipeline,
-        val_data: InputPipeline,
-        book: Bookkeeping,
-    ) -> None:
-        super().__init__()
-        self.book = book
-        self.observer = observer
-        self.batch_size = batch_size
-        self.steps = data.steps_per_epoch
-        self.seen = book.reported_failures
-        self.failures = (data.failures, val_data.failures)
-        self.started = time.perf_counter()
-
-    def on_epoch_begin(self, epoch: int, logs: Mapping[str, float] | None = None) -> None:
-        self.started = time.perf_counter()
-        self.observer.on_epoch_begin(epoch, self.steps)
-
-    def on_train_batch_end(self, batch: int, logs: Mapping[str, float] | None = None) -> None:
-        elapsed = max(time.perf_counter() - self.started, 1e-9)
-        rate = (batch + 1) * self.batch_size / elapsed
-        self.observer.on_batch_end(batch, rate, dict(logs or {}))
-
-    def on_epoch_end(self, epoch: int, logs: Mapping[str, float] | None = None) -> None:
-        self.observer.on_epoch_end(self.book.history[-1])
-        for failures in self.failures:
-            for path, reason in failures.items().items():
-                if path not in self.seen:
-                    self.seen.add(path)
-                    self.observer.on_warning(f"skipped unreadable image: {reason}")
-
-
-@contextmanager
-def stop_on_sigint() -> Iterator[Callable[[], bool]]:
-    """A first Ctrl-C asks training to stop after the batch; a second one quits at once.
-
-    Python lets only the main thread install signal handlers; training started
-    from another thread (a GUI or web worker) keeps the process's Ctrl-C as it is.
-    """
-    requested = False
-    if threading.current_thread() is not threading.main_thread():
-        yield lambda: requested
-        return
-
-    def handle(signum: int, frame: FrameType | None) -> None:
-        nonlocal requested
-        requested = True
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-
-    previous = signal.signal(signal.SIGINT, handle)
-    try:
-        yield lambda: requested
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
-def write_curves(run_dir: Path, book: Bookkeeping) -> None:
-    from mritumor.plots import plot_training_curves
-
-    if book.history:
-        plot_training_curves(
-            book.history,
-            run_dir / bundles.REPORTS_DIR,
-            unfreeze_epoch=book.unfrozen_at or None,
-            best_epoch=book.best_epoch,
-        )

@@ -3,20 +3,18 @@
 The model is one flat functional graph: the backbone is built on the model's
 own input tensor (see :class:`mritumor.models.registry.BackboneBuilder`), so every conv
 layer is reachable by name for Grad-CAM, and the saved ``.keras`` file holds
-only standard Keras layers: it loads with ``safe_mode=True``, no Lambda layers.
+only standard Keras layers: it loads with ``safe_mode=True`` (see
+:mod:`mritumor.run.checkpoint`), no Lambda layers.
 The head's Dense layer computes in float32 whatever the precision policy, so
 logits (and the tumour score derived from them) never round in float16.
 """
 
 from __future__ import annotations
 
-import zipfile
-from pathlib import Path
 from typing import Any
 
-from mritumor.config.settings import Settings
+from mritumor.config.schema import Settings
 from mritumor.core.environment import import_tensorflow
-from mritumor.core.errors import MritumorError, UsageError
 from mritumor.models.registry import registry
 
 INPUT_NAME = "image"
@@ -67,42 +65,3 @@ def set_backbone_trainable(model: Any, trainable: bool) -> None:
     """
     for layer in backbone_layers(model):
         layer.trainable = trainable
-
-
-def load_model(path: Path, *, compile: bool = False) -> Any:
-    """Load a ``.keras`` model with ``safe_mode=True`` (no arbitrary code from the file).
-
-    ``compile=True`` restores the optimizer state too, for resuming training.
-    """
-    if path.suffix != ".keras":
-        raise UsageError(
-            f"{path}: only .keras model files are loaded (in safe mode); "
-            ".h5 files and pickles can run code and are refused"
-        )
-    if not path.is_file():
-        raise UsageError(f"model file {path} not found")
-    if not zipfile.is_zipfile(path):
-        raise MritumorError(_damaged(path))
-    import_tensorflow()
-    import keras
-
-    try:
-        return keras.saving.load_model(path, safe_mode=True, compile=compile)
-    except (ValueError, OSError, KeyError, zipfile.BadZipFile) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise MritumorError(f"cannot load {path}: {reason}") from None
-
-
-def _damaged(path: Path) -> str:
-    """A .keras file is a zip archive: one that is not (zero bytes, cut off) was damaged."""
-    from mritumor.run.bundle import LAST_FILE
-
-    size = path.stat().st_size
-    recovery = "retrain, or restore it from a copy"
-    last = path.with_name(LAST_FILE)
-    if path.name != LAST_FILE and zipfile.is_zipfile(last):
-        recovery = (
-            f"{last} holds the latest training state: continue the run with "
-            f"`mritumor train --resume {path.parent}`, or retrain"
-        )
-    return f"{path} is damaged ({size} bytes, not a complete .keras archive); {recovery}"

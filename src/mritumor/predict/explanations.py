@@ -1,6 +1,6 @@
 """Grad-CAM for a run: panels for ``gradcam`` and ``infer --gradcam``, localisation for ``eval``.
 
-Images reach Grad-CAM through the same :class:`~mritumor.predict.inference.Predictor`
+Images reach Grad-CAM through the same :class:`~mritumor.predict.predictor.Predictor`
 batches as predictions do, so a heat map explains exactly the input the model
 classified. Panels show that model input (resized, padded as in training).
 """
@@ -18,7 +18,8 @@ from mritumor import plots
 from mritumor.core.errors import UsageError
 from mritumor.core.progress import ProgressCallback
 from mritumor.predict.gradcam import METHOD_LABELS, Method, default_layer, explain, overlay
-from mritumor.predict.inference import ImageInput, Predictor
+from mritumor.predict.inputs import ImageInput
+from mritumor.predict.predictor import Predictor
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray
@@ -222,9 +223,9 @@ def localisation(
 def _model_mask(predictor: Predictor, path: Path) -> NDArray[np.bool_]:
     import tensorflow as tf
 
-    from mritumor.data.files import read_image
+    from mritumor.data.images import read_image
     from mritumor.data.input_pipeline import resize_image
 
     bundle = predictor.bundle
-    resized = resize_image(tf.constant(read_image(path, 1)), bundle.image_size, bundle.resize_mode)
+    resized = resize_image(tf.constant(read_image(path, 1)), bundle.image_size, bundle.resize)
     return np.asarray(resized.numpy()[..., 0] > 0)

@@ -1,3 +1,4 @@
-"""The run folder, which is the model bundle: bundle.json, its layout, splits, history and the lock.
+"""The run folder, which is the model bundle: its layout and creation (``layout``), bundle.json
+(``bundle``), splits, history, provenance, safe model loading (``checkpoint``) and the lock.
 
 May import: core, config, data, models."""

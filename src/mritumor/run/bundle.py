@@ -1,215 +1,177 @@
-"""The run directory, which is the model bundle.
+"""``bundle.json``: what a model needs besides its weights, as one validated pydantic model.
 
-Every command that produces a model writes one directory, and inference needs
-nothing else (the keras-hub preset idea: weights plus JSON that says how to use
-them)::
+Inference needs nothing but the run folder (the keras-hub preset idea: weights plus JSON
+that says how to use them). :class:`Bundle` declares every key of ``bundle.json`` with its
+type and bounds; every way a file can be unusable (not JSON, a key missing, a value of the
+wrong type or out of range, a newer schema) is one :class:`~mritumor.run.layout.BundleError`
+line that names the file, the key and what it must hold. Older schemas are migrated on
+reading. Later commands change a run (``calibrate`` writes the temperature, ``threshold``
+the operating point) through :func:`update_bundle`, whose every assignment is validated.
+The JSON Schema of the file, ``Bundle.model_json_schema()``, is published in the docs.
 
-    runs/train-3/
-      model.keras             best checkpoint (loads with safe_mode=True)
-      last.keras              latest state, for --resume
-      bundle.json             how to use the model: classes, input, temperature, threshold, ...
-      config.yaml             the resolved settings that produced it
-      splits/<name>.csv       the exact files of every split (path, label, relpath)
-      history.csv             per-epoch metrics; training_history.json in the reference format
-      reports/                figures and JSON
-
-Run directories are numbered per command (``train-1``, ``train-2``, ...) and
-created with an exclusive ``mkdir``, so two runs never share one. Every file is
-written through a temporary file and a rename: a crash leaves the old file or
-the new one, never half of either. Later commands add to a run (``calibrate``
-writes the temperature, ``threshold`` the operating point) through
-:func:`update_bundle`; nothing the user owns is rewritten.
-
-This module imports no TensorFlow: reading a bundle, listing runs and choosing
-the newest one stay fast.
+This module imports no TensorFlow: reading a bundle, listing runs and choosing the
+newest one stay fast.
 """
 
 from __future__ import annotations
 
-import csv
-import dataclasses
 import difflib
-import hashlib
-import io
 import json
-import math
-import numbers
-import os
-import platform
-import re
-import subprocess
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from importlib import metadata
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ModelWrapValidatorHandler,
+    ValidationError,
+    ValidationInfo,
+    model_validator,
+)
+from pydantic.config import JsonDict
+from pydantic_core import ErrorDetails
 
 from mritumor import __version__
-from mritumor.core.errors import UsageError
 from mritumor.core.fsutil import atomic_write_text, json_safe
-from mritumor.data.splits import SplitFiles
+from mritumor.core.preprocessing import RESIZE_MODES, Channels, ImageSize, Preprocessing, ResizeMode
+from mritumor.run.layout import BUNDLE_FILE, TRAIN_HINT, BundleError, RunLayout, parse_time
+from mritumor.run.provenance import environment_versions, git_commit, utc_now
 
 if TYPE_CHECKING:
-    from mritumor.config.settings import Settings
+    from mritumor.config.schema import Settings
 
 SCHEMA_VERSION = 1
 #: The oldest bundle schema this version still reads (older ones need migrating code).
 MIN_SCHEMA_VERSION = 1
-
-BUNDLE_FILE = "bundle.json"
-MODEL_FILE = "model.keras"
-LAST_FILE = "last.keras"
-CONFIG_FILE = "config.yaml"
-SPLITS_DIR = "splits"
-REPORTS_DIR = "reports"
-HISTORY_FILE = "history.csv"
-HISTORY_JSON = "training_history.json"
-#: Held by the process that writes the run (see :mod:`mritumor.run.lock`); not run content.
-LOCK_FILE = ".lock"
-
-TRAIN_HINT = "train a model first: mritumor train"
-
-#: Keys every bundle.json must have; the other fields have defaults, so a bundle
-#: written before a field existed still reads.
-REQUIRED_KEYS = (
-    "schema_version",
-    "command",
-    "created",
-    "class_names",
-    "negative_class",
-    "image_size",
-    "channels",
-    "resize",
-    "backbone",
-)
-RESIZE_MODES = ("plain", "pad")
-
-#: History columns in this order first; any others follow, each metric beside its val_ twin.
-HISTORY_COLUMNS = ("epoch", "stage", "lr", "loss", "accuracy", "val_loss", "val_accuracy")
-_INTEGER_HISTORY_COLUMNS = frozenset({"epoch", "stage"})
-#: A history cell: a metric, the epoch number, or text such as the stage name.
-HistoryValue = float | int | str
-#: Split files listed in this order first, the rest alphabetically.
-_SPLIT_ORDER = ("train", "val", "cal", "test")
-_SPLIT_COLUMNS = ("path", "label", "relpath")
-
-#: Distributions that provide TensorFlow, in the order they are looked up.
-_TENSORFLOW_DISTRIBUTIONS = (
-    "tensorflow",
-    "tensorflow-cpu",
-    "tensorflow-gpu",
-    "tensorflow-macos",
-    "tensorflow-intel",
-    "tf-nightly",
-)
-_NOT_INSTALLED = "not installed"
-_MAX_MKDIR_ATTEMPTS = 1000
-_GIT_TIMEOUT_S = 2.0
-_COMMIT = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")
-
 #: schema_version n -> a function that turns an n-bundle dict into an (n + 1)-bundle dict.
 _MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {}
+#: Keys a file must hold although a new Bundle fills them in.
+_FILLED_IN_BY_NEW_BUNDLES = ("schema_version", "created")
 
 
-class BundleError(UsageError):
-    """A run directory or bundle.json that cannot be used; the message says why and what to do."""
+@dataclass(frozen=True)
+class Expected:
+    """What a field must hold, in the words of its error: ``'channels' must be 1 or 3, got 4``."""
+
+    text: str
 
 
-# --------------------------------------------------------------------------- provenance
+def _iso_time(value: str) -> str:
+    if parse_time(value) is None:
+        raise ValueError("not an ISO 8601 time")
+    return value
 
 
-def environment_versions() -> dict[str, str]:
-    """Versions of mritumor, TensorFlow, Keras, Python and NumPy, without importing them."""
-    tensorflow = _NOT_INSTALLED
-    for distribution in _TENSORFLOW_DISTRIBUTIONS:
-        tensorflow = _distribution_version(distribution)
-        if tensorflow != _NOT_INSTALLED:
-            break
-    return {
-        "mritumor": __version__,
-        "tensorflow": tensorflow,
-        "keras": _distribution_version("keras"),
-        "python": platform.python_version(),
-        "numpy": _distribution_version("numpy"),
-    }
+def _distinct(names: list[str]) -> list[str]:
+    if len(set(names)) != len(names):
+        raise ValueError("a class is repeated")
+    return names
 
 
-def git_commit(cwd: Path | None = None) -> str | None:
-    """``git rev-parse HEAD`` in ``cwd``; None outside a repository, without git, or on a hang."""
-    try:
-        result = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=cwd,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=_GIT_TIMEOUT_S,
-            check=False,
-        )
-    except (OSError, subprocess.SubprocessError, ValueError):
-        return None
-    commit = result.stdout.strip()
-    if result.returncode != 0 or not _COMMIT.match(commit):
-        return None
-    return commit
+def _required_in_files(schema: JsonDict) -> None:
+    """The published schema requires what a file must hold (see :func:`_required_keys`)."""
+    schema["required"] = list(_required_keys())
 
 
-def utc_now() -> str:
-    """The current UTC time in ISO 8601, to the second: ``2025-01-31T12:00:00+00:00``."""
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+Text = Annotated[str, Field(pattern=r"\S"), Expected("a non-empty string")]
+OptionalText = Annotated[str | None, Expected("a string or null")]
+OptionalObject = Annotated[dict[str, Any] | None, Expected("an object or null")]
 
 
-@dataclass
-class Bundle:
+class Bundle(BaseModel):
     """What a model needs besides its weights: the contents of ``bundle.json``.
 
-    Only :data:`REQUIRED_KEYS` must be present in the file; a missing optional
-    key takes the default below. Keys this version does not know are kept and
-    written back unchanged, so an older mritumor that updates a newer bundle of
-    the same schema loses nothing; new fields belong in ``extra`` until the
-    schema version is raised.
+    Keys this version does not know are kept and written back unchanged, so an older
+    mritumor that updates a newer bundle of the same schema loses nothing; new fields
+    belong in ``extra`` until the schema version is raised. A file must hold every field
+    without a default, and ``schema_version`` and ``created``.
     """
 
-    command: str
+    model_config = ConfigDict(
+        strict=True,
+        extra="allow",
+        validate_assignment=True,
+        use_attribute_docstrings=True,
+        json_schema_extra=_required_in_files,
+    )
+
+    schema_version: Annotated[int, Expected("an integer")] = SCHEMA_VERSION
+    """The version of this format: a newer one is refused, an older one migrated on reading."""
+    command: Text
     """The command that produced the run: ``train``, ``finetune``, ``kfold``, ..."""
-    class_names: list[str]
-    """Class names in the order of the model's outputs."""
-    negative_class: str
-    """The class whose complement is the tumour score ``1 - p(negative_class)``."""
-    image_size: int
-    channels: int
-    resize: str
-    """``plain`` (stretch to a square) or ``pad`` (keep the aspect ratio)."""
-    backbone: str
-    """Canonical registry name (not an alias)."""
-    schema_version: int = SCHEMA_VERSION
-    created: str = field(default_factory=utc_now)
+    created: Annotated[str, AfterValidator(_iso_time), Expected("an ISO 8601 time")] = Field(
+        default_factory=utc_now
+    )
     """UTC ISO 8601 time the run started."""
-    temperature: float = 1.0
+    class_names: Annotated[
+        list[Annotated[str, Field(min_length=1)]],
+        Field(min_length=2),
+        AfterValidator(_distinct),
+        Expected("a list of at least 2 distinct, non-empty class names"),
+    ]
+    """Class names in the order of the model's outputs."""
+    negative_class: Annotated[str, Expected("a string")]
+    """The class whose complement is the tumour score ``1 - p(negative_class)``."""
+    image_size: Annotated[ImageSize, Expected("a positive integer")]
+    """Side of the square model input, in pixels."""
+    channels: Annotated[Channels, Expected("1 or 3")]
+    """1 for grayscale, 3 for RGB input."""
+    resize: Annotated[ResizeMode, Expected(f"one of {', '.join(RESIZE_MODES)}")]
+    """``plain`` (stretch to a square) or ``pad`` (keep the aspect ratio)."""
+    backbone: Text
+    """Canonical registry name (not an alias)."""
+    temperature: Annotated[
+        float, Field(gt=0, allow_inf_nan=False), Expected("a positive number")
+    ] = 1.0
     """Temperature T of ``softmax(z / T)``; ``calibrate`` writes it."""
-    temperature_source: dict[str, Any] | None = None
+    temperature_source: OptionalObject = None
     """How T was fitted, e.g. ``{"split": "cal", "n": 123, "nll_before": .., "nll_after": ..}``."""
-    threshold: float | None = None
-    """Operating point on the calibrated tumour score; None until ``threshold`` runs."""
-    threshold_info: dict[str, Any] | None = None
+    threshold: Annotated[
+        float | None, Field(ge=0, le=1), Expected("a number in [0, 1] or null")
+    ] = None
+    """Operating point on the calibrated tumour score; null until ``threshold`` runs."""
+    threshold_info: OptionalObject = None
     """How the threshold was chosen: strategy, constraints, split."""
-    dataset_fingerprint: str = ""
-    versions: dict[str, str] = field(default_factory=environment_versions)
-    """Package versions; a new Bundle records the running ones (see :func:`environment_versions`)."""
-    git_commit: str | None = field(default_factory=git_commit)
-    """The commit of the working directory's git repository when the bundle was created."""
-    parent: str | None = None
-    """The parent bundle's run directory (``finetune``)."""
-    monitor: str = "val_loss"
+    dataset_fingerprint: Annotated[str, Expected("a string")] = ""
+    """``sha256:<hex>`` over the files of every split, their labels and sizes."""
+    versions: Annotated[
+        dict[str, str], Expected("an object of package names and version strings")
+    ] = Field(default_factory=environment_versions)
+    """Versions of mritumor, TensorFlow, Keras, Python and NumPy that created the run."""
+    git_commit: OptionalText = Field(default_factory=git_commit)
+    """The commit of the working directory's git repository when the run was created."""
+    parent: OptionalText = None
+    """The parent run's directory (``finetune``)."""
+    monitor: Text = "val_loss"
     """The metric that selected ``model.keras``."""
-    best_epoch: int | None = None
+    best_epoch: Annotated[int | None, Field(ge=1), Expected("a positive integer or null")] = None
     """1-based epoch of ``model.keras``."""
-    epochs_completed: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
+    epochs_completed: Annotated[int, Field(ge=0), Expected("a non-negative integer")] = 0
+    """Epochs trained so far; ``--resume`` continues after them."""
+    extra: Annotated[dict[str, Any], Expected("an object")] = Field(default_factory=dict)
     """Forward-compatible additions, free-form."""
-    _unknown: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
-    """Top-level keys this version does not know, written back as read."""
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _one_line(
+        cls, data: Any, handler: ModelWrapValidatorHandler[Bundle], info: ValidationInfo
+    ) -> Bundle:
+        """Every failure, of a new bundle, a file or an assignment, as one BundleError line."""
+        source = (info.context or {}).get("source", "bundle")
+        try:
+            bundle = handler(data)
+        except ValidationError as error:
+            raise BundleError(_summary(source, error, data)) from None
+        if bundle.negative_class not in bundle.class_names:
+            raise BundleError(
+                f"{source}: 'negative_class' {bundle.negative_class!r} is not one of "
+                f"class_names {bundle.class_names}"
+            )
+        return bundle
 
     @property
     def negative_index(self) -> int:
@@ -217,45 +179,13 @@ class Bundle:
         return self.class_names.index(self.negative_class)
 
     @property
-    def resize_mode(self) -> Literal["plain", "pad"]:
-        """:attr:`resize` as the input pipeline's type (validated to be one of the two)."""
-        return "pad" if self.resize == "pad" else "plain"
-
-    @property
-    def input_shape(self) -> tuple[int, int, int]:
-        """``(image_size, image_size, channels)``."""
-        return (self.image_size, self.image_size, self.channels)
-
-    def problems(self) -> list[str]:
-        """What is wrong with the field values; empty when the bundle is usable."""
-        found = [
-            f"{key!r} {problem}"
-            for key, problem in (
-                (key, check(getattr(self, key))) for key, check in _FIELD_CHECKS.items()
-            )
-            if problem
-        ]
-        if not found and self.negative_class not in self.class_names:
-            found.append(
-                f"'negative_class' {self.negative_class!r} is not one of "
-                f"class_names {self.class_names}"
-            )
-        return found
-
-    def to_dict(self) -> dict[str, Any]:
-        """The JSON object of ``bundle.json`` (a deep copy), schema_version first."""
-        self._raise_if_invalid()
-        values = dataclasses.asdict(self)
-        unknown = values.pop("_unknown")
-        ordered = {key: values.pop(key) for key in ("schema_version", "command", "created")}
-        ordered.update(values)
-        for key, value in unknown.items():
-            ordered.setdefault(key, value)
-        return ordered
+    def preprocessing(self) -> Preprocessing:
+        """The input the model expects, as the input pipeline takes it."""
+        return Preprocessing(image_size=self.image_size, channels=self.channels, resize=self.resize)
 
     def to_json(self) -> str:
         """``bundle.json`` text: strict JSON (non-finite numbers become null), indented."""
-        return json.dumps(json_safe(self.to_dict()), indent=2, allow_nan=False) + "\n"
+        return json.dumps(json_safe(self.model_dump()), indent=2, allow_nan=False) + "\n"
 
     @classmethod
     def from_dict(cls, data: Any, *, source: str = BUNDLE_FILE) -> Bundle:
@@ -263,23 +193,15 @@ class Bundle:
         if not isinstance(data, dict):
             raise BundleError(f"{source}: expected a JSON object, found {_json_type(data)}")
         data = _migrated(data, source)
-        missing = [key for key in REQUIRED_KEYS if key not in data]
+        missing = [key for key in _required_keys() if key not in data]
         if missing:
             raise BundleError(
                 f"{source} lacks required key(s) {', '.join(missing)}; "
                 "the file is damaged or was not written by mritumor"
             )
-        names = _field_names()
         # Provenance a file lacks stays unknown rather than being taken from this process.
-        known: dict[str, Any] = {"versions": {}, "git_commit": None}
-        known.update((key, value) for key, value in data.items() if key in names)
-        unknown = {key: value for key, value in data.items() if key not in names}
-        temperature = known.get("temperature")
-        if isinstance(temperature, int) and not isinstance(temperature, bool):
-            known["temperature"] = _as_float(temperature)
-        bundle = cls(**known, _unknown=unknown)
-        bundle._raise_if_invalid(source)
-        return bundle
+        known = {"versions": {}, "git_commit": None, **data}
+        return cls.model_validate(known, context={"source": source})
 
     @classmethod
     def from_json(cls, text: str, *, source: str = BUNDLE_FILE) -> Bundle:
@@ -297,12 +219,6 @@ class Bundle:
             raise BundleError(f"{source} cannot be read as JSON ({reason}); {restore}") from None
         return cls.from_dict(data, source=source)
 
-    def _raise_if_invalid(self, source: str = "bundle") -> None:
-        problems = self.problems()
-        if problems:
-            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-            raise BundleError(f"{source}: {problems[0]}{more}")
-
 
 def new_bundle(settings: Settings, command: str, **fields: Any) -> Bundle:
     """A bundle for a new run of ``command`` described by ``settings``.
@@ -314,85 +230,18 @@ def new_bundle(settings: Settings, command: str, **fields: Any) -> Bundle:
     """
     from mritumor.models.registry import registry
 
-    values: dict[str, Any] = {
-        "command": command,
-        "class_names": list(settings.data.class_names),
-        "negative_class": settings.data.negative_class,
-        "image_size": settings.data.image_size,
-        "channels": settings.data.channels,
-        "resize": settings.data.resize,
-        "backbone": registry.get(settings.model.backbone).name,
-        "monitor": settings.train.monitor,
-    }
     _reject_unknown_fields(fields)
-    values.update(fields)
-    return Bundle(**values)
-
-
-# --------------------------------------------------------------------------- run directories
-
-
-def new_run_dir(
-    runs_dir: Path, command: str, *, exist_ok: bool = False, name: str | None = None
-) -> Path:
-    """Create and return a fresh run directory.
-
-    Without ``name``: ``runs_dir/<command>-<n>``, ``n`` one more than the largest
-    existing ``n`` for that command (gaps are not refilled), made with an
-    exclusive ``mkdir``: if another process takes that number first, the next
-    one is tried, so an existing directory is never reused (``exist_ok`` does not
-    apply). With ``name``: ``runs_dir/<name>``; an existing non-empty directory
-    is a :class:`BundleError` unless ``exist_ok``, and one that already holds a
-    run (a ``bundle.json``) always is, so runs never overwrite each other.
-    """
-    _check_folder_name(command, "command")
-    if name is not None:
-        _check_folder_name(name, "run name")
-        return _named_run_dir(runs_dir / name, exist_ok=exist_ok)
-    _make_runs_dir(runs_dir)
-    number = _largest_run_number(runs_dir, command) + 1
-    for _ in range(_MAX_MKDIR_ATTEMPTS):
-        candidate = runs_dir / f"{command}-{number}"
-        try:
-            candidate.mkdir()
-        except FileExistsError:
-            number += 1
-            continue
-        return candidate
-    raise BundleError(
-        f"could not create a new {command} run directory in {runs_dir} "
-        f"after {_MAX_MKDIR_ATTEMPTS} attempts; choose a name with --name"
+    return Bundle(
+        **{
+            "command": command,
+            "class_names": list(settings.data.class_names),
+            "negative_class": settings.data.negative_class,
+            **settings.data.preprocessing.model_dump(),
+            "backbone": registry.get(settings.model.backbone).name,
+            "monitor": settings.train.monitor,
+            **fields,
+        }
     )
-
-
-def latest_run(runs_dir: Path, command: str | None = None) -> Path:
-    """The newest run directory in ``runs_dir`` that holds a bundle.json.
-
-    Newest by the bundle's ``created`` time, then by the number in the folder
-    name. ``command`` keeps only runs of that command (the bundle's ``command``,
-    or the folder name when bundle.json cannot be parsed: :func:`read_bundle`
-    reports that problem when the run is used).
-    """
-    candidates: list[tuple[float, int, str, Path]] = []
-    if runs_dir.is_dir():
-        for entry in runs_dir.iterdir():
-            bundle_file = entry / BUNDLE_FILE
-            if not bundle_file.is_file():
-                continue
-            info = _peek(bundle_file)
-            run_command = info.get("command")
-            if not isinstance(run_command, str):
-                run_command = _command_of_folder(entry.name)
-            if command is not None and run_command != command:
-                continue
-            candidates.append(
-                (_timestamp(info.get("created")), _run_number(entry.name), entry.name, entry)
-            )
-    if not candidates:
-        what = "run" if command is None else f"{command} run"
-        where = f"in {runs_dir}" if runs_dir.is_dir() else f"({runs_dir} does not exist)"
-        raise BundleError(f"no {what} with a {BUNDLE_FILE} {where}; {TRAIN_HINT}, or pass --run")
-    return max(candidates)[-1]
 
 
 def read_bundle(run_dir: Path) -> Bundle:
@@ -406,15 +255,15 @@ def read_bundle(run_dir: Path) -> Bundle:
 
 
 def write_bundle(run_dir: Path, bundle: Bundle) -> Path:
-    """Write ``run_dir/bundle.json`` atomically (checked first); returns its path."""
+    """Write ``run_dir/bundle.json`` atomically; returns its path."""
     text = bundle.to_json()
-    path = run_dir / BUNDLE_FILE
+    path = RunLayout(run_dir).bundle
     atomic_write_text(path, text)
     return path
 
 
 def update_bundle(run_dir: Path, **changes: Any) -> Bundle:
-    """Read the bundle, replace the given fields, check and write it back atomically.
+    """Read the bundle, assign the given fields, and write it back atomically.
 
     ``update_bundle(run, temperature=1.7, temperature_source={...})``. An unknown
     field name or an invalid value raises before anything is written; a failure
@@ -423,7 +272,9 @@ def update_bundle(run_dir: Path, **changes: Any) -> Bundle:
     _reject_unknown_fields(changes)
     if "schema_version" in changes:
         raise BundleError("schema_version is set by mritumor and cannot be changed")
-    bundle = dataclasses.replace(read_bundle(run_dir), **changes)
+    bundle = read_bundle(run_dir)
+    for name, value in changes.items():
+        setattr(bundle, name, value)  # validated: a bad value is one BundleError line
     write_bundle(run_dir, bundle)
     return bundle
 
@@ -460,9 +311,6 @@ def check_class_names(
     )
 
 
-# --------------------------------------------------------------------------- config and splits
-
-
 def write_config(run_dir: Path, settings: Settings) -> Path:
     """Write the resolved settings to ``run_dir/config.yaml``; usable again as ``--config``."""
     from mritumor.config.yaml_file import settings_yaml
@@ -471,346 +319,54 @@ def write_config(run_dir: Path, settings: Settings) -> Path:
         f"# The resolved settings of this run, written by mritumor {__version__}.\n"
         "# Pass this file to --config to repeat the run.\n"
     )
-    path = run_dir / CONFIG_FILE
+    path = RunLayout(run_dir).config
     atomic_write_text(path, header + settings_yaml(settings))
     return path
 
 
-def write_splits(run_dir: Path, root: Path, splits: Iterable[SplitFiles]) -> list[Path]:
-    """Write ``run_dir/splits/<name>.csv`` for every split; returns the paths written.
-
-    Columns: ``path`` (absolute, POSIX; symlinks kept as links, since a prepared
-    layout is made of them), ``label`` (class name) and ``relpath`` (the path
-    relative to the data ``root``, empty for files outside it), which lets
-    :func:`read_split` find the files again after the data folder moved.
-    """
-    root_abs = _absolute(root)
-    written: list[Path] = []
-    for split in splits:
-        _check_folder_name(split.name, "split name")
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(_SPLIT_COLUMNS)
-        for path, label in zip(split.paths, split.labels, strict=True):
-            absolute = _absolute(path)
-            writer.writerow(
-                [absolute.as_posix(), split.class_names[label], _relative_to(absolute, root_abs)]
-            )
-        target = run_dir / SPLITS_DIR / f"{split.name}.csv"
-        atomic_write_text(target, buffer.getvalue())
-        written.append(target)
-    return written
+def _summary(source: str, error: ValidationError, data: Any) -> str:
+    """``<source>: <the first problem> (and N more)``, one problem per field."""
+    problems: dict[str, str] = {}
+    for details in error.errors(include_url=False):
+        field = str(details["loc"][0]) if details["loc"] else ""
+        problems.setdefault(field, _problem(field, details, data))
+    first, *others = problems.values()
+    more = f" (and {len(others)} more)" if others else ""
+    return f"{source}: {first}{more}"
 
 
-def list_splits(run_dir: Path) -> list[str]:
-    """Names of the splits stored in ``run_dir`` (train, val, cal, test first)."""
-    folder = run_dir / SPLITS_DIR
-    if not folder.is_dir():
-        return []
-    names = [path.stem for path in folder.glob("*.csv") if not path.name.startswith(".")]
-    return sorted(
-        names,
-        key=lambda n: (_SPLIT_ORDER.index(n) if n in _SPLIT_ORDER else len(_SPLIT_ORDER), n),
+def _problem(field: str, details: ErrorDetails, data: Any) -> str:
+    """``'<field>' must be <what the field expects>, got <the value>``."""
+    if field not in Bundle.model_fields:
+        return details["msg"]
+    expected = next(
+        item.text for item in Bundle.model_fields[field].metadata if isinstance(item, Expected)
     )
+    # The whole value of the field, not the list item or union member that failed.
+    value = data[field] if isinstance(data, Mapping) and field in data else details["input"]
+    return f"{field!r} must be {expected}, got {value!r}"
 
 
-def read_split(
-    run_dir: Path, name: str, class_names: Sequence[str], *, data_root: Path | None = None
-) -> SplitFiles:
-    """The files of split ``name`` exactly as the run used them.
-
-    A listed file that no longer exists is looked up again under ``data_root``
-    by its ``relpath`` (the data folder moved); any still missing is an error.
-    """
-    file = run_dir / SPLITS_DIR / f"{name}.csv"
-    if not file.is_file():
-        stored = list_splits(run_dir)
-        has = f"it has {', '.join(stored)}" if stored else f"it has no {SPLITS_DIR}/ folder"
-        raise BundleError(f"run {run_dir} has no {name} split ({file} not found); {has}")
-    try:
-        with file.open(newline="", encoding="utf-8") as handle:
-            reader = csv.DictReader(handle)
-            missing_columns = {"path", "label"} - set(reader.fieldnames or [])
-            if missing_columns:
-                raise BundleError(
-                    f"{file} lacks column(s) {', '.join(sorted(missing_columns))}; "
-                    "the file is damaged"
-                )
-            rows = list(reader)
-    except (OSError, UnicodeDecodeError, csv.Error) as error:
-        raise BundleError(f"cannot read {file}: {error}") from None
-
-    index = {class_name: position for position, class_name in enumerate(class_names)}
-    paths: list[Path] = []
-    labels: list[int] = []
-    absent: list[Path] = []
-    for line, row in enumerate(rows, start=2):
-        label = row.get("label") or ""
-        if label not in index:
-            raise BundleError(
-                f"{file} line {line}: label {label!r} is not one of the classes {list(class_names)}"
-            )
-        if not row.get("path"):
-            raise BundleError(f"{file} line {line}: empty path")
-        path = Path(row["path"])
-        if not path.is_file() and data_root is not None and row.get("relpath"):
-            moved = data_root / row["relpath"]
-            if moved.is_file():
-                path = moved
-        if not path.is_file():
-            absent.append(path)
-        paths.append(path)
-        labels.append(index[label])
-    if absent:
-        raise BundleError(
-            f"{file} lists {len(absent)} file(s) that no longer exist, first {absent[0]}; "
-            "restore them, or if the data folder moved, give its new location "
-            "(paths.data_dir)"
-        )
-    if not paths:
-        raise BundleError(f"{file} lists no files")
-    return SplitFiles(
-        name=name, paths=tuple(paths), labels=tuple(labels), class_names=tuple(class_names)
-    )
-
-
-def dataset_fingerprint(splits: Iterable[SplitFiles]) -> str:
-    """``sha256:<hex>`` over (split, path, label, file size) of every file, sorted.
-
-    Paths are taken relative to the deepest folder common to all files, so the
-    fingerprint survives moving the data folder but changes when a file is added,
-    removed, resized, relabelled or moved to another split. Raises
-    :class:`BundleError` naming a file that cannot be read.
-    """
-    records = [
-        (split.name, _absolute(path), split.class_names[label])
-        for split in splits
-        for path, label in zip(split.paths, split.labels, strict=True)
-    ]
-    base = _common_folder([path for _, path, _ in records])
-    entries: list[tuple[str, str, str, int]] = []
-    for split_name, path, class_name in records:
-        try:
-            size = path.stat().st_size
-        except OSError as error:
-            raise BundleError(f"cannot fingerprint the dataset: {path}: {error}") from None
-        entries.append((split_name, _relative_to(path, base) or path.as_posix(), class_name, size))
-    digest = hashlib.sha256()
-    for entry in sorted(entries):
-        digest.update(json.dumps(entry, ensure_ascii=False).encode("utf-8") + b"\n")
-    return f"sha256:{digest.hexdigest()}"
-
-
-# --------------------------------------------------------------------------- history
-
-
-def write_history(run_dir: Path, rows: Sequence[Mapping[str, HistoryValue]]) -> tuple[Path, Path]:
-    """Write ``history.csv`` and ``training_history.json``, both atomically.
-
-    One row per epoch: numbers, plus text such as ``stage`` (``frozen``/``full``).
-    ``epoch`` is 1-based (the row's position when absent). Columns:
-    :data:`HISTORY_COLUMNS` that occur, then every other key, each metric
-    followed by its ``val_`` twin. The JSON has the reference framework's (Keras
-    ``History.history``) shape, one list per key (``loss``, ``accuracy``,
-    ``val_loss``, ... and ``epoch``, ``stage``); ``null`` where a row lacks the key
-    or the value is not finite (strict JSON has no NaN; the CSV keeps ``nan``).
-    """
-    full_rows = [
-        {"epoch": position, **{key: _history_scalar(key, value) for key, value in row.items()}}
-        for position, row in enumerate(rows, start=1)
-    ]
-    columns = _history_columns(full_rows)
-
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(columns)
-    for row in full_rows:
-        writer.writerow([_csv_value(row.get(column)) for column in columns])
-    lists = {column: [_json_value(row.get(column)) for row in full_rows] for column in columns}
-    csv_path = run_dir / HISTORY_FILE
-    json_path = run_dir / HISTORY_JSON
-    atomic_write_text(csv_path, buffer.getvalue())
-    atomic_write_text(json_path, json.dumps(lists, indent=2, allow_nan=False) + "\n")
-    return csv_path, json_path
-
-
-def read_history(run_dir: Path) -> list[dict[str, HistoryValue]]:
-    """The rows of ``history.csv``, for a resumed run to append to; [] when there is none yet.
-
-    Integral ``epoch`` and ``stage`` values come back as int, other numbers as
-    float, text (``stage``) as str; empty cells are left out of the row.
-    """
-    path = run_dir / HISTORY_FILE
-    if not path.is_file():
-        return []
-    try:
-        with path.open(newline="", encoding="utf-8") as handle:
-            raw_rows = list(csv.DictReader(handle))
-    except (OSError, UnicodeDecodeError, csv.Error) as error:
-        raise BundleError(f"cannot read {path}: {error}") from None
+def _required_keys() -> list[str]:
+    """Every field without a default, and the two that a new Bundle fills in."""
     return [
-        {
-            column: _parse_history_value(column, text)
-            for column, text in raw.items()
-            if column is not None and isinstance(text, str) and text != ""
-        }
-        for raw in raw_rows
+        name
+        for name, field in Bundle.model_fields.items()
+        if field.is_required() or name in _FILLED_IN_BY_NEW_BUNDLES
     ]
 
 
-# --------------------------------------------------------------------------- helpers
+def _reject_unknown_fields(changes: Mapping[str, Any]) -> None:
+    names = sorted(Bundle.model_fields)
+    for key in changes:
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise BundleError(f"unknown bundle field {key!r}{hint}")
 
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _as_float(value: int) -> float:
-    """An integer beyond the float range is inf, which the checks then refuse by name."""
-    try:
-        return float(value)
-    except OverflowError:
-        return math.inf if value > 0 else -math.inf
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _check_nonempty_str(value: Any) -> str | None:
-    return (
-        None
-        if isinstance(value, str) and value.strip()
-        else f"must be a non-empty string, got {value!r}"
-    )
-
-
-def _check_str(value: Any) -> str | None:
-    return None if isinstance(value, str) else f"must be a string, got {value!r}"
-
-
-def _check_optional_str(value: Any) -> str | None:
-    return (
-        None
-        if value is None or isinstance(value, str)
-        else f"must be a string or null, got {value!r}"
-    )
-
-
-def _check_optional_dict(value: Any) -> str | None:
-    return (
-        None
-        if value is None or isinstance(value, dict)
-        else f"must be an object or null, got {value!r}"
-    )
-
-
-def _check_dict(value: Any) -> str | None:
-    return None if isinstance(value, dict) else f"must be an object, got {value!r}"
-
-
-def _check_schema_version(value: Any) -> str | None:
-    return None if _is_int(value) else f"must be an integer, got {value!r}"
-
-
-def _check_created(value: Any) -> str | None:
-    if isinstance(value, str) and _parse_time(value) is not None:
-        return None
-    return f"must be an ISO 8601 time, got {value!r}"
-
-
-def _check_class_names(value: Any) -> str | None:
-    if not (isinstance(value, list) and all(isinstance(n, str) and n for n in value)):
-        return f"must be a list of class names, got {value!r}"
-    if len(value) < 2:
-        return f"must name at least 2 classes, got {value!r}"
-    if len(set(value)) != len(value):
-        return f"must not repeat a class, got {value!r}"
-    return None
-
-
-def _check_image_size(value: Any) -> str | None:
-    return None if _is_int(value) and value > 0 else f"must be a positive integer, got {value!r}"
-
-
-def _check_channels(value: Any) -> str | None:
-    return None if _is_int(value) and value in (1, 3) else f"must be 1 or 3, got {value!r}"
-
-
-def _check_resize(value: Any) -> str | None:
-    return (
-        None
-        if value in RESIZE_MODES
-        else f"must be one of {', '.join(RESIZE_MODES)}, got {value!r}"
-    )
-
-
-def _check_temperature(value: Any) -> str | None:
-    if _is_number(value) and math.isfinite(value) and value > 0:
-        return None
-    return f"must be a positive number, got {value!r}"
-
-
-def _check_threshold(value: Any) -> str | None:
-    if value is None or (_is_number(value) and 0.0 <= value <= 1.0):
-        return None
-    return f"must be a number in [0, 1] or null, got {value!r}"
-
-
-def _check_versions(value: Any) -> str | None:
-    if isinstance(value, dict) and all(isinstance(v, str) for v in value.values()):
-        return None
-    return f"must map package names to version strings, got {value!r}"
-
-
-def _check_best_epoch(value: Any) -> str | None:
-    if value is None or (_is_int(value) and value >= 1):
-        return None
-    return f"must be a positive integer or null, got {value!r}"
-
-
-def _check_epochs_completed(value: Any) -> str | None:
-    return (
-        None if _is_int(value) and value >= 0 else f"must be a non-negative integer, got {value!r}"
-    )
-
-
-_FIELD_CHECKS: dict[str, Callable[[Any], str | None]] = {
-    "schema_version": _check_schema_version,
-    "command": _check_nonempty_str,
-    "created": _check_created,
-    "class_names": _check_class_names,
-    "negative_class": _check_str,
-    "image_size": _check_image_size,
-    "channels": _check_channels,
-    "resize": _check_resize,
-    "backbone": _check_nonempty_str,
-    "temperature": _check_temperature,
-    "temperature_source": _check_optional_dict,
-    "threshold": _check_threshold,
-    "threshold_info": _check_optional_dict,
-    "dataset_fingerprint": _check_str,
-    "versions": _check_versions,
-    "git_commit": _check_optional_str,
-    "parent": _check_optional_str,
-    "monitor": _check_nonempty_str,
-    "best_epoch": _check_best_epoch,
-    "epochs_completed": _check_epochs_completed,
-    "extra": _check_dict,
-}
-
-
-def _field_names() -> set[str]:
-    return {f.name for f in dataclasses.fields(Bundle) if not f.name.startswith("_")}
-
-
-def _reject_unknown_fields(changes: Mapping[str, Any]) -> None:
-    names = _field_names()
-    for key in changes:
-        if key not in names:
-            close = difflib.get_close_matches(key, sorted(names), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise BundleError(f"unknown bundle field {key!r}{hint}")
 
 
 def _migrated(data: dict[str, Any], source: str) -> dict[str, Any]:
@@ -845,183 +401,20 @@ def _bundle_file(run_dir: Path) -> Path:
         raise BundleError(f"run directory {run_dir} does not exist; {TRAIN_HINT}, or check --run")
     if not run_dir.is_dir():
         raise BundleError(f"{run_dir} is not a directory; --run takes a run directory")
-    bundle_file = run_dir / BUNDLE_FILE
-    if not bundle_file.is_file():
+    layout = RunLayout(run_dir)
+    if not layout.bundle.is_file():
         interrupted = (
             " (it holds a model but no bundle.json: was the run interrupted?)"
-            if (run_dir / LAST_FILE).exists() or (run_dir / MODEL_FILE).exists()
+            if layout.last.exists() or layout.model.exists()
             else ""
         )
         raise BundleError(
             f"{run_dir} is not a mritumor run directory: it has no {BUNDLE_FILE}{interrupted}; "
             "pass --run with a folder such as runs/train-1"
         )
-    return bundle_file
-
-
-def _peek(bundle_file: Path) -> dict[str, Any]:
-    """The parsed bundle.json, or {} when it cannot be read (no error: just a candidate)."""
-    try:
-        data = json.loads(bundle_file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _parse_time(text: str) -> datetime | None:
-    try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc)
-
-
-def _timestamp(value: Any) -> float:
-    moment = _parse_time(value) if isinstance(value, str) else None
-    return moment.timestamp() if moment is not None else float("-inf")
-
-
-def _run_number(folder: str) -> int:
-    match = re.fullmatch(r".+-([0-9]+)", folder)
-    return int(match.group(1)) if match else -1
-
-
-def _command_of_folder(folder: str) -> str | None:
-    match = re.fullmatch(r"(.+)-[0-9]+", folder)
-    return match.group(1) if match else None
-
-
-def _largest_run_number(runs_dir: Path, command: str) -> int:
-    pattern = re.compile(rf"{re.escape(command)}-([0-9]+)")
-    numbers = [
-        int(match.group(1))
-        for entry in runs_dir.iterdir()
-        if (match := pattern.fullmatch(entry.name)) is not None
-    ]
-    return max(numbers, default=0)
-
-
-def _check_folder_name(name: str, what: str) -> None:
-    if (
-        not name
-        or name in (".", "..")
-        or "/" in name
-        or "\\" in name
-        or "\0" in name
-        or name != name.strip()
-    ):
-        raise BundleError(f"invalid {what} {name!r}: use one folder name, without slashes")
-
-
-def _make_runs_dir(runs_dir: Path) -> None:
-    try:
-        runs_dir.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        raise BundleError(
-            f"{runs_dir} exists and is not a directory; set paths.runs_dir to a folder"
-        ) from None
-
-
-def _named_run_dir(run_dir: Path, *, exist_ok: bool) -> Path:
-    _make_runs_dir(run_dir.parent)
-    try:
-        run_dir.mkdir()
-    except FileExistsError:
-        if not run_dir.is_dir():
-            raise BundleError(
-                f"{run_dir} exists and is not a directory; choose another --name"
-            ) from None
-        if (run_dir / BUNDLE_FILE).exists():
-            raise BundleError(
-                f"{run_dir} already holds a run; continue it with --resume {run_dir} "
-                "or choose another --name"
-            ) from None
-        if not exist_ok and any(path.name != LOCK_FILE for path in run_dir.iterdir()):
-            raise BundleError(
-                f"run directory {run_dir} already exists and is not empty; "
-                "choose another --name, or pass --exist-ok to add to it"
-            ) from None
-    return run_dir
-
-
-def _absolute(path: Path) -> Path:
-    """``path`` made absolute and normalised, without following symlinks."""
-    return Path(os.path.abspath(path))  # noqa: PTH100 (Path.resolve would follow symlinks)
-
-
-def _relative_to(path: Path, base: Path | None) -> str:
-    if base is None:
-        return ""
-    try:
-        return path.relative_to(base).as_posix()
-    except ValueError:
-        return ""
-
-
-def _common_folder(paths: Sequence[Path]) -> Path | None:
-    if not paths:
-        return None
-    try:
-        return Path(os.path.commonpath([path.parent for path in paths]))
-    except ValueError:  # different drives
-        return None
-
-
-def _distribution_version(name: str) -> str:
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return _NOT_INSTALLED
+    return layout.bundle
 
 
 def _json_type(value: Any) -> str:
     kinds = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
     return kinds.get(type(value), "a number")
-
-
-def _history_columns(rows: Sequence[Mapping[str, object]]) -> list[str]:
-    seen: set[str] = set()
-    for row in rows:
-        seen.update(row)
-    others = sorted(
-        seen - set(HISTORY_COLUMNS),
-        key=lambda name: (name.removeprefix("val_"), name.startswith("val_")),
-    )
-    return [column for column in HISTORY_COLUMNS if column in seen] + others
-
-
-def _history_scalar(key: str, value: Any) -> HistoryValue | None:
-    """A Python int, float or str for a history cell (NumPy scalars and 0-d arrays included)."""
-    if value is None or isinstance(value, str):
-        return value
-    if isinstance(value, numbers.Integral):
-        return int(value)
-    if isinstance(value, numbers.Real):
-        return float(value)
-    if hasattr(value, "item"):
-        return _history_scalar(key, value.item())
-    raise TypeError(f"history value for {key!r} must be a number or text, got {value!r}")
-
-
-def _csv_value(value: HistoryValue | None) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return repr(value)
-    return str(value)
-
-
-def _json_value(value: HistoryValue | None) -> HistoryValue | None:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def _parse_history_value(column: str, text: str) -> HistoryValue:
-    try:
-        number = float(text)
-    except ValueError:
-        return text
-    if column in _INTEGER_HISTORY_COLUMNS and number.is_integer():
-        return int(number)
-    return number

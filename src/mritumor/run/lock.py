@@ -16,6 +16,11 @@ the folds, then each fold's own lock while it trains or scores that fold:
 
 The lock file holds the owner's process id, for the message. It stays in the
 run folder after the run (an empty lock file locks nothing).
+
+A command gets its run through one of three blocks: :func:`new_run` (a fresh folder,
+removed again if the command fails before the run started), :func:`claimed_run` (an
+existing run, for ``--resume`` or a kfold fold) and :func:`renewed_run` (the fixed-name
+runs of ``pipeline``, replaced when out of date).
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from mritumor.run.bundle import BUNDLE_FILE, LOCK_FILE, BundleError
+from mritumor.run.layout import BUNDLE_FILE, LOCK_FILE, BundleError, RunLayout
 
 
 class RunInUseError(BundleError):
@@ -35,15 +40,15 @@ class RunInUseError(BundleError):
 
 
 @contextmanager
-def claimed_run(run_dir: Path, *, fresh: bool, run_file: str = BUNDLE_FILE) -> Iterator[None]:
-    """Hold ``run_dir``'s lock for the duration of the block.
+def claimed_run(run_dir: Path, *, fresh: bool, run_file: str = BUNDLE_FILE) -> Iterator[Path]:
+    """Hold ``run_dir``'s lock for the duration of the block, which gets ``run_dir``.
 
     ``fresh``: the block starts a new run, so ``run_dir`` must not hold a run
     yet, that is no ``run_file`` (checked once the lock is held). Raises :class:`RunInUseError` when
-    another process holds the lock, and :class:`~mritumor.run.bundle.BundleError`
+    another process holds the lock, and :class:`~mritumor.run.layout.BundleError`
     when a fresh run's folder already holds a run or cannot be locked.
     """
-    path = run_dir / LOCK_FILE
+    path = RunLayout(run_dir).lock
     try:
         descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     except OSError as error:
@@ -60,9 +65,60 @@ def claimed_run(run_dir: Path, *, fresh: bool, run_file: str = BUNDLE_FILE) -> I
                 "or choose another --name"
             )
         _write_owner(descriptor)
-        yield
+        yield run_dir
     finally:
         os.close(descriptor)  # closing releases the lock
+
+
+@contextmanager
+def new_run(
+    runs_dir: Path,
+    command: str,
+    *,
+    name: str | None = None,
+    exist_ok: bool = False,
+    started_by: str = BUNDLE_FILE,
+) -> Iterator[Path]:
+    """A fresh run folder (:meth:`RunLayout.create`), locked for the block.
+
+    The run has started once ``started_by`` exists in it. A block that fails before
+    then removes the folder again, unless it was there before this call (``--name X
+    --exist-ok``): a failed command leaves no empty run behind, and deletes nothing
+    the user had.
+    """
+    existed = name is not None and (runs_dir / name).exists()
+    run_dir = RunLayout.create(runs_dir, command, name=name, exist_ok=exist_ok).root
+    with claimed_run(run_dir, fresh=True, run_file=started_by):
+        try:
+            yield run_dir
+        except BaseException:
+            if not existed and not (run_dir / started_by).exists():
+                shutil.rmtree(run_dir, ignore_errors=True)
+            raise
+
+
+@contextmanager
+def renewed_run(run_dir: Path, command: str) -> Iterator[Path]:
+    """``run_dir``, a run of fixed name that ``mritumor <command>`` replaces when it is out
+    of date: created or emptied, and locked for the block.
+
+    A folder of that name that the command did not make (it lacks the command's marker
+    file) is refused: runs never overwrite each other. The lock is taken before anything
+    is removed and held through the block, so a second process never empties a run that
+    the first is still writing.
+    """
+    marker = run_dir / f".mritumor-{command}"
+    if run_dir.exists() and not marker.is_file():
+        raise BundleError(
+            f"{run_dir} exists and was not made by `mritumor {command}`; "
+            "move it, or set paths.runs_dir to another folder"
+        )
+    with claimed_run(RunLayout.ensured(run_dir).root, fresh=False):
+        clear_run_dir(run_dir)
+        marker.write_text(
+            f"made by mritumor {command}; replaced when out of date\n", encoding="utf-8"
+        )
+        yield run_dir
 
 
 def _try_lock(descriptor: int) -> bool:

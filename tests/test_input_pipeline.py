@@ -10,11 +10,12 @@ from PIL import Image
 from sklearn.utils.class_weight import compute_class_weight
 
 from helpers import write_bomb
-from mritumor.config.settings import AugmentSettings
+from mritumor.config.schema import AugmentSettings
 from mritumor.core.environment import import_tensorflow
 from mritumor.core.errors import UsageError
+from mritumor.core.preprocessing import Preprocessing
 from mritumor.data.balance import class_weights, oversample_indices
-from mritumor.data.files import read_image
+from mritumor.data.images import read_image
 from mritumor.data.splits import SplitFiles, load_split
 
 tf = import_tensorflow()
@@ -57,10 +58,11 @@ def tree(tmp_path: Path) -> Path:
 
 
 def _options(**changes: object) -> PipelineOptions:
+    """Options for 16 px RGB, stretched; ``image_size``, ``channels`` and ``resize`` change that."""
+    shape: dict[str, object] = {"image_size": 16, "channels": 3, "resize": "plain"}
+    shape.update((key, changes.pop(key)) for key in list(changes) if key in shape)
     base: dict[str, object] = {
-        "image_size": 16,
-        "channels": 3,
-        "resize": "plain",
+        "preprocessing": Preprocessing.model_validate(shape),
         "batch_size": 4,
         "seed": 3,
         "cache": "memory",
@@ -154,7 +156,7 @@ def test_training_order_is_shuffled_even_without_augmentation(tree: Path) -> Non
 
 
 def test_only_training_options_shuffle() -> None:
-    from mritumor.config.settings import Settings
+    from mritumor.config.schema import Settings
 
     settings = Settings(augment=AugmentSettings(enabled=False))
     assert PipelineOptions.from_settings(settings, training=True).shuffle

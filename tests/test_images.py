@@ -1,4 +1,4 @@
-"""The one image reader (mritumor.data.files): pixel limit, EXIF orientation, tiny images."""
+"""The one image reader (mritumor.data.images): pixel limit, EXIF orientation, tiny images."""
 
 from __future__ import annotations
 
@@ -10,10 +10,9 @@ import pytest
 from PIL import Image
 
 from helpers import save, write_bomb
-from mritumor.data.files import (
+from mritumor.data.image_errors import ImageTooLargeError, UnreadableImageError
+from mritumor.data.images import (
     MIN_IMAGE_SIDE,
-    ImageTooLargeError,
-    UnreadableImageError,
     decode_image,
     image_size,
     read_image,
