@@ -1,8 +1,24 @@
-"""Shared fixtures: a clean MRITUMOR_* environment, a CLI runner, YAML files, plugins."""
+"""Shared fixtures: a clean MRITUMOR_* environment, a CLI runner, YAML files, plugins,
+and the factories of shared test data.
+
+The factories (no TensorFlow is imported until a run is built):
+
+- ``synthetic_data`` (session): a synthetic data root per SynthConfig, written once and
+  shared by every test that asks for the same config; read-only, ``.copy(target, config)``
+  gives a writable one. ``cli_data_root`` is the tiny one most training tests use.
+- ``built_run`` (session): ``helpers.build_run`` once per (data root, dropout, seed), read-only.
+- ``run_copy`` (per test): a writable copy of a run under ``tmp_path``.
+- a bundle: ``helpers.make_bundle(**changes)``, a plain function, so that module-level
+  constants and parametrize lists can use it too.
+
+After each test module, the shared data roots and runs are checked unchanged: a test that
+writes into one fails at the module's teardown, naming the files.
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import textwrap
 from collections.abc import Callable, Iterator
@@ -13,6 +29,7 @@ from typer.testing import CliRunner
 
 import mritumor.models.backbones
 import mritumor.models.registry
+from helpers import CLI_DATA, BuiltRuns, SharedFolders, SyntheticData
 from mritumor.core.environment import ENV_PREFIX
 
 
@@ -36,17 +53,63 @@ def _float32_policy_afterwards() -> Iterator[None]:
         keras.mixed_precision.set_global_policy("float32")
 
 
-@pytest.fixture(scope="session")
-def cli_data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny synthetic standard layout (8/4/4 images per class, 48 px), made once per session
-    for the command-line tests that train on it. Read-only: copy what a test changes."""
-    from mritumor.data.synth import SynthConfig, write_synthetic_dataset
+# --------------------------------------------------------------------------- shared data
 
-    root = tmp_path_factory.mktemp("cli-data") / "data"
-    write_synthetic_dataset(
-        root, SynthConfig(train=8, val=4, test=4, image_size=48, seed=5), workers=1
-    )
-    return root
+
+@pytest.fixture(scope="session")
+def _shared_folders() -> SharedFolders:
+    return SharedFolders()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _shared_folders_unchanged(_shared_folders: SharedFolders) -> Iterator[None]:
+    """No test module may write into a shared data root or run: they are not copies."""
+    yield
+    problems = _shared_folders.changes()
+    if problems:
+        pytest.fail("shared read-only folders were written to:\n" + "\n".join(problems))
+
+
+@pytest.fixture(scope="session")
+def synthetic_data(
+    tmp_path_factory: pytest.TempPathFactory, _shared_folders: SharedFolders
+) -> SyntheticData:
+    """``synthetic_data(config)`` or ``synthetic_data(train=2, ..., seed=4)``: a data root
+    written once per SynthConfig in the session (under a folder with a space in its name).
+
+    Read-only, shared with every module that asks for the same config: write into
+    ``synthetic_data.copy(target, config)`` instead. ``synthetic_data.summary(config)``
+    is what ``write_synthetic_dataset`` returned.
+    """
+    return SyntheticData(tmp_path_factory.mktemp, _shared_folders)
+
+
+@pytest.fixture(scope="session")
+def cli_data_root(synthetic_data: SyntheticData) -> Path:
+    """The tiny standard layout (``helpers.CLI_DATA``: 8/4/4 images per class, 48 px) the
+    command-line and training tests train on. Read-only: copy what a test changes."""
+    return synthetic_data(**CLI_DATA)
+
+
+@pytest.fixture(scope="session")
+def built_run(
+    tmp_path_factory: pytest.TempPathFactory, _shared_folders: SharedFolders
+) -> BuiltRuns:
+    """``built_run(data_root, dropout=0.0, seed=1)``: a run folder as ``train`` leaves it,
+    holding an untrained 32-px small_cnn (``helpers.build_run``), built once per
+    (data root, dropout, seed) in the session. Read-only: ``run_copy`` it to change it."""
+    return BuiltRuns(tmp_path_factory.mktemp, _shared_folders)
+
+
+@pytest.fixture
+def run_copy(tmp_path: Path) -> Callable[..., Path]:
+    """``run_copy(run, "my runs/train-1")``: a writable copy of ``run`` at ``tmp_path / name``
+    (default ``run``); the name may hold folders and spaces."""
+
+    def copy(run: Path, name: str = "run") -> Path:
+        return Path(shutil.copytree(run, tmp_path / name))
+
+    return copy
 
 
 @pytest.fixture

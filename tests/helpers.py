@@ -1,10 +1,17 @@
-"""Small helpers shared by several test modules (images to plant, rich tables to read, runs)."""
+"""Small helpers shared by several test modules (images to plant, rich tables to read, runs).
+
+The shared synthetic data roots and built runs (:class:`SyntheticData`, :class:`BuiltRuns`)
+are handed out by the session fixtures ``synthetic_data`` and ``built_run`` of conftest.py.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import shutil
 import struct
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -13,7 +20,14 @@ from numpy.typing import NDArray
 from PIL import Image
 
 if TYPE_CHECKING:
+    from mritumor.data.synth import SynthConfig, SynthSummary
     from mritumor.run.bundle import Bundle
+
+#: 8/4/4 images per class, 48 px: ``cli_data_root``, the data the train tests train on.
+CLI_DATA: dict[str, Any] = {"train": 8, "val": 4, "test": 4, "image_size": 48, "seed": 5}
+#: 2/2/3 images per class, 40 px: the data of the infer and gradcam command tests (both build
+#: their run on it with the defaults of :func:`build_run`, hence share it).
+PREDICT_DATA: dict[str, Any] = {"train": 2, "val": 2, "test": 3, "image_size": 40, "seed": 8}
 
 
 def smooth_image(seed: int, size: int = 64) -> NDArray[np.uint8]:
@@ -124,3 +138,113 @@ def make_bundle(**changes: Any) -> Bundle:
         **changes,
     }
     return Bundle(**values)
+
+
+# --------------------------------------------------------------------------- shared folders
+
+Fingerprint = dict[str, tuple[int, int] | None]
+
+
+def fingerprint(root: Path) -> Fingerprint:
+    """Every entry under ``root``: a file's (size, mtime_ns), None for a folder."""
+    entries: Fingerprint = {}
+    for path in root.rglob("*"):
+        relative = path.relative_to(root).as_posix()
+        if path.is_dir() and not path.is_symlink():
+            entries[relative] = None
+        else:
+            status = path.lstat()
+            entries[relative] = (status.st_size, status.st_mtime_ns)
+    return entries
+
+
+class SharedFolders:
+    """Folders made once a session and read by many tests: :meth:`changes` names any written to."""
+
+    def __init__(self) -> None:
+        self._prints: dict[Path, Fingerprint] = {}
+
+    def keep(self, root: Path) -> Path:
+        self._prints[root] = fingerprint(root)
+        return root
+
+    def changes(self) -> list[str]:
+        """What changed in each folder since it was made (or last reported, not to blame twice)."""
+        problems = []
+        for root, before in self._prints.items():
+            after = fingerprint(root)
+            if after == before:
+                continue
+            added = sorted(set(after) - set(before))
+            removed = sorted(set(before) - set(after))
+            changed = sorted(
+                name for name in before.keys() & after.keys() if before[name] != after[name]
+            )
+            problems.append(f"{root}: added {added}, removed {removed}, changed {changed}")
+            self._prints[root] = after
+        return problems
+
+
+class SyntheticData:
+    """Synthetic data roots, one per :class:`SynthConfig`, written on first use and then shared.
+
+    ``synthetic_data(config)`` or ``synthetic_data(train=2, val=2, test=3, image_size=40)``
+    (fields replace those of ``config``, else of the defaults) returns the root, which is
+    read-only: :meth:`copy` it to change anything. ``workers`` only sets how fast it is
+    written (the bytes are the same).
+    """
+
+    def __init__(self, mktemp: Callable[[str], Path], shared: SharedFolders) -> None:
+        self._mktemp = mktemp
+        self._shared = shared
+        self._made: dict[SynthConfig, tuple[Path, SynthSummary]] = {}
+
+    @staticmethod
+    def config(config: SynthConfig | None = None, /, **fields: Any) -> SynthConfig:
+        from mritumor.data.synth import SynthConfig
+
+        return dataclasses.replace(config if config is not None else SynthConfig(), **fields)
+
+    def _made_for(self, config: SynthConfig, workers: int) -> tuple[Path, SynthSummary]:
+        if config not in self._made:
+            from mritumor.data.synth import write_synthetic_dataset
+
+            root = self._mktemp("synthetic data") / "data"
+            summary = write_synthetic_dataset(root, config, workers=workers)
+            self._made[config] = (self._shared.keep(root), summary)
+        return self._made[config]
+
+    def __call__(
+        self, config: SynthConfig | None = None, /, *, workers: int = 1, **fields: Any
+    ) -> Path:
+        return self._made_for(self.config(config, **fields), workers)[0]
+
+    def summary(self, config: SynthConfig | None = None, /, **fields: Any) -> SynthSummary:
+        """What writing the root returned."""
+        return self._made_for(self.config(config, **fields), 1)[1]
+
+    def copy(self, target: Path, config: SynthConfig | None = None, /, **fields: Any) -> Path:
+        """A writable copy of the root at ``target``."""
+        return Path(shutil.copytree(self(config, **fields), target))
+
+
+class BuiltRuns:
+    """:func:`build_run` once per (data root, dropout, seed), then shared read-only.
+
+    ``built_run(data_root, seed=2)`` returns ``<folder>/train-1``, alone in its folder;
+    copy it (the ``run_copy`` fixture) to change anything.
+    """
+
+    def __init__(self, mktemp: Callable[[str], Path], shared: SharedFolders) -> None:
+        self._mktemp = mktemp
+        self._shared = shared
+        self._made: dict[tuple[Path, float, int], Path] = {}
+
+    def __call__(self, data_root: Path, *, dropout: float = 0.0, seed: int = 1) -> Path:
+        key = (data_root.resolve(), dropout, seed)
+        if key not in self._made:
+            run_dir = build_run(
+                self._mktemp("built-run") / "train-1", data_root, dropout=dropout, seed=seed
+            )
+            self._made[key] = self._shared.keep(run_dir)
+        return self._made[key]

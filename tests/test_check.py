@@ -13,7 +13,7 @@ import pytest
 from numpy.typing import NDArray
 from PIL import Image
 
-from helpers import save, smooth_image, write_bomb
+from helpers import SyntheticData, save, smooth_image, write_bomb
 from mritumor.core.errors import MritumorError, UsageError
 from mritumor.data import hashing
 from mritumor.data.check import CheckReport, check_dataset, class_folders
@@ -22,7 +22,6 @@ from mritumor.data.duplicates import DEFAULT_RADIUS, MIN_SIMILARITY
 from mritumor.data.phantom.render import render_slice
 from mritumor.data.quarantine import quarantine_leaks, restore_quarantine
 from mritumor.data.splits import load_split
-from mritumor.data.synth import SynthConfig, write_synthetic_dataset
 
 
 class Dataset:
@@ -295,14 +294,13 @@ def test_the_json_report_says_what_confirmed_a_near_pair(dataset: Dataset, tmp_p
     assert saved["summary"]["near_candidates"] >= 1
 
 
-def synthetic_dataset(root: Path) -> Path:
-    config = SynthConfig(train=8, val=3, test=3, external=4, image_size=128, seed=42)
-    write_synthetic_dataset(root, config, workers=1)
-    return root
+PHANTOMS = {"train": 8, "val": 3, "test": 3, "external": 4, "image_size": 128, "seed": 42}
 
 
-def test_distinct_synthetic_phantoms_are_neither_duplicates_nor_leakage(tmp_path: Path) -> None:
-    root = synthetic_dataset(tmp_path / "synthetic")
+def test_distinct_synthetic_phantoms_are_neither_duplicates_nor_leakage(
+    synthetic_data: SyntheticData,
+) -> None:
+    root = synthetic_data(**PHANTOMS)
 
     report = check_dataset(root, workers=1)
     unconfirmed = check_dataset(root, workers=1, min_similarity=-1.0)  # the pHash alone
@@ -322,9 +320,9 @@ def phantom(seed: int) -> NDArray[np.uint8]:
     [("copy.jpg", "JPEG", {"quality": 50}), ("copy.png", "PNG", {}), ("copy.bmp", "BMP", {})],
 )
 def test_a_saved_again_phantom_in_test_leaks(
-    tmp_path: Path, name: str, format: str, options: dict[str, int]
+    synthetic_data: SyntheticData, tmp_path: Path, name: str, format: str, options: dict[str, int]
 ) -> None:
-    root = synthetic_dataset(tmp_path / "synthetic")
+    root = synthetic_data.copy(tmp_path / "synthetic", **PHANTOMS)
     original = save(root / "train/meningioma/original.png", phantom(7))
     resized = Image.fromarray(phantom(7)).resize((200, 200))
     resized.save(root / "test/meningioma" / name, format=format, **options)

@@ -1,4 +1,5 @@
-"""config_file.py (template and resolved YAML) and the `mritumor` CLI: config, backbones."""
+"""mritumor.config.yaml_file (template and resolved YAML) and the `mritumor` CLI: config,
+backbones."""
 
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ def assert_one_error_line(result, *fragments: str) -> str:
     return line
 
 
-# --- config_file.py ----------------------------------------------------------------------
+# --- config/yaml_file.py ----------------------------------------------------------------
 
 
 def test_template_parses_to_the_defaults() -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -18,11 +19,10 @@ from PIL import Image
 from sklearn.metrics import accuracy_score, cohen_kappa_score, f1_score
 from typer.testing import CliRunner
 
-from helpers import build_run
+from helpers import BuiltRuns, SyntheticData
 from mritumor import plots
 from mritumor.cli.main import app
 from mritumor.core.classes import CLASS_NAMES
-from mritumor.data.synth import SynthConfig, write_synthetic_dataset
 from mritumor.evaluation import reports
 from mritumor.evaluation.eval_sets import default_split
 from mritumor.run.bundle import read_bundle, update_bundle
@@ -48,25 +48,14 @@ EVAL_FILES = (
 
 
 @pytest.fixture(scope="module")
-def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("eval data") / "data"
-    write_synthetic_dataset(
-        root,
-        SynthConfig(train=6, val=5, test=6, image_size=40, seed=3, external=6),
-        workers=1,
-    )
-    return root
-
-
-@pytest.fixture(scope="module")
-def built_run(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_run(tmp_path_factory.mktemp("runs") / "train-1", data_root)
+def data_root(synthetic_data: SyntheticData) -> Path:
+    return synthetic_data(train=6, val=5, test=6, image_size=40, seed=3, external=6)
 
 
 @pytest.fixture
-def run_dir(built_run: Path, tmp_path: Path) -> Path:
+def run_dir(data_root: Path, built_run: BuiltRuns, run_copy: Callable[..., Path]) -> Path:
     """A private copy: calibrate and threshold change bundle.json."""
-    return Path(shutil.copytree(built_run, tmp_path / "my runs" / "train-1"))
+    return run_copy(built_run(data_root), "my runs/train-1")
 
 
 def invoke(*args: str) -> object:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -11,31 +12,22 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from helpers import build_run, write_bomb
+from helpers import PREDICT_DATA, BuiltRuns, SyntheticData, write_bomb
 from mritumor.cli.main import app
 from mritumor.core.errors import EXIT_PARTIAL
-from mritumor.data.synth import SynthConfig, write_synthetic_dataset
 
 WIDE = {"COLUMNS": "200"}
 
 
 @pytest.fixture(scope="module")
-def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("gradcam data") / "data"
-    write_synthetic_dataset(
-        root, SynthConfig(train=2, val=2, test=3, image_size=40, seed=4), workers=1
-    )
-    return root
-
-
-@pytest.fixture(scope="module")
-def built_run(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_run(tmp_path_factory.mktemp("runs") / "train-1", data_root)
+def data_root(synthetic_data: SyntheticData) -> Path:
+    """The data test_infer_cli.py predicts on; its first run is the run here too."""
+    return synthetic_data(**PREDICT_DATA)
 
 
 @pytest.fixture
-def run_dir(built_run: Path, tmp_path: Path) -> Path:
-    return Path(shutil.copytree(built_run, tmp_path / "train-1"))
+def run_dir(data_root: Path, built_run: BuiltRuns, run_copy: Callable[..., Path]) -> Path:
+    return run_copy(built_run(data_root), "train-1")
 
 
 def invoke(*args: str) -> object:

@@ -28,6 +28,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from helpers import make_bundle
 from mritumor.config.loading import load_settings
 from mritumor.config.schema import env_var_name, valid_keys
 from mritumor.config.yaml_file import template_yaml
@@ -45,22 +46,15 @@ FEW = settings(
 
 # --------------------------------------------------------------------------- bundle.json
 
-VALID_BUNDLE: dict[str, Any] = Bundle(
-    command="train",
-    class_names=["glioma", "meningioma", "no_tumor", "pituitary"],
-    negative_class="no_tumor",
+VALID_BUNDLE: dict[str, Any] = make_bundle(
     image_size=32,
-    channels=3,
-    resize="pad",
     backbone="small_cnn",
-    created="2025-01-02T03:04:05+00:00",
     temperature=1.3,
     temperature_source={"split": "val", "n": 16},
     threshold=0.4,
     threshold_info={"strategy": "youden", "split": "val"},
     dataset_fingerprint="sha256:" + "0" * 64,
     versions={"mritumor": "0.1.0", "keras": "3.0"},
-    git_commit=None,
     best_epoch=1,
     epochs_completed=1,
     extra={"recipe": None, "best_value": 0.9},

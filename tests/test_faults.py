@@ -44,7 +44,7 @@ import pytest
 from PIL import Image, ImageOps
 from typer.testing import CliRunner
 
-from helpers import save, smooth_image
+from helpers import SyntheticData, save, smooth_image
 from mritumor.cli.main import app
 from mritumor.core.environment import ENV_PREFIX
 from mritumor.run.layout import LOCK_FILE
@@ -118,7 +118,7 @@ class Workspace:
 
     @property
     def data(self) -> Path:
-        """The module's synthetic data root, read-only: copy_data() to change it."""
+        """The shared synthetic data root, read-only: copy_data() to change it."""
         self.used.add("data_root")
         return Path(self.request.getfixturevalue("data_root"))
 
@@ -1436,14 +1436,8 @@ def _case_params() -> Iterator[Any]:
 
 
 @pytest.fixture(scope="module")
-def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from mritumor.data.synth import SynthConfig, write_synthetic_dataset
-
-    root = tmp_path_factory.mktemp("fault data") / "data"
-    write_synthetic_dataset(
-        root, SynthConfig(train=4, val=2, test=2, image_size=40, seed=11), workers=1
-    )
-    return root
+def data_root(synthetic_data: SyntheticData) -> Path:
+    return synthetic_data(train=4, val=2, test=2, image_size=40, seed=11)
 
 
 @pytest.fixture(scope="module")

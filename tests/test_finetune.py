@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from helpers import build_run, save, smooth_image
+from helpers import BuiltRuns, SyntheticData, save, smooth_image
 from mritumor.cli.main import app
 from mritumor.config.loading import load_settings
 from mritumor.core.environment import import_tensorflow
 from mritumor.core.errors import UsageError
 from mritumor.data.splits import BINARY_CLASSES, EXTERNAL_SPLITS
-from mritumor.data.synth import SynthConfig, write_synthetic_dataset
 from mritumor.run.bundle import read_bundle, update_bundle
 from mritumor.run.history import read_history
 from mritumor.run.layout import LAST_FILE, MODEL_FILE
@@ -182,18 +182,16 @@ def test_a_set_too_small_to_split_is_refused(tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("finetune data") / "data"
-    write_synthetic_dataset(
-        root, SynthConfig(train=4, val=2, test=2, image_size=40, seed=6, external=10), workers=1
-    )
-    return root
+def data_root(synthetic_data: SyntheticData) -> Path:
+    return synthetic_data(train=4, val=2, test=2, image_size=40, seed=6, external=10)
 
 
 @pytest.fixture(scope="module")
-def finetuned(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]:
+def finetuned(
+    data_root: Path, built_run: BuiltRuns, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, Path, str]:
     runs = tmp_path_factory.mktemp("runs")
-    parent = build_run(runs / "train-1", data_root, dropout=0.2)
+    parent = built_run(data_root, dropout=0.2)  # shared: finetune only reads its parent
     # The external set also holds two copies of the parent's training images, which must go.
     external = Path(shutil.copytree(data_root / "external" / "synthetic", runs / "site b"))
     for index, source in enumerate(sorted((data_root / "train" / "no_tumor").iterdir())[:2]):
@@ -281,10 +279,10 @@ def test_the_checkpoint_is_the_epoch_with_the_lowest_ext_val_loss(
 
 
 def test_calibrate_and_threshold_default_to_ext_val_in_a_finetune_run(
-    finetuned: tuple[Path, Path, str], tmp_path: Path
+    finetuned: tuple[Path, Path, str], run_copy: Callable[..., Path]
 ) -> None:
     _, run_dir, _ = finetuned
-    copy = Path(shutil.copytree(run_dir, tmp_path / "ft"))
+    copy = run_copy(run_dir, "ft")
     runner = CliRunner()
     assert runner.invoke(app, ["calibrate", "--run", str(copy), "-q"], env=WIDE).exit_code == 0
     source = read_bundle(copy).temperature_source
@@ -307,14 +305,14 @@ def test_calibrate_and_threshold_default_to_ext_val_in_a_finetune_run(
 
 
 def test_partial_unfreezing_trains_the_last_blocks_and_never_batchnorm(
-    data_root: Path, tmp_path: Path
+    data_root: Path, built_run: BuiltRuns
 ) -> None:
     import keras
 
     from mritumor.engine.finetune import _set_trainable
     from mritumor.run.checkpoint import load_model
 
-    model = load_model(build_run(tmp_path / "run", data_root) / MODEL_FILE)
+    model = load_model(built_run(data_root) / MODEL_FILE)
     _set_trainable(model, 1)
     trainable = {w.path.split("/")[0] for w in model.trainable_weights}
     assert trainable == {"last_conv", "logits"}
@@ -331,10 +329,10 @@ def test_partial_unfreezing_trains_the_last_blocks_and_never_batchnorm(
 
 
 def test_eval_on_an_external_folder_reports_the_binary_view(
-    finetuned: tuple[Path, Path, str], data_root: Path, tmp_path: Path
+    finetuned: tuple[Path, Path, str], data_root: Path, run_copy: Callable[..., Path]
 ) -> None:
     parent, _, _ = finetuned
-    copy = Path(shutil.copytree(parent, tmp_path / "parent"))
+    copy = run_copy(parent, "parent")
     update_bundle(copy, threshold=0.5)
     external = data_root / "external" / "synthetic"
     result = CliRunner().invoke(
@@ -351,10 +349,10 @@ def test_eval_on_an_external_folder_reports_the_binary_view(
 
 
 def test_resume_continues_with_the_hybrid_loss_and_optimizer_state(
-    finetuned: tuple[Path, Path, str], tmp_path: Path
+    finetuned: tuple[Path, Path, str], run_copy: Callable[..., Path]
 ) -> None:
     _, run_dir, _ = finetuned
-    copy = Path(shutil.copytree(run_dir, tmp_path / "ft"))
+    copy = run_copy(run_dir, "ft")
     result = CliRunner().invoke(
         app, ["finetune", "--resume", str(copy), "--epochs", "3", "-q"], env=WIDE
     )

@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from helpers import SyntheticData
 from mritumor.core.environment import ENV_PREFIX
 from mritumor.core.errors import UsageError
 from mritumor.engine import kfold, kfold_summary
@@ -161,12 +162,12 @@ class Tiny:
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Tiny:
-    from mritumor.data.synth import SynthConfig, write_synthetic_dataset
-
+def tiny(synthetic_data: SyntheticData, tmp_path_factory: pytest.TempPathFactory) -> Tiny:
     root = tmp_path_factory.mktemp("kfold")
-    config = SynthConfig(train=6, val=2, test=1, image_size=40, seed=3, vary_size=False)
-    write_synthetic_dataset(root / "data", config, workers=1)
+    # A copy: copies of images are planted in it.
+    synthetic_data.copy(
+        root / "data", train=6, val=2, test=1, image_size=40, seed=3, vary_size=False
+    )
     planted: dict[Path, Path] = {}
     for name, (source_split, target_split) in zip(
         ("glioma", "pituitary"), (("train", "val"), ("train", "train")), strict=True

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from helpers import SyntheticData
 from mritumor.cli.main import app
-from mritumor.data.synth import SynthConfig, write_synthetic_dataset
 
 ACCURACY_FLOOR = 0.45
 AUC_FLOOR = 0.75
@@ -50,17 +50,14 @@ FORGETTING_BOUND = 0.1  # largest allowed drop of 4-class test accuracy (measure
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+def trained(
+    synthetic_data: SyntheticData, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, Path]:
     """Synthetic data with a shifted external domain, and a small CNN trained on it (~30 s)."""
-    root = tmp_path_factory.mktemp("learning")
-    data = root / "data"
-    write_synthetic_dataset(
-        data,
-        SynthConfig(
-            train=60, val=15, test=15, image_size=64, lesion_scale=2.5, seed=42, external=150
-        ),
-        workers=2,
+    data = synthetic_data(
+        train=60, val=15, test=15, image_size=64, lesion_scale=2.5, seed=42, external=150, workers=2
     )
+    root = tmp_path_factory.mktemp("learning")
     runs = f"paths.runs_dir={root / 'runs'}"
     result = CliRunner().invoke(
         app, ["train", *TRAIN_FLAGS, "--data", str(data), "--set", runs, "-q"]

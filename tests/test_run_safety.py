@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from helpers import build_run
+from helpers import BuiltRuns
 from mritumor.cli.main import app
 from mritumor.core.environment import ENV_PREFIX
 from mritumor.core.errors import MritumorError
@@ -255,8 +255,9 @@ def test_a_failing_checkpoint_write_keeps_the_previous_checkpoint(tmp_path: Path
 
 
 @pytest.fixture
-def run_dir(cli_data_root: Path, tmp_path: Path) -> Path:
-    return build_run(tmp_path / "runs" / "train-1", cli_data_root)
+def run_dir(cli_data_root: Path, built_run: BuiltRuns, run_copy: Callable[..., Path]) -> Path:
+    """A copy to damage, at tmp_path/runs/train-1."""
+    return run_copy(built_run(cli_data_root), "runs/train-1")
 
 
 @pytest.mark.parametrize("damage", ["zero bytes", "cut in half"])

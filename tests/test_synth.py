@@ -15,6 +15,7 @@ from sklearn.model_selection import StratifiedKFold, cross_val_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from helpers import SyntheticData
 from mritumor.core.classes import CLASS_NAMES
 from mritumor.core.errors import UsageError
 from mritumor.data.files import SPLITS, iter_image_files
@@ -34,9 +35,9 @@ SMALL = SynthConfig(train=3, val=2, test=2, image_size=64, seed=3, external=2, p
 
 
 @pytest.fixture(scope="module")
-def small_set(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, SynthSummary]:
-    root = tmp_path_factory.mktemp("synth") / "data"
-    return root, write_synthetic_dataset(root, SMALL, workers=1)
+def small_set(synthetic_data: SyntheticData) -> tuple[Path, SynthSummary]:
+    """Written by the shared factory (with one worker): the root and what the writer returned."""
+    return synthetic_data(SMALL), synthetic_data.summary(SMALL)
 
 
 def images_under(root: Path) -> list[Path]:

@@ -20,11 +20,11 @@ from typing import Any
 import numpy as np
 import pytest
 
+from helpers import CLI_DATA
 from mritumor.config.loading import load_settings
 from mritumor.config.schema import Settings, TrainSettings
 from mritumor.core.environment import ENV_PREFIX
 from mritumor.core.errors import BackboneError, ConfigError, UsageError
-from mritumor.data.synth import SynthConfig, write_synthetic_dataset
 from mritumor.engine import training
 from mritumor.engine.callbacks import stop_on_sigint
 from mritumor.engine.stages import Stage, plan_stages
@@ -34,7 +34,8 @@ from mritumor.run.bundle import Bundle, read_bundle
 from mritumor.run.checkpoint import load_model
 from mritumor.run.layout import HISTORY_FILE, RunLayout
 
-TRAIN_PER_CLASS, VAL_PER_CLASS, CLASSES, BATCH = 8, 4, 4, 8
+TRAIN_PER_CLASS, VAL_PER_CLASS = CLI_DATA["train"], CLI_DATA["val"]  # of cli_data_root
+CLASSES, BATCH = 4, 8
 STEPS = TRAIN_PER_CLASS * CLASSES // BATCH  # optimizer steps per epoch
 LR, FINETUNE_LR = 1e-3, 1e-4  # the defaults of train.lr and train.finetune_lr
 BASE: dict[str, Any] = {
@@ -65,8 +66,7 @@ def clean_settings(config_file: Path | None, values: Mapping[str, Any]) -> Setti
 @dataclass(frozen=True)
 class Tiny:
     data_dir: Path
-    settings: Settings
-    """The base settings; runs go to a session folder."""
+    """The shared cli_data_root (8/4/4 images per class, 48 px), read-only."""
 
     def with_(self, runs_dir: Path, **overrides: Any) -> Settings:
         """Base settings with ``runs_dir``; ``train__epochs=3`` sets ``train.epochs``."""
@@ -76,12 +76,8 @@ class Tiny:
 
 
 @pytest.fixture(scope="session")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> Tiny:
-    root = tmp_path_factory.mktemp("tiny")
-    config = SynthConfig(train=TRAIN_PER_CLASS, val=VAL_PER_CLASS, test=4, image_size=48, seed=5)
-    write_synthetic_dataset(root / "data", config, workers=1)
-    values = {**BASE, "paths.data_dir": root / "data", "paths.runs_dir": root / "runs"}
-    return Tiny(data_dir=root / "data", settings=clean_settings(None, values))
+def tiny(cli_data_root: Path) -> Tiny:
+    return Tiny(data_dir=cli_data_root)
 
 
 @dataclass

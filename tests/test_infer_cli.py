@@ -1,4 +1,5 @@
-"""``mritumor infer`` and the Predictor's TTA, MC dropout, ensembles and triage."""
+"""``mritumor infer`` (mritumor.cli.infer) and the Predictor's TTA, MC dropout, ensembles and
+triage (mritumor.predict)."""
 
 from __future__ import annotations
 
@@ -6,17 +7,17 @@ import csv
 import io
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from helpers import build_run, write_bomb
+from helpers import PREDICT_DATA, BuiltRuns, SyntheticData, write_bomb
 from mritumor.cli.main import app
 from mritumor.core.classes import CLASS_NAMES
 from mritumor.core.errors import EXIT_PARTIAL
-from mritumor.data.synth import SynthConfig, write_synthetic_dataset
 from mritumor.evaluation import reports
 from mritumor.predict.ensemble import NO_TUMOUR, REVIEW, TUMOUR, triage
 from mritumor.predict.inputs import ImageInput, gather_inputs
@@ -27,22 +28,17 @@ WIDE = {"COLUMNS": "200"}
 
 
 @pytest.fixture(scope="module")
-def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("infer data") / "data"
-    write_synthetic_dataset(
-        root, SynthConfig(train=2, val=2, test=3, image_size=40, seed=8), workers=1
-    )
-    return root
+def data_root(synthetic_data: SyntheticData) -> Path:
+    return synthetic_data(**PREDICT_DATA)
 
 
 @pytest.fixture(scope="module")
-def runs(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
-    """Two different untrained runs, and one with heavy dropout."""
-    base = tmp_path_factory.mktemp("runs")
+def runs(data_root: Path, built_run: BuiltRuns) -> tuple[Path, Path, Path]:
+    """Two different untrained runs, and one with heavy dropout (shared: read-only)."""
     return (
-        build_run(base / "first", data_root, seed=1),
-        build_run(base / "second", data_root, seed=2),
-        build_run(base / "dropout", data_root, seed=3, dropout=0.5),
+        built_run(data_root, seed=1),
+        built_run(data_root, seed=2),
+        built_run(data_root, seed=3, dropout=0.5),
     )
 
 
@@ -60,9 +56,9 @@ def csv_rows(text: str) -> dict[str, dict[str, str]]:
 
 
 def test_infer_and_eval_give_identical_predictions(
-    runs: tuple[Path, ...], data_root: Path, tmp_path: Path
+    runs: tuple[Path, ...], data_root: Path, run_copy: Callable[..., Path]
 ) -> None:
-    run_dir = Path(shutil.copytree(runs[0], tmp_path / "run"))
+    run_dir = run_copy(runs[0])
     assert invoke("eval", "--run", str(run_dir), "-q").exit_code == 0
     predictions = run_dir / "reports" / "eval-test" / reports.PREDICTIONS_FILE
     evaluated = csv_rows(predictions.read_text(encoding="utf-8"))
@@ -179,9 +175,9 @@ def test_triage_boundaries() -> None:
 
 
 def test_the_bundles_threshold_decides(
-    runs: tuple[Path, ...], data_root: Path, tmp_path: Path
+    runs: tuple[Path, ...], data_root: Path, run_copy: Callable[..., Path]
 ) -> None:
-    run_dir = Path(shutil.copytree(runs[0], tmp_path / "run"))
+    run_dir = run_copy(runs[0])
     update_bundle(run_dir, threshold=0.5)
     result = invoke(
         "infer", str(data_root / "test"), "--run", str(run_dir), "--format", "jsonl", "-q"

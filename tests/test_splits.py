@@ -1,4 +1,5 @@
-"""The ``cal`` split: carved from train by ``data.cal_size``, persisted with the run."""
+"""The ``cal`` split (mritumor.data.splits): carved from train by ``data.cal_size``, persisted
+with the run."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Classifier assembly: head, names, safe saving, precision and freezing."""
+"""Classifier assembly (mritumor.models.classifier) and its safe saving and loading
+(mritumor.run.checkpoint): head, names, precision and freezing."""
 
 from __future__ import annotations
 
