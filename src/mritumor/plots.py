@@ -10,6 +10,9 @@ keeps its own backend), no figure registry to leak into, nothing left open. An
 internal ``_..._figure`` function builds each figure and returns it, so tests
 can inspect what was drawn before it is saved. matplotlib is imported inside
 the functions: importing this module is cheap.
+
+A layer of its own, below models: training, Grad-CAM panels and evaluation all draw.
+May import: core, config, data, stats.
 """
 
 from __future__ import annotations

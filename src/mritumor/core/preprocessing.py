@@ -3,8 +3,9 @@
 One value, :class:`Preprocessing`, travels from the settings (``data.image_size``,
 ``data.channels``, ``data.resize``) into the bundle of every run, and from the bundle into
 the input pipeline of inference and fine-tuning: a model is always fed as it was trained.
-The three field types are declared here once; the settings and the bundle annotate their
-fields of the same name with them.
+The three field types are declared here once; the bundle annotates its fields of the same
+name with them, and the settings their ``channels`` and ``resize`` (``data.image_size`` has
+tighter bounds of its own).
 """
 
 from __future__ import annotations

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from mritumor import __version__
 from mritumor.core.classes import CLASS_NAMES
 from mritumor.core.errors import UsageError
 from mritumor.core.fsutil import atomic_write_bytes, atomic_write_text
@@ -370,8 +371,6 @@ def _write_manifest(
     root: Path, config: SynthConfig, jobs: Sequence[_Job], *, seconds: float | None
 ) -> None:
     """Record the config and the files; written before the images so a crash can be cleaned."""
-    from mritumor import __version__
-
     manifest = {
         "generator": "mritumor.data.synth",
         "mritumor_version": __version__,

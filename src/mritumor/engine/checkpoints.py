@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from mritumor.core.errors import MritumorError
+from mritumor.plots import plot_training_curves
 from mritumor.run.bundle import read_bundle, update_bundle
 from mritumor.run.history import read_history, write_history
 from mritumor.run.layout import RunLayout
@@ -137,8 +138,6 @@ def _current_lr(model: Any) -> float:
 
 def write_curves(run_dir: Path, book: Bookkeeping) -> None:
     """The accuracy and loss curves of the history so far, into ``reports/``."""
-    from mritumor.plots import plot_training_curves
-
     if book.history:
         plot_training_curves(
             book.history,

@@ -46,7 +46,7 @@ from mritumor.engine.finetune_data import (
     TRAINING_DUPLICATES_KEY,
     MixedBatches,
     mixed_batches,
-    read_run_split,
+    read_finetune_split,
     split_external,
 )
 from mritumor.engine.finetune_loss import HybridLoss
@@ -89,7 +89,7 @@ def finetune(
     configure_runtime(settings)
     if resume:
         splits = {
-            name: read_run_split(run_dir, name, parent.class_names)
+            name: read_finetune_split(run_dir, name, parent.class_names)
             for name in ("train", *EXTERNAL_SPLITS)
         }
         model = load_model(RunLayout(run_dir).last, compile=True)

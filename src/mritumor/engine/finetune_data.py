@@ -116,7 +116,8 @@ def training_duplicates(run_dir: Path) -> list[str]:
     return list(read_bundle(run_dir).extra.get(TRAINING_DUPLICATES_KEY, []))
 
 
-def read_run_split(run_dir: Path, name: str, class_names: Sequence[str]) -> SplitFiles:
+def read_finetune_split(run_dir: Path, name: str, class_names: Sequence[str]) -> SplitFiles:
+    """A split of a finetune run: ``ext_*`` with the yes/no classes, the others with ``class_names``."""
     names = BINARY_CLASSES if name in EXTERNAL_SPLITS else class_names
     return read_split(run_dir, name, names)
 

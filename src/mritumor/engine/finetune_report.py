@@ -12,10 +12,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mritumor import plots
 from mritumor.config.schema import Settings
 from mritumor.core.fsutil import atomic_write_json
 from mritumor.data.splits import SplitFiles
-from mritumor.engine.finetune_data import read_run_split, training_duplicates
+from mritumor.engine.finetune_data import read_finetune_split, training_duplicates
 from mritumor.evaluation.operating_point import operating_point
 from mritumor.predict.predictor import Predictor
 from mritumor.run.bundle import read_bundle
@@ -38,11 +39,9 @@ def write_report(settings: Settings, parent_dir: Path, run_dir: Path) -> dict[st
     (holdout never takes part in any choice); sensitivity, specificity, FN and
     FP on ext_holdout are reported at it, with bootstrap intervals, plus AUC.
     """
-    from mritumor import plots
-
     bundle = read_bundle(run_dir)
     splits = {
-        name: read_run_split(run_dir, name, bundle.class_names)
+        name: read_finetune_split(run_dir, name, bundle.class_names)
         for name in list_splits(run_dir)
     }
     models = {"before": Predictor(parent_dir), "after": Predictor(run_dir)}

@@ -20,6 +20,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from mritumor.core.fsutil import atomic_write_json, atomic_write_text
+from mritumor.plots import plot_kfold_summary
 from mritumor.run.layout import RunLayout
 
 OOF_FILE = "oof_predictions.csv"
@@ -118,8 +119,6 @@ def read_fold_metrics(run_dir: Path, folds: int) -> dict[int, FoldMetrics]:
 
 def write_summary(run_dir: Path, class_names: Sequence[str], folds: int) -> dict[int, FoldMetrics]:
     """oof_predictions.csv, kfold_summary.json and the figure over the folds scored so far."""
-    from mritumor.plots import plot_kfold_summary
-
     metrics = read_fold_metrics(run_dir, folds)
     lines = [",".join(oof_header(class_names))]
     for fold in sorted(metrics):

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mritumor import __version__
+from mritumor import __version__, plots
 from mritumor.core.fsutil import atomic_write_json
 from mritumor.core.progress import ProgressCallback
 from mritumor.evaluation.eval_sets import Scored, resolve_eval_set, score, training_copies
@@ -142,8 +142,6 @@ def _binary_report(
     report_dir: Path, predictor: Predictor, scored: Scored, settings: Settings
 ) -> dict[str, Any]:
     """A yes/no set: tumour-score AUC, ROC, counts and rates at the bundle's threshold."""
-    from mritumor import plots
-
     bundle = predictor.bundle
     tumour = scored.labels
     scores = predictor.tumour_scores(scored.logits)

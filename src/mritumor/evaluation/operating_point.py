@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from mritumor import plots
 from mritumor.core.errors import MritumorError
 from mritumor.core.fsutil import atomic_write_json
 from mritumor.core.progress import ProgressCallback
@@ -42,8 +43,6 @@ def choose_operating_point(
     ``infer`` thresholds. An infeasible constraint writes the report but leaves
     the bundle alone and raises.
     """
-    from mritumor import plots
-
     run_dir, bundle = predictor.run_dir, predictor.bundle
     eval_set = resolve_eval_set(
         run_dir, bundle, spec, settings.paths.data_dir, purpose="threshold", allow_binary=True

@@ -2,8 +2,7 @@
 figures.
 
 The names are those of the reference framework, so its users find them. Figures are drawn by
-:mod:`mritumor.plots`, imported when a figure is written so that matplotlib stays off the
-command line's start-up.
+:mod:`mritumor.plots`, which imports matplotlib only when a figure is drawn.
 """
 
 from __future__ import annotations
@@ -18,8 +17,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mritumor import plots
 from mritumor.core.fsutil import atomic_write_text
 from mritumor.data.images import read_image
+from mritumor.predict.ensemble import NO_TUMOUR, TUMOUR
 from mritumor.run.layout import RunLayout
 from mritumor.stats.calibration import calibration_metrics, reliability_bins, tumour_score
 from mritumor.stats.metrics import (
@@ -47,7 +48,6 @@ CALIBRATION_METRICS_FILE = "calibration_metrics.json"
 RELIABILITY_BEFORE_FILE = "reliability_diagram_before.png"
 THRESHOLD_FILE = "threshold_optimization.json"
 TRAINING_COPIES_FILE = "training_copies.csv"
-TUMOUR, NO_TUMOUR = "tumour", "no tumour"
 
 
 @dataclass(frozen=True)
@@ -144,8 +144,6 @@ def write_eval_figures(
     settings: Settings,
 ) -> None:
     """Confusion matrices, ROC and PR curves, calibration figures and the error gallery."""
-    from mritumor import plots
-
     names = bundle.class_names
     matrix = confusion_matrix(scored.labels, predicted, len(names))
     plots.plot_confusion_matrix(matrix, names, report_dir / plots.CM_FILE, normalised=False)
@@ -170,8 +168,6 @@ def write_calibration_figures(
     histogram: bool = True,
 ) -> None:
     """The reliability diagram (ECE and MCE in it) and, with ``histogram``, the confidences."""
-    from mritumor import plots
-
     bins = reliability_bins(probabilities, labels, n_bins)
     metrics = calibration_metrics(probabilities, labels, n_bins)
     plots.plot_reliability_diagram(
@@ -203,8 +199,6 @@ def _write_error_gallery(
     settings: Settings,
 ) -> None:
     """The most confident mistakes: the images a reader should look at first."""
-    from mritumor import plots
-
     wrong = np.flatnonzero(predicted != scored.labels)
     confidence = probabilities.max(axis=1)
     chosen = wrong[np.argsort(-confidence[wrong], kind="stable")][

@@ -217,7 +217,7 @@ def infer(
 ) -> Predictions:
     """Predict ``inputs`` with every member and combine them (see :func:`combine`).
 
-    Images smaller than :data:`~mritumor.data.files.MIN_IMAGE_SIDE` are predicted
+    Images smaller than :data:`~mritumor.data.images.MIN_IMAGE_SIDE` are predicted
     too, with a note (:attr:`Predictions.notes`).
     """
     outputs = [

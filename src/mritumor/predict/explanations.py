@@ -7,6 +7,7 @@ classified. Panels show that model input (resized, padded as in training).
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,8 +17,18 @@ import numpy as np
 
 from mritumor import plots
 from mritumor.core.errors import UsageError
+from mritumor.core.fsutil import atomic_write_bytes
 from mritumor.core.progress import ProgressCallback
-from mritumor.predict.gradcam import METHOD_LABELS, Method, default_layer, explain, overlay
+from mritumor.data.images import read_image
+from mritumor.predict.gradcam import (
+    METHOD_LABELS,
+    Method,
+    default_layer,
+    energy_inside,
+    explain,
+    overlay,
+    pointing_game_hit,
+)
 from mritumor.predict.inputs import ImageInput
 from mritumor.predict.predictor import Predictor
 
@@ -101,10 +112,6 @@ def _write_panel(
 
 
 def _save_map(path: Path, heatmap: NDArray[np.float32]) -> None:
-    import io
-
-    from mritumor.core.fsutil import atomic_write_bytes
-
     buffer = io.BytesIO()
     np.save(buffer, heatmap)
     atomic_write_bytes(path, buffer.getvalue())
@@ -190,8 +197,6 @@ def localisation(
     Masks are brought to the model's input exactly as the images are (same
     resize and padding); a pixel counts as lesion when any of it was.
     """
-    from mritumor.predict.gradcam import energy_inside, pointing_game_hit
-
     layer = default_layer(predictor.model, predictor.bundle.backbone)
     inputs = [ImageInput(path) for path in paths]
     batches, _ = predictor.batches(inputs, batch_size)
@@ -223,7 +228,6 @@ def localisation(
 def _model_mask(predictor: Predictor, path: Path) -> NDArray[np.bool_]:
     import tensorflow as tf
 
-    from mritumor.data.images import read_image
     from mritumor.data.input_pipeline import resize_image
 
     bundle = predictor.bundle

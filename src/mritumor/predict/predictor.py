@@ -30,6 +30,7 @@ from mritumor.data.image_errors import UnreadableImageError
 from mritumor.data.splits import SplitFiles
 from mritumor.predict.inputs import ImageInput
 from mritumor.run.bundle import read_bundle
+from mritumor.run.checkpoint import load_model
 from mritumor.run.layout import MODEL_FILE, BundleError
 from mritumor.stats.calibration import softmax, tumour_score
 
@@ -85,8 +86,6 @@ class Predictor:
     """Loads ``model.keras`` (safe mode) and ``bundle.json`` of a run and predicts with them."""
 
     def __init__(self, run_dir: Path, *, model_file: str = MODEL_FILE) -> None:
-        from mritumor.run.checkpoint import load_model
-
         self.run_dir = run_dir
         self.bundle: Bundle = read_bundle(run_dir)
         self.model: Any = load_model(run_dir / model_file)

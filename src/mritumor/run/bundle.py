@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ModelWrapValidatorHandler,
@@ -70,6 +71,13 @@ def _distinct(names: list[str]) -> list[str]:
     if len(set(names)) != len(names):
         raise ValueError("a class is repeated")
     return names
+
+
+def _an_integer(value: Any) -> Any:
+    """Literal[1, 3] takes ``true`` and ``3.0`` for 1 and 3 even in strict mode; a file may not."""
+    if not _is_int(value):
+        raise ValueError("not an integer")
+    return value
 
 
 def _required_in_files(schema: JsonDict) -> None:
@@ -118,7 +126,7 @@ class Bundle(BaseModel):
     """The class whose complement is the tumour score ``1 - p(negative_class)``."""
     image_size: Annotated[ImageSize, Expected("a positive integer")]
     """Side of the square model input, in pixels."""
-    channels: Annotated[Channels, Expected("1 or 3")]
+    channels: Annotated[Channels, BeforeValidator(_an_integer), Expected("1 or 3")]
     """1 for grayscale, 3 for RGB input."""
     resize: Annotated[ResizeMode, Expected(f"one of {', '.join(RESIZE_MODES)}")]
     """``plain`` (stretch to a square) or ``pad`` (keep the aspect ratio)."""
