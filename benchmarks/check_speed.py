@@ -34,12 +34,10 @@ from numpy.typing import NDArray
 from PIL import Image, ImageFilter
 
 from mritumor.core.classes import CLASS_NAMES
-from mritumor.data.check import check_dataset
-from mritumor.data.duplicates import DEFAULT_RADIUS, MIN_SIMILARITY, duplicate_groups
-from mritumor.data.files import iter_image_files
-from mritumor.data.hashing import ImageRecord, image_hashes
-from mritumor.data.images import read_image
-from mritumor.data.perceptual import (
+from mritumor.data.check.analysis import check_dataset
+from mritumor.data.duplicates.groups import DEFAULT_RADIUS, MIN_SIMILARITY, duplicate_groups
+from mritumor.data.duplicates.hashing import ImageRecord, image_hashes
+from mritumor.data.duplicates.perceptual import (
     HASH_BITS,
     THUMBNAIL_SHAPE,
     detail_vectors,
@@ -49,7 +47,9 @@ from mritumor.data.perceptual import (
     thumbnail,
     thumbnail_hash,
 )
-from mritumor.data.synth import SynthConfig, write_synthetic_dataset
+from mritumor.data.files import iter_image_files
+from mritumor.data.images import read_image
+from mritumor.data.synth.writer import SynthConfig, write_synthetic_dataset
 
 Transform = Callable[[Image.Image], Image.Image]
 

@@ -59,7 +59,7 @@ from typing import Any
 from _measure import child_env, cpu_model, emit_result, run_child, usable_cores
 
 from mritumor.core.classes import CLASS_NAMES
-from mritumor.data.synth import SynthConfig, write_synthetic_dataset
+from mritumor.data.synth.writer import SynthConfig, write_synthetic_dataset
 
 RESULT_PREFIX = "INFER_SPEED_RESULT "
 MODES = ("mritumor", "bare")

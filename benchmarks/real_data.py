@@ -112,9 +112,9 @@ def _kaggle_source(source: Path, work: Path, test_size: float, seed: int) -> tup
 
 def _carve_test(training: Path, target: Path, test_size: float, seed: int) -> None:
     from mritumor.data.carve import carve_splits
-    from mritumor.data.duplicates import duplicate_groups
+    from mritumor.data.duplicates.groups import duplicate_groups
+    from mritumor.data.duplicates.hashing import image_hashes
     from mritumor.data.files import iter_image_files, subfolders
-    from mritumor.data.hashing import image_hashes
 
     by_label = {folder.name: list(iter_image_files(folder)) for folder in subfolders(training)}
     paths = [path for files in by_label.values() for path in files]

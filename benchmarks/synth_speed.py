@@ -16,7 +16,7 @@ import tempfile
 from pathlib import Path
 
 from mritumor.core.classes import CLASS_NAMES
-from mritumor.data.synth import SynthConfig, write_synthetic_dataset
+from mritumor.data.synth.writer import SynthConfig, write_synthetic_dataset
 
 
 def main() -> None:

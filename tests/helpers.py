@@ -20,7 +20,7 @@ from numpy.typing import NDArray
 from PIL import Image
 
 if TYPE_CHECKING:
-    from mritumor.data.synth import SynthConfig, SynthSummary
+    from mritumor.data.synth.writer import SynthConfig, SynthSummary
     from mritumor.run.bundle import Bundle
 
 #: 8/4/4 images per class, 48 px: ``cli_data_root``, the data the train tests train on.
@@ -201,13 +201,13 @@ class SyntheticData:
 
     @staticmethod
     def config(config: SynthConfig | None = None, /, **fields: Any) -> SynthConfig:
-        from mritumor.data.synth import SynthConfig
+        from mritumor.data.synth.writer import SynthConfig
 
         return dataclasses.replace(config if config is not None else SynthConfig(), **fields)
 
     def _made_for(self, config: SynthConfig, workers: int) -> tuple[Path, SynthSummary]:
         if config not in self._made:
-            from mritumor.data.synth import write_synthetic_dataset
+            from mritumor.data.synth.writer import write_synthetic_dataset
 
             root = self._mktemp("synthetic data") / "data"
             summary = write_synthetic_dataset(root, config, workers=workers)

@@ -15,13 +15,13 @@ from PIL import Image
 
 from helpers import SyntheticData, save, smooth_image, write_bomb
 from mritumor.core.errors import MritumorError, UsageError
-from mritumor.data import hashing
-from mritumor.data.check import CheckReport, check_dataset, class_folders
-from mritumor.data.check_report import leaks_path, report_json, write_leaks, write_report
-from mritumor.data.duplicates import DEFAULT_RADIUS, MIN_SIMILARITY
-from mritumor.data.phantom.render import render_slice
-from mritumor.data.quarantine import quarantine_leaks, restore_quarantine
+from mritumor.data.check.analysis import CheckReport, check_dataset, class_folders
+from mritumor.data.check.quarantine import quarantine_leaks, restore_quarantine
+from mritumor.data.check.report import leaks_path, report_json, write_leaks, write_report
+from mritumor.data.duplicates import hashing
+from mritumor.data.duplicates.groups import DEFAULT_RADIUS, MIN_SIMILARITY
 from mritumor.data.splits import load_split
+from mritumor.data.synth.render import render_slice
 
 
 class Dataset:

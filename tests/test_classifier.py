@@ -1,5 +1,5 @@
 """Classifier assembly (mritumor.models.classifier) and its safe saving and loading
-(mritumor.run.checkpoint): head, names, precision and freezing."""
+(mritumor.run.model_file): head, names, precision and freezing."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from mritumor.models.classifier import (
     set_backbone_trainable,
 )
 from mritumor.models.registry import registry
-from mritumor.run.checkpoint import load_model
+from mritumor.run.model_file import load_model
 
 SIZE = 32
 #: small_cnn: 4 convs without bias, 4 BatchNorms with gamma and beta, the Dense kernel and bias.

@@ -367,8 +367,8 @@ def test_a_dicom_frame_over_the_pixel_limit_is_refused_before_decoding(tmp_path:
 
 
 def test_data_check_reads_a_dicom_file_as_training_does(tmp_path: Path) -> None:
-    from mritumor.data.check import check_dataset
-    from mritumor.data.hashing import hash_image, pixel_hash
+    from mritumor.data.check.analysis import check_dataset
+    from mritumor.data.duplicates.hashing import hash_image, pixel_hash
 
     folder = tmp_path / "data" / "train" / "glioma"
     folder.mkdir(parents=True)
@@ -385,7 +385,7 @@ def test_data_check_reads_a_dicom_file_as_training_does(tmp_path: Path) -> None:
 
 
 def test_data_prepare_places_dicom_files(tmp_path: Path) -> None:
-    from mritumor.data.prepare import prepare
+    from mritumor.data.prepare.plan import prepare
 
     folder = tmp_path / "src" / "glioma"
     folder.mkdir(parents=True)

@@ -391,7 +391,7 @@ def test_threshold_on_tumour_images_only_is_a_clear_error(run_dir: Path, tmp_pat
 
 def test_only_keras_files_are_loaded(tmp_path: Path) -> None:
     from mritumor.core.errors import MritumorError, UsageError
-    from mritumor.run.checkpoint import load_model
+    from mritumor.run.model_file import load_model
 
     with pytest.raises(UsageError, match="refused"):
         load_model(tmp_path / "model.h5")

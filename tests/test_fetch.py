@@ -1,4 +1,4 @@
-"""Kaggle downloads and their offline fallback (mritumor.data.fetch); kagglehub is always faked."""
+"""Kaggle downloads and their offline fallback (mritumor.data.prepare.fetch); kagglehub is always faked."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from kagglehub.exceptions import KaggleApiHTTPError, UnauthenticatedError
 
 from fixtures_kaggle import build_masoud, build_navoneel
 from mritumor.core.errors import MritumorError, OfflineError, UsageError
-from mritumor.data.fetch import (
+from mritumor.data.prepare.fetch import (
     KAGGLE_DATASETS,
     CachedDatasetWarning,
     cached_versions,

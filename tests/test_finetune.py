@@ -310,7 +310,7 @@ def test_partial_unfreezing_trains_the_last_blocks_and_never_batchnorm(
     import keras
 
     from mritumor.engine.finetune import _set_trainable
-    from mritumor.run.checkpoint import load_model
+    from mritumor.run.model_file import load_model
 
     model = load_model(built_run(data_root) / MODEL_FILE)
     _set_trainable(model, 1)

@@ -27,7 +27,7 @@ from mritumor.predict.gradcam import (
     resize_heatmap,
     resize_mask,
 )
-from mritumor.run.checkpoint import load_model
+from mritumor.run.model_file import load_model
 
 METHODS = ("gradcam", "gradcam++")
 SIDE = 16

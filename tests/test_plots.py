@@ -578,8 +578,7 @@ def test_gradcam_panel_shows_image_heat_map_and_overlay() -> None:
 
 def test_gradcam_panel_is_a_whole_png(tmp_path: Path) -> None:
     image, heatmap, blended = gradcam_inputs()
-    path = tmp_path / plots.GRADCAM_DIR / "glioma_0001.png"
+    path = tmp_path / "gradcam" / "glioma_0001.png"
     assert plots.plot_gradcam_panel(image, heatmap, blended, path, title="glioma 0.93") == path
     assert_png(path, plots.GRADCAM_FIGURE_SIZE)
-    assert plots.GRADCAM_DIR == "gradcam"
     assert [entry.name for entry in path.parent.iterdir()] == ["glioma_0001.png"]

@@ -130,7 +130,7 @@ def test_a_resumed_model_keeps_the_precision_its_layers_were_saved_in(
     from mritumor.config.loading import load_settings
     from mritumor.engine import training
     from mritumor.models.classifier import build_classifier
-    from mritumor.run.checkpoint import load_model
+    from mritumor.run.model_file import load_model
 
     settings = load_settings(
         None, {"model.backbone": "small_cnn", "model.weights": "none", "data.image_size": 32}

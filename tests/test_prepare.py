@@ -1,4 +1,4 @@
-"""Preparing local folders and zips into the standard layout (mritumor.data.prepare)."""
+"""Preparing local folders and zips into the standard layout (mritumor.data.prepare.plan)."""
 
 from __future__ import annotations
 
@@ -34,12 +34,12 @@ from mritumor.cli.main import app
 from mritumor.core.classes import CLASS_NAMES
 from mritumor.core.errors import UsageError
 from mritumor.data.carve import FilesByLabel, carve_splits
-from mritumor.data.duplicates import duplicate_groups
+from mritumor.data.duplicates.groups import duplicate_groups
+from mritumor.data.duplicates.hashing import image_hashes
 from mritumor.data.files import iter_image_files
-from mritumor.data.hashing import image_hashes
 from mritumor.data.images import read_image
 from mritumor.data.layout import normalise_class_name
-from mritumor.data.prepare import prepare
+from mritumor.data.prepare.plan import prepare
 from mritumor.data.splits import load_split
 
 MASOUD_TRAIN_COUNTS = {normalise_class_name(k): v for k, v in MASOUD_TRAIN.items()}

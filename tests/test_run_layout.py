@@ -24,10 +24,11 @@ def test_the_paths_inside_a_run() -> None:
         run / "bundle.json",
         run / "config.yaml",
     )
-    assert (layout.splits, layout.split("val"), layout.reports) == (
+    assert (layout.splits, layout.split("val"), layout.reports, layout.gradcam) == (
         run / "splits",
         run / "splits" / "val.csv",
         run / "reports",
+        run / "reports" / "gradcam",
     )
     assert (layout.history, layout.history_json, layout.lock) == (
         run / "history.csv",

@@ -20,9 +20,9 @@ from mritumor.core.classes import CLASS_NAMES
 from mritumor.core.errors import UsageError
 from mritumor.data.files import SPLITS, iter_image_files
 from mritumor.data.images import read_image
-from mritumor.data.phantom.lesions import NO_TUMOR, TUMOUR_CLASSES
-from mritumor.data.phantom.render import render_slice
-from mritumor.data.synth import (
+from mritumor.data.synth.lesions import NO_TUMOR, TUMOUR_CLASSES
+from mritumor.data.synth.render import render_slice
+from mritumor.data.synth.writer import (
     MANIFEST_NAME,
     MASKS_DIR,
     SynthConfig,

@@ -24,8 +24,8 @@ from mritumor.cli.main import app
 from mritumor.core.environment import ENV_PREFIX
 from mritumor.models.classifier import backbone_layers
 from mritumor.run.bundle import read_bundle
-from mritumor.run.checkpoint import load_model
 from mritumor.run.layout import HISTORY_FILE
+from mritumor.run.model_file import load_model
 
 STEPS = 4  # 32 train images in batches of 8
 WIDE = {"COLUMNS": "200"}

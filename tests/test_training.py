@@ -31,8 +31,8 @@ from mritumor.engine.stages import Stage, plan_stages
 from mritumor.engine.training import TrainResult
 from mritumor.models.classifier import backbone_layers
 from mritumor.run.bundle import Bundle, read_bundle
-from mritumor.run.checkpoint import load_model
 from mritumor.run.layout import HISTORY_FILE, RunLayout
+from mritumor.run.model_file import load_model
 
 TRAIN_PER_CLASS, VAL_PER_CLASS = CLI_DATA["train"], CLI_DATA["val"]  # of cli_data_root
 CLASSES, BATCH = 4, 8

@@ -726,7 +726,6 @@ def _annotate_point(axes: Axes, x: float, y: float, label: str) -> None:
     )
 
 
-GRADCAM_DIR = "gradcam"
 GRADCAM_FIGURE_SIZE = (10.5, 3.8)
 GRADCAM_PANEL_TITLES = ("image", "heat map", "overlay")
 

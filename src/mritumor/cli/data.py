@@ -17,8 +17,8 @@ from mritumor.core.errors import UsageError
 
 if TYPE_CHECKING:
     from mritumor.config.schema import Settings
-    from mritumor.data.check import CheckReport
-    from mritumor.data.prepare import PrepareSummary
+    from mritumor.data.check.analysis import CheckReport
+    from mritumor.data.prepare.plan import PrepareSummary
 
 app = typer.Typer(
     help="Get data into the standard layout and check it: fetch, prepare, synth, check.",
@@ -59,7 +59,7 @@ CopyOption = Annotated[
 
 
 def _complete_dataset(incomplete: str) -> list[tuple[str, str]]:
-    from mritumor.data.fetch import KAGGLE_DATASETS
+    from mritumor.data.prepare.fetch import KAGGLE_DATASETS
 
     return [
         (name, dataset.description)
@@ -93,8 +93,8 @@ def fetch(
     Without a network, a copy already in the kagglehub cache is used, and the
     version it holds is reported. navoneel lands in external/navoneel.
     """
-    from mritumor.data.fetch import fetch as fetch_dataset
-    from mritumor.data.fetch import kaggle_dataset
+    from mritumor.data.prepare.fetch import fetch as fetch_dataset
+    from mritumor.data.prepare.fetch import kaggle_dataset
 
     if version is not None and len(datasets) > 1:
         raise UsageError("--version pins one dataset; fetch the datasets one at a time")
@@ -144,7 +144,7 @@ def prepare(
     listed. A stratified, seeded val split is carved when the source has none, with
     duplicate images kept in one split; file lists are written to manifests/<split>.csv.
     """
-    from mritumor.data.prepare import prepare as prepare_dataset
+    from mritumor.data.prepare.plan import prepare as prepare_dataset
 
     settings = _settings(ctx, out, val_size, seed, assignments)
     with progress_bar(f"Preparing {source.name}") as progress:
@@ -190,7 +190,7 @@ def synth(
     Glioma, meningioma, pituitary and no-tumour phantoms in the standard layout,
     masks under masks/, and with --external a yes/no set in another domain.
     """
-    from mritumor.data.synth import SynthConfig, write_synthetic_dataset
+    from mritumor.data.synth.writer import SynthConfig, write_synthetic_dataset
 
     settings = _settings(ctx, out, None, seed, assignments)
     try:
@@ -263,10 +263,10 @@ def check(
     written to <report>-leaks.csv beside the JSON report, and with --fix the copy in val,
     test or external is moved to a quarantine folder (undo log in quarantine/moves.json).
     """
-    from mritumor.data.check import check_dataset
-    from mritumor.data.check_report import leaks_path, write_leaks, write_report
-    from mritumor.data.duplicates import DEFAULT_RADIUS, MIN_SIMILARITY
-    from mritumor.data.quarantine import quarantine_leaks
+    from mritumor.data.check.analysis import check_dataset
+    from mritumor.data.check.quarantine import quarantine_leaks
+    from mritumor.data.check.report import leaks_path, write_leaks, write_report
+    from mritumor.data.duplicates.groups import DEFAULT_RADIUS, MIN_SIMILARITY
 
     settings = _settings(ctx, root, None, None, assignments)
     data_root = settings.paths.data_dir

@@ -52,7 +52,7 @@ def gradcam(
     settings = resolve_settings(ctx, {}, assignments or ()).settings
     inputs, missing = image_inputs(paths)
     predictor = Predictor(run or latest_run(settings.paths.runs_dir))
-    folder = out or RunLayout(predictor.run_dir).reports / "gradcam"
+    folder = out or RunLayout(predictor.run_dir).gradcam
     with optional_progress(quiet, "Explaining") as progress:
         panels = write_panels(
             predictor,

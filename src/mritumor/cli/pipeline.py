@@ -76,7 +76,7 @@ def demo(
     external domain, predicts a few images and explains them with Grad-CAM.
     Every number printed is read from the reports it wrote.
     """
-    from mritumor.data.synth import MANIFEST_NAME, write_synthetic_dataset
+    from mritumor.data.synth.writer import MANIFEST_NAME, write_synthetic_dataset
     from mritumor.engine.pipeline import demo_settings
 
     if out.exists() and not out.is_dir():
@@ -91,7 +91,7 @@ def demo(
 
 
 def _synth_changed(data: Path, synth: Any) -> bool:
-    from mritumor.data.synth import MANIFEST_NAME
+    from mritumor.data.synth.writer import MANIFEST_NAME
 
     try:
         manifest = json.loads((data / MANIFEST_NAME).read_text(encoding="utf-8"))

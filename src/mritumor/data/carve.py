@@ -33,7 +33,7 @@ def carve_splits(
     ``n`` files. Each class is shuffled by its own generator, seeded by ``seed``
     and the class name, and the held-out splits are filled in shuffled order.
 
-    ``groups`` gives files a group id (:func:`~mritumor.data.duplicates.duplicate_groups`);
+    ``groups`` gives files a group id (:func:`~mritumor.data.duplicates.groups.duplicate_groups`);
     files sharing one land in the same split. A group takes the place of its first
     file (in sorted order) in the shuffle and goes to the first held-out split it
     fits into without overshooting; a split still short at the end takes any

@@ -123,11 +123,11 @@ def carve_calibration_split(
 
     Temperature and threshold are then fitted on images that neither trained
     the model nor selected its checkpoint (val does the latter). Exact and near
-    duplicates (:func:`~mritumor.data.duplicates.duplicate_groups`) go whole to one side.
+    duplicates (:func:`~mritumor.data.duplicates.groups.duplicate_groups`) go whole to one side.
     """
     from mritumor.data.carve import carve_splits
-    from mritumor.data.duplicates import duplicate_groups
-    from mritumor.data.hashing import image_hashes
+    from mritumor.data.duplicates.groups import duplicate_groups
+    from mritumor.data.duplicates.hashing import image_hashes
 
     groups = dict(zip(train.paths, duplicate_groups(image_hashes(train.paths)), strict=True))
     by_label = {

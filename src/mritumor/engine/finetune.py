@@ -56,8 +56,8 @@ from mritumor.engine.stages import Stage
 from mritumor.engine.training import configure_runtime
 from mritumor.models.classifier import backbone_layers
 from mritumor.run.bundle import Bundle, read_bundle, write_bundle, write_config
-from mritumor.run.checkpoint import load_model
 from mritumor.run.layout import RunLayout
+from mritumor.run.model_file import load_model
 from mritumor.run.splits import dataset_fingerprint, list_splits, read_split, write_splits
 
 

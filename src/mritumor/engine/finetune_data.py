@@ -27,8 +27,8 @@ else:
 from mritumor.config.schema import Settings
 from mritumor.core.errors import UsageError
 from mritumor.data.carve import carve_splits
-from mritumor.data.duplicates import duplicate_groups
-from mritumor.data.hashing import image_hashes
+from mritumor.data.duplicates.groups import duplicate_groups
+from mritumor.data.duplicates.hashing import image_hashes
 from mritumor.data.input_pipeline import InputPipeline, PipelineOptions, build_pipeline
 from mritumor.data.splits import BINARY_CLASSES, EXTERNAL_SPLITS, SplitFiles, load_binary_folder
 from mritumor.engine.finetune_loss import hybrid_targets

@@ -1,7 +1,7 @@
 """Grouped, stratified k-fold cross-validation over the train and val splits pooled.
 
 Fold assignment: the train and val images are pooled; exact and near duplicates
-(:func:`mritumor.data.duplicates.duplicate_groups`) form groups, and scikit-learn's
+(:func:`mritumor.data.duplicates.groups.duplicate_groups`) form groups, and scikit-learn's
 ``StratifiedGroupKFold(shuffle=True, random_state=seed)`` deals the groups out
 to the folds, so a duplicate pair never straddles a fold boundary.
 
@@ -52,8 +52,8 @@ from numpy.typing import NDArray
 
 from mritumor.core.errors import UsageError
 from mritumor.core.fsutil import atomic_write_text
-from mritumor.data.duplicates import duplicate_groups
-from mritumor.data.hashing import image_hashes
+from mritumor.data.duplicates.groups import duplicate_groups
+from mritumor.data.duplicates.hashing import image_hashes
 from mritumor.data.manifests import manifest_path, write_manifest
 from mritumor.data.splits import SplitFiles, load_split
 from mritumor.engine.kfold_summary import (

@@ -204,8 +204,8 @@ def _steps(settings: Settings) -> list[_Step]:
 
 
 def _check(context: _Context) -> tuple[Path, ...]:
-    from mritumor.data.check import check_dataset
-    from mritumor.data.check_report import write_report
+    from mritumor.data.check.analysis import check_dataset
+    from mritumor.data.check.report import write_report
 
     root = context.settings.paths.data_dir
     report = check_dataset(root, negative_class=context.settings.data.negative_class)
@@ -328,7 +328,7 @@ def _gradcam(context: _Context) -> tuple[Path, ...]:
 
     run_dir = _final_run(context)
     inputs = [ImageInput(path) for path in _examples(context)]
-    panels = write_panels(Predictor(run_dir), inputs, RunLayout(run_dir).reports / "gradcam")
+    panels = write_panels(Predictor(run_dir), inputs, RunLayout(run_dir).gradcam)
     return tuple(panels.written)
 
 
@@ -342,7 +342,7 @@ def demo_settings(base: Settings, out: Path, *, quick: bool = False) -> tuple[Se
     (see ``docs/data/synth.md``); ``quick`` shrinks everything for the tests.
     """
     from mritumor.config.loading import load_settings
-    from mritumor.data.synth import SynthConfig
+    from mritumor.data.synth.writer import SynthConfig
 
     size = 32 if quick else 64
     values: dict[str, Any] = {

@@ -47,8 +47,8 @@ from mritumor.engine.precision import (
 from mritumor.engine.stages import Stage, StageName, compile_for, plan_stages
 from mritumor.models.classifier import backbone_layers, build_classifier
 from mritumor.run.bundle import new_bundle, read_bundle, write_bundle, write_config
-from mritumor.run.checkpoint import load_model
 from mritumor.run.layout import LAST_FILE, MODEL_FILE, RunLayout
+from mritumor.run.model_file import load_model
 from mritumor.run.splits import dataset_fingerprint, read_split, write_splits
 
 

@@ -27,9 +27,9 @@ import numpy as np
 
 from mritumor.core.errors import MritumorError, UsageError
 from mritumor.core.progress import ProgressCallback
-from mritumor.data.duplicates import duplicate_groups
+from mritumor.data.duplicates.groups import duplicate_groups
+from mritumor.data.duplicates.hashing import image_hashes
 from mritumor.data.files import subfolders
-from mritumor.data.hashing import image_hashes
 from mritumor.data.layout import normalise_binary_label
 from mritumor.data.splits import (
     BINARY_CLASSES,

@@ -235,7 +235,7 @@ def _eval_summary(
 
 def _localisation(predictor: Predictor, scored: Scored) -> dict[str, Any] | None:
     """Grad-CAM pointing game and energy inside the lesion mask, for tumour images with masks."""
-    from mritumor.data.synth import find_mask
+    from mritumor.data.synth.writer import find_mask
     from mritumor.predict.explanations import localisation
 
     negative = predictor.bundle.negative_index

@@ -4,7 +4,7 @@ The model is one flat functional graph: the backbone is built on the model's
 own input tensor (see :class:`mritumor.models.registry.BackboneBuilder`), so every conv
 layer is reachable by name for Grad-CAM, and the saved ``.keras`` file holds
 only standard Keras layers: it loads with ``safe_mode=True`` (see
-:mod:`mritumor.run.checkpoint`), no Lambda layers.
+:mod:`mritumor.run.model_file`), no Lambda layers.
 The head's Dense layer computes in float32 whatever the precision policy, so
 logits (and the tumour score derived from them) never round in float16.
 """

@@ -30,8 +30,8 @@ from mritumor.data.image_errors import UnreadableImageError
 from mritumor.data.splits import SplitFiles
 from mritumor.predict.inputs import ImageInput
 from mritumor.run.bundle import read_bundle
-from mritumor.run.checkpoint import load_model
 from mritumor.run.layout import MODEL_FILE, BundleError
+from mritumor.run.model_file import load_model
 from mritumor.stats.calibration import softmax, tumour_score
 
 if TYPE_CHECKING:

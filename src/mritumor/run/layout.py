@@ -150,6 +150,11 @@ class RunLayout:
         return self.root / REPORTS_DIR
 
     @property
+    def gradcam(self) -> Path:
+        """Where ``gradcam`` and ``pipeline`` write their Grad-CAM panels by default."""
+        return self.reports / "gradcam"
+
+    @property
     def history(self) -> Path:
         return self.root / HISTORY_FILE
 

@@ -12,8 +12,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from mritumor.data.phantom.contrast import Contrast
-from mritumor.data.phantom.drawing import Field, inside, paint, rotated, smooth_field
+from mritumor.data.synth.contrast import Contrast
+from mritumor.data.synth.drawing import Field, inside, paint, rotated, smooth_field
 
 _EGG = 0.05  # heads are wider at the back: half-width grows by this share per unit of v
 

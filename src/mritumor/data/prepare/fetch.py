@@ -22,7 +22,7 @@ from mritumor.core.errors import MritumorError, OfflineError, UsageError
 from mritumor.core.progress import ProgressCallback
 from mritumor.data.files import EXTERNAL_DIR
 from mritumor.data.layout import LayoutKind, detect_layout
-from mritumor.data.prepare import PrepareSummary, prepare
+from mritumor.data.prepare.plan import PrepareSummary, prepare
 
 CACHE_ENV_VAR = "KAGGLEHUB_CACHE"
 _HTTP_UNAUTHORIZED = frozenset({401, 403})
@@ -109,7 +109,7 @@ def fetch(
     """Download the Kaggle dataset ``name`` (a key of :data:`KAGGLE_DATASETS`) and prepare it.
 
     ``version`` pins a dataset version (default: Kaggle's current one). The
-    other arguments go to :func:`~mritumor.data.prepare.prepare`; a yes/no set
+    other arguments go to :func:`~mritumor.data.prepare.plan.prepare`; a yes/no set
     lands in ``external/<name>``. Without ``copy`` the prepared files are
     symlinks into the kagglehub cache.
     """

@@ -1,6 +1,6 @@
 """Synthetic datasets: phantoms written in the standard layout, with masks; the offline default.
 
-``data synth`` writes phantoms (:mod:`mritumor.data.phantom`) of every class into
+``data synth`` writes phantoms (:mod:`.render`) of every class into
 ``<root>/{train,val,test}/<class>/``, optionally a yes/no set of another
 acquisition domain into ``external/<name>/``, and a binary lesion mask for every
 image (all zero for no_tumor) in a ``masks/`` tree beside the class folders, with
@@ -38,8 +38,8 @@ from mritumor.core.fsutil import atomic_write_bytes, atomic_write_text
 from mritumor.core.progress import ProgressCallback
 from mritumor.data.files import EXTERNAL_DIR, NO_TUMOUR_LABEL, SPLITS, TUMOUR_LABEL
 from mritumor.data.images import MIN_IMAGE_SIDE
-from mritumor.data.phantom.lesions import NO_TUMOR, TUMOUR_CLASSES
-from mritumor.data.phantom.render import Domain, render_slice
+from mritumor.data.synth.lesions import NO_TUMOR, TUMOUR_CLASSES
+from mritumor.data.synth.render import Domain, render_slice
 
 if TYPE_CHECKING:
     from PIL.Image import Image as PILImageType

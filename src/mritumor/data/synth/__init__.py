@@ -1,4 +1,4 @@
-"""Synthetic brain MRI phantoms: one procedural axial slice and its lesion mask, no files.
+"""Synthetic brain MRI phantoms, and the ``data synth`` datasets made of them.
 
 Each image is a procedural 2-D axial slice: head, scalp and skull rings, a thin
 CSF rim, grey and white matter with sulci, deep grey nuclei, ventricles and the
@@ -7,7 +7,6 @@ interhemispheric fissure (:mod:`.anatomy`). A lesion is added by class
 :mod:`.contrast`), bias field, Rician noise and blur are drawn per image,
 independently of the class (:mod:`.render`), so the class cannot be read from
 global image statistics. :mod:`.drawing` holds the smooth random fields and soft
-masks they all paint with. Writing datasets of phantoms is :mod:`mritumor.data.synth`.
-
-Imports core and its own modules only: phantoms know nothing of files or layouts.
+masks they all paint with. :mod:`.writer` writes datasets of phantoms in the standard
+layout; the phantom modules import core and each other only, and know nothing of files.
 """

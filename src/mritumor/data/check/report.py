@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from mritumor.core.fsutil import atomic_write_text
-from mritumor.data.check import (
+from mritumor.data.check.analysis import (
     CheckReport,
     DuplicateGroup,
     FileRecord,
@@ -24,7 +24,7 @@ from mritumor.data.check import (
     Problem,
     SizeRange,
 )
-from mritumor.data.hashing import PROBLEM_KINDS
+from mritumor.data.duplicates.hashing import PROBLEM_KINDS
 
 SCHEMA_VERSION = 1
 #: Every leaking pair, beside the JSON report: ``kind, distance, similarity, kept, leaking_copy``.

@@ -18,7 +18,7 @@ from pathlib import Path, PurePosixPath
 from mritumor.core.errors import UsageError
 from mritumor.core.progress import ProgressCallback
 from mritumor.data.manifests import manifest_path, write_manifest
-from mritumor.data.sources import Placement, Source
+from mritumor.data.prepare.sources import Placement, Source
 
 
 @dataclass(frozen=True)

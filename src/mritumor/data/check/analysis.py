@@ -4,15 +4,15 @@ The dataset is in the standard layout (:mod:`mritumor.data.files`)::
 
     ROOT/{train,val,test}/<class>/*      ROOT/external/<name>/{yes,no}/*
 
-Every non-hidden file in a class folder is fingerprinted (:mod:`mritumor.data.hashing`).
+Every non-hidden file in a class folder is fingerprinted (:mod:`mritumor.data.duplicates.hashing`).
 Files the input pipeline cannot load, and images smaller than
 :data:`~mritumor.data.images.MIN_IMAGE_SIDE` on a side, are *problems*; the usable
-images are grouped into exact and near duplicates (:mod:`mritumor.data.duplicates`: a
+images are grouped into exact and near duplicates (:mod:`mritumor.data.duplicates.groups`: a
 pHash candidate confirmed by the detail of the thumbnails). A duplicate that spans two
 splits is *leakage*: the split that comes later in ``train < val < test < external``
 holds the leaking copy. This module finds all that (:func:`check_dataset`);
-:mod:`mritumor.data.check_report` saves it as JSON and CSV, and
-:mod:`mritumor.data.quarantine` moves the leaking copies aside.
+:mod:`mritumor.data.check.report` saves it as JSON and CSV, and
+:mod:`mritumor.data.check.quarantine` moves the leaking copies aside.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ from typing import Literal, NamedTuple
 
 from mritumor.core.errors import UsageError
 from mritumor.core.progress import ProgressCallback
-from mritumor.data.duplicates import DEFAULT_RADIUS, MIN_SIMILARITY, DuplicateGraph
+from mritumor.data.duplicates.groups import DEFAULT_RADIUS, MIN_SIMILARITY, DuplicateGraph
+from mritumor.data.duplicates.hashing import ImageRecord, ProblemKind, image_hashes
 from mritumor.data.files import (
     BINARY_LABELS,
     EXTERNAL_DIR,
@@ -35,7 +36,6 @@ from mritumor.data.files import (
     is_hidden,
     subfolders,
 )
-from mritumor.data.hashing import ImageRecord, ProblemKind, image_hashes
 
 DuplicateKind = Literal["exact", "near"]
 DEFAULT_NEGATIVE_CLASS = "no_tumor"
@@ -228,7 +228,7 @@ def check_dataset(
 
     ``radius`` is the largest pHash Hamming distance of a near-duplicate candidate
     and ``min_similarity`` the detail similarity that confirms one
-    (:class:`~mritumor.data.duplicates.DuplicateGraph`);
+    (:class:`~mritumor.data.duplicates.groups.DuplicateGraph`);
     ``workers`` the number of hashing processes (default: one per CPU);
     ``negative_class`` the internal class that means "no tumour", which is how
     internal classes are compared with the yes/no labels of external sets.

@@ -14,14 +14,14 @@ and ``source`` (the original absolute path; for a zip member ``<archive>/<member
 the input pipeline (:mod:`mritumor.data.splits`) reads its split from there
 (:mod:`mritumor.data.manifests`).
 Every image is first read through :func:`~mritumor.data.images.read_image`
-(fingerprinted as ``data check`` does, :func:`~mritumor.data.hashing.image_hashes`):
+(fingerprinted as ``data check`` does, :func:`~mritumor.data.duplicates.hashing.image_hashes`):
 a file that is not a usable image (unreadable, truncated, not an image, over the
 pixel limit, smaller than :data:`~mritumor.data.images.MIN_IMAGE_SIDE`) is left out
 and listed with the reason. A class left without usable images is refused;
 a split left without the images of a class is a warning.
 Files are symlinked (absolute targets) or copied; the source is never modified
-(:mod:`mritumor.data.sources`), and an interrupted run leaves no half-written
-split (:mod:`mritumor.data.placement`).
+(:mod:`mritumor.data.prepare.sources`), and an interrupted run leaves no half-written
+split (:mod:`mritumor.data.prepare.placement`).
 """
 
 from __future__ import annotations
@@ -41,13 +41,13 @@ from mritumor.data.carve import (
     conflicting_groups,
     smallest_carvable,
 )
-from mritumor.data.duplicates import duplicate_groups
+from mritumor.data.duplicates.groups import duplicate_groups
+from mritumor.data.duplicates.hashing import ImageRecord, ProblemKind, image_hashes
 from mritumor.data.files import EXTERNAL_DIR, SPLITS
-from mritumor.data.hashing import ImageRecord, ProblemKind, image_hashes
 from mritumor.data.layout import Destination, Layout, LayoutKind, detect_layout
 from mritumor.data.manifests import manifest_path
-from mritumor.data.placement import PlannedFile, place_files, refuse_overwrite, unique_names
-from mritumor.data.sources import (
+from mritumor.data.prepare.placement import PlannedFile, place_files, refuse_overwrite, unique_names
+from mritumor.data.prepare.sources import (
     Source,
     existing_source,
     external_set_name,
@@ -196,7 +196,7 @@ def prepare(
     ``copy`` copies files instead of symlinking them (a zip's members are always
     copied). ``val_size`` is the share of each class carved into val when the
     source has no val split, and (for a tree without splits) into test as well.
-    Every image is hashed (:func:`~mritumor.data.hashing.image_hashes`) and only
+    Every image is hashed (:func:`~mritumor.data.duplicates.hashing.image_hashes`) and only
     usable images are placed; the others are listed in the summary's ``left_out``.
     With ``group_duplicates`` a carve keeps each group of exact or near duplicates
     in one split (:func:`~mritumor.data.carve.carve_splits`); turning it off carves file by

@@ -8,7 +8,7 @@ Every file gets four fingerprints:
   are *exact* duplicates even when their bytes differ: a PNG re-saved as BMP, or a
   PNG copy named ``.jpg``;
 * a 32x32 grayscale ``thumbnail`` and its 64-bit perceptual hash (pHash), for the
-  near-duplicate search (:mod:`mritumor.data.perceptual`, :mod:`mritumor.data.duplicates`).
+  near-duplicate search (:mod:`mritumor.data.duplicates.perceptual`, :mod:`mritumor.data.duplicates.groups`).
 
 A file that is not a usable image gets a record that says why (:data:`PROBLEM_KINDS`).
 Files are fingerprinted in worker processes (:func:`image_hashes`).
@@ -29,10 +29,10 @@ import numpy as np
 from numpy.typing import NDArray
 
 from mritumor.core.progress import ProgressCallback
+from mritumor.data.duplicates.perceptual import thumbnail, thumbnail_hash
 from mritumor.data.files import IMAGE_EXTENSIONS
 from mritumor.data.image_errors import ImageTooLargeError, NotAnImageError, UnreadableImageError
 from mritumor.data.images import MIN_IMAGE_SIDE, decode_image, read_header
-from mritumor.data.perceptual import thumbnail, thumbnail_hash
 
 ProblemKind = Literal[
     "unreadable", "truncated", "zero_bytes", "not_an_image", "too_large", "too_small"

@@ -15,9 +15,9 @@ import math
 import numpy as np
 
 from mritumor.core.classes import CLASS_NAMES
-from mritumor.data.phantom.anatomy import Head, Point, Window
-from mritumor.data.phantom.contrast import Contrast
-from mritumor.data.phantom.drawing import Field, inside, paint
+from mritumor.data.synth.anatomy import Head, Point, Window
+from mritumor.data.synth.contrast import Contrast
+from mritumor.data.synth.drawing import Field, inside, paint
 
 GLIOMA, MENINGIOMA, NO_TUMOR, PITUITARY = CLASS_NAMES
 TUMOUR_CLASSES = (GLIOMA, MENINGIOMA, PITUITARY)

@@ -11,7 +11,7 @@ Pairs whose pHashes differ in at most ``radius`` bits (Hamming distance) are fou
 keeps are much alike for every brain MRI (a bright oval on a dark background), so
 unrelated scans can be candidates too; the detail similarity of two thumbnails
 (:func:`detail_vectors`) tells them apart. How the two are combined into duplicate
-groups is :mod:`mritumor.data.duplicates`.
+groups is :mod:`mritumor.data.duplicates.groups`.
 """
 
 from __future__ import annotations

@@ -13,15 +13,15 @@ from numpy.typing import NDArray
 from PIL import Image, ImageFilter
 
 from helpers import save, smooth_image, write_bomb
-from mritumor.data import hashing, perceptual
-from mritumor.data.duplicates import (
+from mritumor.data.duplicates import hashing, perceptual
+from mritumor.data.duplicates.groups import (
     DEFAULT_RADIUS,
     MIN_SIMILARITY,
     DuplicateGraph,
     duplicate_groups,
 )
-from mritumor.data.hashing import ImageRecord, ProblemKind, hash_image, image_hashes
-from mritumor.data.perceptual import (
+from mritumor.data.duplicates.hashing import ImageRecord, ProblemKind, hash_image, image_hashes
+from mritumor.data.duplicates.perceptual import (
     THUMBNAIL_SHAPE,
     candidate_pairs,
     detail_vectors,
@@ -33,7 +33,7 @@ from mritumor.data.perceptual import (
     thumbnail,
     thumbnail_hash,
 )
-from mritumor.data.phantom.render import render_slice
+from mritumor.data.synth.render import render_slice
 
 
 def jpeg_bytes(pixels: NDArray[np.uint8], quality: int = 90) -> bytes:

@@ -15,10 +15,10 @@ from numpy.typing import NDArray
 from scipy import ndimage
 
 from mritumor.core.classes import CLASS_NAMES
-from mritumor.data.phantom.anatomy import draw_head, paint_head
-from mritumor.data.phantom.contrast import FLAIR, T1_POST_CONTRAST, T2, Contrast
-from mritumor.data.phantom.drawing import Field, smooth_field
-from mritumor.data.phantom.lesions import paint_lesion
+from mritumor.data.synth.anatomy import draw_head, paint_head
+from mritumor.data.synth.contrast import FLAIR, T1_POST_CONTRAST, T2, Contrast
+from mritumor.data.synth.drawing import Field, smooth_field
+from mritumor.data.synth.lesions import paint_lesion
 
 Domain = Literal["source", "external"]
 Image = NDArray[np.float32]

@@ -18,7 +18,7 @@ from typing import Any
 
 from mritumor.core.errors import MritumorError, UsageError
 from mritumor.core.fsutil import atomic_write_text
-from mritumor.data.check import CheckReport, DuplicateKind, FileRecord, LeakagePair
+from mritumor.data.check.analysis import CheckReport, DuplicateKind, FileRecord, LeakagePair
 from mritumor.data.files import EXTERNAL_DIR, SPLITS
 from mritumor.data.manifests import (
     ManifestFormatError,

@@ -1,10 +1,10 @@
 """Duplicate groups: files that show the same image, exactly or nearly.
 
-Files with identical decoded pixels (:attr:`~mritumor.data.hashing.ImageRecord.pixel_sha256`)
+Files with identical decoded pixels (:attr:`~mritumor.data.duplicates.hashing.ImageRecord.pixel_sha256`)
 are exact duplicates. Near duplicates are found in two steps: pairs whose pHashes lie
-within ``radius`` bits are *candidates* (:func:`~mritumor.data.perceptual.candidate_pairs`),
+within ``radius`` bits are *candidates* (:func:`~mritumor.data.duplicates.perceptual.candidate_pairs`),
 and each candidate is *confirmed* by the detail similarity of the two thumbnails
-(:func:`~mritumor.data.perceptual.detail_vectors`): the correlation of what is left after
+(:func:`~mritumor.data.duplicates.perceptual.detail_vectors`): the correlation of what is left after
 the shared shape is blurred away, at least ``min_similarity`` for a near duplicate.
 ``prepare``, ``check``, ``kfold`` and ``finetune`` share these groups.
 """
@@ -17,15 +17,19 @@ from typing import NamedTuple
 import numpy as np
 from numpy.typing import NDArray
 
-from mritumor.data.hashing import ImageRecord
-from mritumor.data.perceptual import THUMBNAIL_SHAPE, candidate_pairs, detail_similarities
+from mritumor.data.duplicates.hashing import ImageRecord
+from mritumor.data.duplicates.perceptual import (
+    THUMBNAIL_SHAPE,
+    candidate_pairs,
+    detail_similarities,
+)
 
 #: Largest pHash Hamming distance that makes a pair a near-duplicate candidate. On 400
 #: Kaggle Masoud scans (docs/data/check.md) re-encoded, resized, brightened, blurred and
 #: gamma-corrected copies stay within 6 bits; 8 leaves a margin for stronger edits, which
 #: the detail check (:data:`MIN_SIMILARITY`) makes affordable.
 DEFAULT_RADIUS = 8
-#: Smallest detail similarity (:func:`~mritumor.data.perceptual.detail_vectors`) that
+#: Smallest detail similarity (:func:`~mritumor.data.duplicates.perceptual.detail_vectors`) that
 #: confirms a candidate. Measured (docs/data/check.md): copies of real scans made by those
 #: edits score at least 0.990 and the scans saved twice in the Kaggle sample at least 0.979;
 #: no pair of 1,000 distinct synthetic phantoms scores above 0.955, and no pair of distinct
@@ -47,7 +51,7 @@ class DuplicateGraph:
     Records with identical pixels collapse onto one *image* (``image_of``), so
     exact copies are joined whatever their thumbnails. Images whose pHashes lie
     within ``radius`` bits are candidates
-    (:func:`~mritumor.data.perceptual.candidate_pairs`); a candidate is a near
+    (:func:`~mritumor.data.duplicates.perceptual.candidate_pairs`); a candidate is a near
     duplicate when its detail similarity is at least ``min_similarity``.
     Groups are the connected components: if a~b and b~c, then a, b and c share
     a group even when a and c are not near duplicates of each other.
