@@ -25,6 +25,8 @@ LAYERS = (
     "models",
     "run",
     "predict",
+    "export",
+    "serve",
     "evaluation",
     "engine",
     "cli",
