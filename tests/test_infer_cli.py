@@ -201,6 +201,22 @@ def test_unreadable_files_are_listed_and_the_exit_code_says_so(
     assert result.stdout.count("glioma") >= 3
 
 
+def test_when_no_input_can_be_read_they_are_listed_with_exit_3(
+    runs: tuple[Path, ...], tmp_path: Path
+) -> None:
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not an image")
+    result = invoke("infer", str(broken), "--run", str(runs[0]), "--format", "json", "-q")
+    assert result.exit_code == EXIT_PARTIAL, result.output
+    assert json.loads(result.stdout) == {
+        "threshold": None,
+        "predictions": [],
+        "unreadable": {
+            str(broken): f"cannot read image {broken}: not an image file Pillow can identify"
+        },
+    }
+
+
 def test_a_decompression_bomb_is_one_unreadable_line_and_the_good_image_is_predicted(
     runs: tuple[Path, ...], data_root: Path, tmp_path: Path
 ) -> None:

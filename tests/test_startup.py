@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 
 HEAVY = {"tensorflow", "keras", "matplotlib", "sklearn", "pydantic_settings"}
+#: The web stack of `mritumor serve` loads only when it serves.
+HEAVY |= {"fastapi", "starlette", "uvicorn"}
 
 
 def imported_modules(stderr: str) -> set[str]:

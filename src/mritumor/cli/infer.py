@@ -135,19 +135,7 @@ def infer(
     members = load_members(runs)
     with optional_progress(quiet, "Predicting") as progress:
         predictions = run_inference(
-            members,
-            inputs,
-            InferOptions(
-                batch_size=options.batch_size,
-                tta=options.tta_samples,
-                mc_samples=options.mc_dropout_samples,
-                seed=settings.seed,
-                strategy=options.ensemble_strategy,
-                threshold=options.threshold,
-                band=options.triage_band,
-                max_disagreement=options.max_disagreement,
-            ),
-            progress=progress,
+            members, inputs, InferOptions.from_settings(settings), progress=progress
         )
     if predictions.threshold is None:
         reason = "an ensemble needs --threshold" if len(members) > 1 else "the run has none"
@@ -205,14 +193,9 @@ def _emit(predictions: Predictions, fmt: OutputFormat, output: Path | None) -> N
 
 def render(predictions: Predictions, fmt: OutputFormat) -> str:
     """The predictions as JSON (one document), JSON lines or CSV text."""
-    records = predictions.records()
     if fmt == "json":
-        document = {
-            "threshold": predictions.threshold,
-            "predictions": records,
-            "unreadable": predictions.failures,
-        }
-        return json.dumps(json_safe(document), indent=2) + "\n"
+        return json.dumps(predictions.document(), indent=2) + "\n"
+    records = predictions.records()
     if fmt == "jsonl":
         return "".join(json.dumps(json_safe(record)) + "\n" for record in records)
     return _csv(predictions, records)

@@ -18,11 +18,13 @@ from mritumor.cli import (
     data,
     evaluate,
     explain,
+    export,
     finetune,
     infer,
     kfold,
     pipeline,
     recipes,
+    serve,
     train,
 )
 from mritumor.cli.state import AppState
@@ -81,6 +83,8 @@ app.command("gradcam")(explain.gradcam)
 app.command("finetune")(finetune.finetune)
 app.command("pipeline")(pipeline.pipeline)
 app.command("demo")(pipeline.demo)
+app.command("export")(export.export)
+app.command("serve")(serve.serve)
 app.add_typer(config.app, name="config")
 app.add_typer(backbones.app, name="backbones")
 app.add_typer(recipes.app, name="recipes")

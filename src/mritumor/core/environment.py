@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 ENV_PREFIX = "MRITUMOR_"
@@ -37,6 +39,30 @@ def configure(debug: bool) -> None:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
+@contextmanager
+def native_stderr_silenced() -> Iterator[None]:
+    """Point file descriptor 2 at /dev/null for the block, unless debugging.
+
+    For native libraries that print to the descriptor directly, past Python's
+    ``sys.stderr`` and past ``TF_CPP_MIN_LOG_LEVEL`` (TensorFlow while it loads,
+    the TensorFlow Lite interpreter's "Created ... delegate" line). Python
+    exceptions raised in the block still propagate.
+    """
+    if debugging():
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def import_tensorflow() -> Any:
     """Import TensorFlow, hiding the C++ lines it prints before its logging is set up.
 
@@ -50,16 +76,8 @@ def import_tensorflow() -> Any:
 
         return tensorflow
     configure(debug=False)
-    sys.stderr.flush()
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)
-    try:
+    with native_stderr_silenced():
         import tensorflow
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
     # Python-side warnings too (e.g. "triggered tf.function retracing" when a last,
     # smaller batch is predicted): advice for TensorFlow developers, not for users.
     tensorflow.get_logger().setLevel(logging.ERROR)

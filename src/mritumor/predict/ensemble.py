@@ -8,7 +8,7 @@ the members disagree.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from mritumor.core.errors import UsageError
+from mritumor.core.fsutil import json_safe
 from mritumor.core.progress import ProgressCallback
 from mritumor.data.images import small_image_note
 from mritumor.predict.inputs import ImageInput
@@ -25,6 +26,8 @@ from mritumor.stats.calibration import softmax, tumour_score
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray
+
+    from mritumor.config.schema import Settings
 
 TUMOUR, REVIEW, NO_TUMOUR = "tumour", "review", "no tumour"
 
@@ -79,6 +82,42 @@ class Predictions:
             rows.append(row)
         return rows
 
+    def document(self) -> dict[str, Any]:
+        """The one JSON document of ``infer --format json`` and of ``serve``'s ``POST /predict``:
+        the threshold, one record per image (:meth:`records`) and the unreadable inputs."""
+        document = {
+            "threshold": self.threshold,
+            "predictions": self.records(),
+            "unreadable": self.failures,
+        }
+        return dict(json_safe(document))
+
+    def subset(self, names: Mapping[str, str]) -> Predictions:
+        """Only the images whose label is a key of ``names``, relabelled ``names[label]``.
+
+        ``serve`` predicts the uploads of several requests in one call and hands each
+        request its own rows, under the file names it sent.
+        """
+        rows = [i for i, label in enumerate(self.labels) if label in names]
+        pick = np.asarray(rows, dtype=np.intp)
+
+        def chosen(values: tuple[str, ...] | None) -> tuple[str, ...] | None:
+            return None if values is None else tuple(values[i] for i in rows)
+
+        return replace(
+            self,
+            labels=tuple(names[self.labels[i]] for i in rows),
+            probabilities=self.probabilities[pick],
+            tumour_score=self.tumour_score[pick],
+            entropy=self.entropy[pick],
+            score_std=None if self.score_std is None else self.score_std[pick],
+            disagreement=None if self.disagreement is None else self.disagreement[pick],
+            decision=chosen(self.decision),
+            triage=chosen(self.triage),
+            failures={names[key]: why for key, why in self.failures.items() if key in names},
+            notes={names[key]: note for key, note in self.notes.items() if key in names},
+        )
+
 
 def combine(
     members: Sequence[tuple[Predictor, Logits]],
@@ -98,6 +137,11 @@ def combine(
     first = members[0][0]
     negative = first.bundle.negative_index
     kept = sorted(set.intersection(*(set(logits.kept.tolist()) for _, logits in members)))
+    failures: dict[str, str] = {}
+    for _, logits in members:
+        failures.update(logits.failures)
+    if not kept:
+        return _nothing_readable(members, threshold, failures)
     per_member = []
     member_scores = []
     for predictor, logits in members:
@@ -121,9 +165,6 @@ def combine(
     if threshold is not None:
         decision = tuple(TUMOUR if s >= threshold else NO_TUMOUR for s in scores)
         labels3 = tuple(triage(scores, threshold, band, disagreement, max_disagreement))
-    failures: dict[str, str] = {}
-    for _, logits in members:
-        failures.update(logits.failures)
     return Predictions(
         labels=tuple(inputs[i].label for i in kept),
         class_names=tuple(first.class_names),
@@ -135,6 +176,27 @@ def combine(
         threshold=threshold,
         decision=decision,
         triage=labels3,
+        failures=failures,
+    )
+
+
+def _nothing_readable(
+    members: Sequence[tuple[Predictor, Logits]], threshold: float | None, failures: dict[str, str]
+) -> Predictions:
+    """No image could be read: no rows, with the same columns a prediction would have."""
+    nothing = np.zeros(0)
+    passes = members[0][1].samples.shape[0]
+    return Predictions(
+        labels=(),
+        class_names=tuple(members[0][0].class_names),
+        probabilities=np.zeros((0, len(members[0][0].class_names))),
+        tumour_score=nothing,
+        entropy=nothing,
+        score_std=nothing if passes > 1 else None,
+        disagreement=nothing if len(members) > 1 else None,
+        threshold=threshold,
+        decision=() if threshold is not None else None,
+        triage=() if threshold is not None else None,
         failures=failures,
     )
 
@@ -181,6 +243,21 @@ class InferOptions:
     """An explicit threshold; None uses the bundle's (single model only)."""
     band: float = 0.1
     max_disagreement: float = 0.2
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> InferOptions:
+        """The ``inference`` section and the seed: how ``infer`` and ``serve`` predict."""
+        options = settings.inference
+        return cls(
+            batch_size=options.batch_size,
+            tta=options.tta_samples,
+            mc_samples=options.mc_dropout_samples,
+            seed=settings.seed,
+            strategy=options.ensemble_strategy,
+            threshold=options.threshold,
+            band=options.triage_band,
+            max_disagreement=options.max_disagreement,
+        )
 
 
 def load_members(run_dirs: Sequence[Path]) -> list[Predictor]:
