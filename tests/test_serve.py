@@ -174,6 +174,14 @@ def test_uploads_keep_their_names_and_a_tiny_image_has_a_note(
     assert records[2]["note"] == "smaller than 32 px (8x8), upsampled to the model's input"
 
 
+def test_an_answer_names_each_upload_exactly_as_sent(client: TestClient, data_root: Path) -> None:
+    image = images(data_root)[0].read_bytes()
+    sent = ["./scan.jpg", "dir//scan.jpg", "scan.jpg/", "a\\b.jpg"]
+    answer = post(client, *((name, image) for name in sent))
+    assert answer.status_code == 200, answer.text
+    assert [r["path"] for r in answer.json()["predictions"]] == sent
+
+
 # --------------------------------------------------------------------------- refusals
 
 

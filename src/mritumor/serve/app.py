@@ -30,7 +30,6 @@ from __future__ import annotations
 import tempfile
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -182,8 +181,9 @@ def _predict(predictor: Predictor, options: InferOptions, inputs: list[ImageInpu
 def _gathered(uploads: Sequence[Upload]) -> tuple[list[ImageInput], dict[str, str]]:
     """The inputs of the uploads (one per DICOM frame), and each input's label in the answer."""
     inputs, _ = gather_inputs([str(upload.path) for upload in uploads])
-    sent_as = {upload.path: Path(upload.name) for upload in uploads}
-    names = {item.label: replace(item, path=sent_as[item.path]).label for item in inputs}
+    sent_as = {upload.path: upload.name for upload in uploads}
+    # The name exactly as sent (not normalised as a Path would be), then any "#frame<k>".
+    names = {item.label: sent_as[item.path] + item.label[len(str(item.path)) :] for item in inputs}
     return inputs, names
 
 
