@@ -28,6 +28,7 @@ LAYERS = (
     "export",
     "serve",
     "evaluation",
+    "report",
     "engine",
     "cli",
 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from pathlib import Path
@@ -11,6 +12,7 @@ from typer.testing import CliRunner
 
 from mritumor.cli.main import app
 from mritumor.engine.pipeline import FINETUNE_RUN, STATE_FILE, TRAIN_RUN
+from mritumor.report.render import number
 
 WIDE = {"COLUMNS": "250"}
 #: Numbers are printed to 3 decimals: half a unit of the last, and a hair for 0.0625 -> "0.062".
@@ -55,13 +57,27 @@ def test_the_demo_writes_every_report(demo: tuple[Path, str]) -> None:
         tuned / "reports" / "finetune_report.json",
         tuned / "reports" / "eval-ext_holdout" / "summary.json",
         tuned / "reports" / "example_predictions.json",
+        tuned / "reports" / "report.html",
+        tuned / "MODEL_CARD.md",
+        train / "reports" / "report.html",
+        train / "MODEL_CARD.md",
     ):
         assert path.is_file(), path
     assert len(list((tuned / "reports" / "gradcam").glob("*.png"))) == 4
+    report = (tuned / "reports" / "report.html").read_text(encoding="utf-8")
+    assert report.count("data:image/png;base64,") == len(list((tuned / "reports").rglob("*.png")))
+    finetune = load(tuned / "reports" / "finetune_report.json")
+    cells = dict(re.findall(r'data-source="finetune_report\.json#([^"]+)">([^<]*)<', report))
+    assert len(cells) == 6
+    for keys, text in cells.items():
+        value = functools.reduce(lambda part, key: part[key], keys.split("."), finetune)
+        assert text == number(value), keys
+    assert f"Report: {tuned / 'reports' / 'report.html'}" in " ".join(demo[1].split())
     state = load(out / "runs" / STATE_FILE)
     assert list(state) == [
         "check", "train", "calibrate", "threshold", "eval", "finetune",
         "finetune calibrate", "finetune threshold", "finetune eval", "infer", "gradcam",
+        "report",
     ]  # fmt: skip
 
 
@@ -101,7 +117,7 @@ def test_a_second_run_skips_every_step_and_force_reruns_them(demo: tuple[Path, s
     out, _ = demo
     again = CliRunner().invoke(app, ["demo", "--out", str(out), "--quick", "-q"], env=WIDE)
     assert again.exit_code == 0, again.output
-    assert again.stdout.count("skipped") == 11 and " ran " not in again.stdout
+    assert again.stdout.count("skipped") == 12 and " ran " not in again.stdout
 
 
 def test_pipeline_stops_at_the_first_failure_with_a_clear_message(tmp_path: Path) -> None:
@@ -143,7 +159,7 @@ def test_a_step_that_reruns_reruns_every_step_after_it(demo: tuple[Path, str]) -
         for line in again.stdout.splitlines()
         if len(cells := [c.strip() for c in line.split("│")]) > 3 and cells[2] in ("ran", "skipped")
     ]
-    assert statuses == ["skipped", "skipped"] + ["ran"] * 9
+    assert statuses == ["skipped", "skipped"] + ["ran"] * 10
 
 
 def test_the_data_stamp_follows_the_images_not_the_checks_own_report(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-HEAVY = {"tensorflow", "keras", "matplotlib", "sklearn", "pydantic_settings"}
+HEAVY = {"tensorflow", "keras", "matplotlib", "sklearn", "pydantic_settings", "jinja2"}
 #: The web stack of `mritumor serve` loads only when it serves.
 HEAVY |= {"fastapi", "starlette", "uvicorn"}
 

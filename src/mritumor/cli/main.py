@@ -24,6 +24,7 @@ from mritumor.cli import (
     kfold,
     pipeline,
     recipes,
+    report,
     serve,
     train,
 )
@@ -83,6 +84,7 @@ app.command("gradcam")(explain.gradcam)
 app.command("finetune")(finetune.finetune)
 app.command("pipeline")(pipeline.pipeline)
 app.command("demo")(pipeline.demo)
+app.command("report")(report.report)
 app.command("export")(export.export)
 app.command("serve")(serve.serve)
 app.add_typer(config.app, name="config")

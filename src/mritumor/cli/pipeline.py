@@ -42,7 +42,7 @@ def pipeline(
     quiet: QuietOption = False,
     assignments: SetOption = None,
 ) -> None:
-    """Run check, train, calibrate, threshold, eval, finetune, infer and gradcam in order.
+    """Run check, train, calibrate, threshold, eval, finetune, infer, gradcam and report.
 
     On the data under paths.data_dir (after `data fetch` or `data prepare`);
     finetune runs when finetune.external is set. Stops at the first failure.
@@ -73,8 +73,9 @@ def demo(
 
     Synthesises phantoms (with a shifted external domain), then checks, trains the
     small CNN, calibrates, chooses the threshold, evaluates, fine-tunes on the
-    external domain, predicts a few images and explains them with Grad-CAM.
-    Every number printed is read from the reports it wrote.
+    external domain, predicts a few images and explains them with Grad-CAM, and writes
+    the HTML report and MODEL_CARD.md. Every number printed is read from the reports it
+    wrote.
     """
     from mritumor.data.synth.writer import MANIFEST_NAME, write_synthetic_dataset
     from mritumor.engine.pipeline import demo_settings
@@ -116,6 +117,8 @@ def _run_and_report(settings: Any, *, force: bool, quiet: bool) -> None:
         if display is not None:
             display.close()
     show_summary(result)
+    if result.report is not None:
+        console.print(f"Report: {result.report}", soft_wrap=True, highlight=False)
 
 
 # --------------------------------------------------------------------------- display

@@ -52,6 +52,8 @@ class PipelineResult:
     outcomes: list[Outcome] = field(default_factory=list)
     train_run: Path | None = None
     finetune_run: Path | None = None
+    report: Path | None = None
+    """The final run's HTML report, the last step's output."""
 
 
 class PipelineObserver(Protocol):
@@ -111,6 +113,7 @@ def run_pipeline(
         _write_state(runs, state)
     if settings.finetune.external is not None:
         result.finetune_run = context.finetune_run
+    result.report = RunLayout(_final_run(context)).report
     return result
 
 
@@ -199,6 +202,7 @@ def _steps(settings: Settings) -> list[_Step]:
     steps += [
         _Step("infer", ("inference",), _infer),
         _Step("gradcam", ("inference",), _gradcam),
+        _Step("report", (), _report),
     ]
     return steps
 
@@ -330,6 +334,20 @@ def _gradcam(context: _Context) -> tuple[Path, ...]:
     inputs = [ImageInput(path) for path in _examples(context)]
     panels = write_panels(Predictor(run_dir), inputs, RunLayout(run_dir).gradcam)
     return tuple(panels.written)
+
+
+def _report(context: _Context) -> tuple[Path, ...]:
+    """The HTML report and MODEL_CARD.md of every run the pipeline wrote, the final run's
+    report first."""
+    from mritumor.report import write_model_card, write_report
+
+    runs = [_final_run(context)]
+    if runs[0] != context.train_run:
+        runs.append(context.train_run)
+    outputs: list[Path] = []
+    for run_dir in runs:
+        outputs += [write_report(run_dir), write_model_card(run_dir)]
+    return tuple(outputs)
 
 
 # --------------------------------------------------------------------------- the demo

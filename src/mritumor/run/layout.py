@@ -10,7 +10,8 @@ Every command that produces a model writes one folder, and inference needs nothi
       config.yaml             the resolved settings that produced it
       splits/<name>.csv       the exact files of every split (path, label, relpath)
       history.csv             per-epoch metrics; training_history.json in the reference format
-      reports/                figures and JSON
+      reports/                figures and JSON; report.html (``mritumor report``)
+      MODEL_CARD.md           the model card, written with the report
       .lock                   held by the process writing the run (see :mod:`mritumor.run.lock`)
 
 :class:`RunLayout` is the one place that creates run folders. Numbered folders
@@ -37,6 +38,8 @@ SPLITS_DIR = "splits"
 REPORTS_DIR = "reports"
 HISTORY_FILE = "history.csv"
 HISTORY_JSON = "training_history.json"
+MODEL_CARD_FILE = "MODEL_CARD.md"
+REPORT_HTML_FILE = "report.html"
 LOCK_FILE = ".lock"
 """Held by the process that writes the run; not run content."""
 
@@ -153,6 +156,16 @@ class RunLayout:
     def gradcam(self) -> Path:
         """Where ``gradcam`` and ``pipeline`` write their Grad-CAM panels by default."""
         return self.reports / "gradcam"
+
+    @property
+    def report(self) -> Path:
+        """The self-contained HTML report that ``mritumor report`` writes by default."""
+        return self.reports / REPORT_HTML_FILE
+
+    @property
+    def model_card(self) -> Path:
+        """``MODEL_CARD.md``, written with the report from the same files."""
+        return self.root / MODEL_CARD_FILE
 
     @property
     def history(self) -> Path:
