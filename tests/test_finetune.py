@@ -28,7 +28,7 @@ tf = import_tensorflow()
 # TensorFlow must be imported quietly first
 from mritumor.engine.finetune_data import split_external, training_duplicates  # noqa: E402
 from mritumor.engine.finetune_loss import HybridLoss, hybrid_targets  # noqa: E402
-from mritumor.engine.finetune_report import REPORT_FILE  # noqa: E402
+from mritumor.evaluation.reports import FINETUNE_REPORT_FILE as REPORT_FILE  # noqa: E402
 
 NEGATIVE = 2  # no_tumor
 WIDE = {"COLUMNS": "200"}

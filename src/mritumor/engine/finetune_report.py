@@ -18,6 +18,7 @@ from mritumor.core.fsutil import atomic_write_json
 from mritumor.data.splits import SplitFiles
 from mritumor.engine.finetune_data import read_finetune_split, training_duplicates
 from mritumor.evaluation.operating_point import operating_point
+from mritumor.evaluation.reports import FINETUNE_FIGURE_FILE, FINETUNE_REPORT_FILE
 from mritumor.predict.predictor import Predictor
 from mritumor.run.bundle import read_bundle
 from mritumor.run.layout import RunLayout
@@ -27,9 +28,6 @@ from mritumor.stats.threshold import bootstrap_rates, confusion_at
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray
-
-REPORT_FILE = "finetune_report.json"
-FIGURE_FILE = "finetune_comparison.png"
 
 
 def write_report(settings: Settings, parent_dir: Path, run_dir: Path) -> dict[str, Any]:
@@ -54,8 +52,8 @@ def write_report(settings: Settings, parent_dir: Path, run_dir: Path) -> dict[st
     }
     for when, predictor in models.items():
         report[when] = _scores(predictor, splits, settings)
-    atomic_write_json(RunLayout(run_dir).reports / REPORT_FILE, report)
-    plots.plot_finetune_comparison(report, RunLayout(run_dir).reports / FIGURE_FILE)
+    atomic_write_json(RunLayout(run_dir).reports / FINETUNE_REPORT_FILE, report)
+    plots.plot_finetune_comparison(report, RunLayout(run_dir).reports / FINETUNE_FIGURE_FILE)
     return report
 
 

@@ -275,7 +275,7 @@ def _evaluate(run_name: str, split: str | None) -> Callable[[_Context], tuple[Pa
 
 def _finetune(context: _Context) -> tuple[Path, ...]:
     from mritumor.engine.finetune import finetune
-    from mritumor.engine.finetune_report import REPORT_FILE
+    from mritumor.evaluation.reports import FINETUNE_REPORT_FILE
 
     with renewed_run(context.finetune_run, "pipeline") as run_dir:
         result = finetune(
@@ -283,7 +283,7 @@ def _finetune(context: _Context) -> tuple[Path, ...]:
         )
     if result.interrupted:
         raise MritumorError(f"fine-tuning was interrupted; the state is in {run_dir}")
-    return (RunLayout(run_dir).reports / REPORT_FILE,)
+    return (RunLayout(run_dir).reports / FINETUNE_REPORT_FILE,)
 
 
 def _examples(context: _Context) -> list[Path]:

@@ -48,6 +48,8 @@ CALIBRATION_METRICS_FILE = "calibration_metrics.json"
 RELIABILITY_BEFORE_FILE = "reliability_diagram_before.png"
 THRESHOLD_FILE = "threshold_optimization.json"
 TRAINING_COPIES_FILE = "training_copies.csv"
+FINETUNE_REPORT_FILE = "finetune_report.json"
+FINETUNE_FIGURE_FILE = "finetune_comparison.png"
 
 
 @dataclass(frozen=True)

@@ -14,18 +14,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mritumor.core.errors import MritumorError
 from mritumor.evaluation.reports import (
     CALIBRATION_DIR,
     CALIBRATION_METRICS_FILE,
     EVAL_DIR_PREFIX,
+    FINETUNE_REPORT_FILE,
     SUMMARY_FILE,
     THRESHOLD_DIR,
     THRESHOLD_FILE,
 )
+from mritumor.run.history import HistoryValue, read_history
 from mritumor.run.layout import BundleError, RunLayout
 
-FINETUNE_REPORT_FILE = "finetune_report.json"
-"""Written by ``engine/finetune_report.py`` (a layer above this one, so named again here)."""
 CHECK_FILE = "check.json"
 """``data check``'s default report, in the data root."""
 
@@ -72,7 +73,7 @@ class RunFacts:
     split_counts: dict[str, dict[str, int]] = field(default_factory=dict)
     data_check: dict[str, Any] | None = None
     data_check_path: Path | None = None
-    history: list[dict[str, str]] = field(default_factory=list)
+    history: list[dict[str, HistoryValue]] = field(default_factory=list)
     training_figures: list[Figure] = field(default_factory=list)
     evals: list[EvalSet] = field(default_factory=list)
     calibration: dict[str, Any] | None = None
@@ -238,14 +239,11 @@ def _split_counts(layout: RunLayout, facts: RunFacts) -> dict[str, dict[str, int
     return counts
 
 
-def _history(layout: RunLayout, facts: RunFacts) -> list[dict[str, str]]:
-    if not layout.history.is_file():
-        return []
+def _history(layout: RunLayout, facts: RunFacts) -> list[dict[str, HistoryValue]]:
     try:
-        with layout.history.open(newline="", encoding="utf-8") as handle:
-            return [dict(row) for row in csv.DictReader(handle)]
-    except (OSError, UnicodeDecodeError, csv.Error) as error:
-        facts.problems.append(f"cannot read {layout.history.name}: {error}")
+        return read_history(layout.root)
+    except MritumorError as error:
+        facts.problems.append(str(error))
         return []
 
 
