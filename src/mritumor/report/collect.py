@@ -7,7 +7,6 @@ readable ``bundle.json`` is refused, as it is not a run.
 
 from __future__ import annotations
 
-import csv
 import json
 from collections import Counter
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from mritumor.evaluation.reports import (
 )
 from mritumor.run.history import HistoryValue, read_history
 from mritumor.run.layout import BundleError, RunLayout
+from mritumor.run.splits import list_splits, split_rows
 
 CHECK_FILE = "check.json"
 """``data check``'s default report, in the data root."""
@@ -224,18 +224,15 @@ def _read_json(path: Path, facts: RunFacts) -> dict[str, Any] | None:
 
 
 def _split_counts(layout: RunLayout, facts: RunFacts) -> dict[str, dict[str, int]]:
-    """Images per class in each ``splits/<name>.csv``."""
+    """Images per class in each ``splits/<name>.csv``, read whether or not the files still exist."""
     counts: dict[str, dict[str, int]] = {}
-    if not layout.splits.is_dir():
-        return counts
-    for path in sorted(layout.splits.glob("*.csv")):
+    for name in list_splits(layout.root):
         try:
-            with path.open(newline="", encoding="utf-8") as handle:
-                labels = Counter(row.get("label") or "?" for row in csv.DictReader(handle))
-        except (OSError, UnicodeDecodeError, csv.Error) as error:
-            facts.problems.append(f"cannot read splits/{path.name}: {error}")
+            labels = Counter(row["label"] or "?" for row in split_rows(layout.split(name)))
+        except BundleError as error:
+            facts.problems.append(str(error))
             continue
-        counts[path.stem] = dict(sorted(labels.items()))
+        counts[name] = dict(sorted(labels.items()))
     return counts
 
 

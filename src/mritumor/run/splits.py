@@ -75,7 +75,7 @@ def read_split(
         stored = list_splits(run_dir)
         has = f"it has {', '.join(stored)}" if stored else f"it has no {SPLITS_DIR}/ folder"
         raise BundleError(f"run {run_dir} has no {name} split ({file} not found); {has}")
-    rows = _split_rows(file)
+    rows = split_rows(file)
     index = {class_name: position for position, class_name in enumerate(class_names)}
     paths: list[Path] = []
     labels: list[int] = []
@@ -133,8 +133,11 @@ def dataset_fingerprint(splits: Iterable[SplitFiles]) -> str:
     return f"sha256:{digest.hexdigest()}"
 
 
-def _split_rows(file: Path) -> list[dict[str, str]]:
-    """The rows of a split file, which must have the ``path`` and ``label`` columns."""
+def split_rows(file: Path) -> list[dict[str, str]]:
+    """The rows of a split file, which must have the ``path`` and ``label`` columns.
+
+    Whether the listed files still exist is not checked: :func:`read_split` does that.
+    """
     try:
         with file.open(newline="", encoding="utf-8") as handle:
             reader = csv.DictReader(handle)
