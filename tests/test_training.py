@@ -279,7 +279,10 @@ def test_observer_hears_stages_epochs_and_every_batch(finished: Finished) -> Non
         ("end", 2, "full"),
     ]
     assert finished.recorder.warnings == []
-    assert finished.recorder.notes == [f"precision {finished.result.precision}"]
+    assert finished.recorder.notes == [
+        f"precision {finished.result.precision}",
+        "training on 1 replica (one device)",
+    ]
 
 
 def test_model_keras_holds_the_best_epoch(finished: Finished) -> None:

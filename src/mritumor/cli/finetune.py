@@ -8,8 +8,16 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
-from mritumor.cli.options import ExistOkOption, QuietOption, RunOption, SeedOption
-from mritumor.cli.runs import exit_interrupted, training_run
+from mritumor.cli.options import (
+    DevicesOption,
+    ExistOkOption,
+    QuietOption,
+    RunOption,
+    SeedOption,
+    StrategyOption,
+    device_list,
+)
+from mritumor.cli.runs import exit_interrupted, report_worker_done, training_run
 from mritumor.cli.state import SetOption, resolve_settings, resumed_settings
 from mritumor.cli.ui import console
 from mritumor.run.layout import RunLayout, latest_run
@@ -47,6 +55,8 @@ def finetune(
         ),
     ] = None,
     seed: SeedOption = None,
+    strategy: StrategyOption = None,
+    devices: DevicesOption = None,
     name: Annotated[
         str | None,
         typer.Option(help="Run directory name under paths.runs_dir [default: finetune-<n>]."),
@@ -66,6 +76,7 @@ def finetune(
     selects and stops on ext_val; reports before/after on ext_holdout and on the
     4-class test split. Writes a new run (runs/finetune-<n>) that records its parent.
     """
+    from mritumor.engine.distribution import resolve_distribution
     from mritumor.engine.finetune import finetune as finetune_run
     from mritumor.run.bundle import read_bundle
 
@@ -77,19 +88,26 @@ def finetune(
         "finetune.pos_weight": pos_weight,
         "finetune.replay_fraction": replay_fraction,
         "seed": seed,
+        "train.strategy": strategy,
+        "train.devices": device_list(devices),
     }
     if resume is not None:
         bundle = read_bundle(resume)
         settings = resumed_settings(
-            ctx, resume, flags, assignments, changeable=frozenset({"finetune.epochs"})
+            ctx,
+            resume,
+            flags,
+            assignments,
+            changeable=frozenset({"finetune.epochs", "train.strategy", "train.devices"}),
         )
         parent = Path(bundle.parent or "")
     else:
         settings = resolve_settings(ctx, flags, assignments or ()).settings
         parent = run or latest_run(settings.paths.runs_dir, "train")
         read_bundle(parent)  # a clear error before a run directory is made
+    chief = resolve_distribution(settings.train).chief
     with training_run(
-        settings, "finetune", resume=resume, name=name, exist_ok=exist_ok, quiet=quiet
+        settings, "finetune", resume=resume, name=name, exist_ok=exist_ok, quiet=quiet, chief=chief
     ) as (run_dir, observer):
         result = finetune_run(
             settings, parent, run_dir, resume=resume is not None, observer=observer
@@ -102,6 +120,9 @@ def _show(result: FinetuneResult) -> None:
         exit_interrupted(
             f"Interrupted after {result.epochs_completed} epoch(s)", "finetune", result.run_dir
         )
+    if not result.chief:
+        report_worker_done("finetune", result.distribution)
+        return
     report = result.report
     table = Table(title=f"Fine-tuned {result.run_dir}", title_justify="left")
     table.add_column("metric", style="bold")
@@ -132,7 +153,8 @@ def _show(result: FinetuneResult) -> None:
             highlight=False,
         )
     console.print(
-        f"Best epoch {result.best_epoch} of {result.epochs_completed}; report in "
+        f"Best epoch {result.best_epoch} of {result.epochs_completed} on "
+        f"{result.distribution}; report in "
         f"{RunLayout(result.run_dir).reports}. Next: mritumor calibrate --run {result.run_dir}, "
         f"then mritumor threshold --run {result.run_dir} (both on ext_val).",
         soft_wrap=True,

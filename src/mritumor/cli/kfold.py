@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
@@ -12,22 +14,30 @@ from rich.table import Table
 from mritumor.cli.options import (
     BackboneOption,
     BatchSizeOption,
+    DevicesOption,
     ImageSizeOption,
     QuietOption,
     RecipeOption,
     SeedOption,
+    StrategyOption,
     WeightsOption,
+    device_list,
 )
 from mritumor.cli.runs import RichTrainingObserver, exit_interrupted
 from mritumor.cli.state import SetOption, resolve_settings, resumed_settings
 from mritumor.cli.ui import console, err_console
 from mritumor.core.errors import UsageError
-from mritumor.run.lock import new_run
+from mritumor.run.lock import RunInUseError, new_run
 
 if TYPE_CHECKING:
+    from mritumor.config.schema import Settings
     from mritumor.engine.callbacks import TrainingObserver
-    from mritumor.engine.kfold import KFoldResult
+    from mritumor.engine.kfold import KFoldResult, Pool
     from mritumor.engine.kfold_summary import FoldMetrics, Summary
+
+#: How long ``kfold --name RUN --fold K`` waits for another host to draw RUN's folds.
+JOIN_WAIT_SECONDS = 900.0
+JOIN_POLL_SECONDS = 2.0
 
 
 def kfold(
@@ -36,7 +46,15 @@ def kfold(
         int | None, typer.Option(help="Number of folds [default: 5; a resumed run keeps its own].")
     ] = None,
     fold: Annotated[
-        int | None, typer.Option(help="Run this fold only (1..folds), e.g. one per machine.")
+        int | None,
+        typer.Option(
+            help="Run this fold only (1..folds), e.g. one per host; with --name, hosts that "
+            "start together share that run."
+        ),
+    ] = None,
+    collect: Annotated[
+        Path | None,
+        typer.Option(help="Summarise this run once all its folds are scored (after --fold K)."),
     ] = None,
     recipe: RecipeOption = None,
     backbone: BackboneOption = None,
@@ -47,6 +65,8 @@ def kfold(
     batch_size: BatchSizeOption = None,
     image_size: ImageSizeOption = None,
     seed: SeedOption = None,
+    strategy: StrategyOption = None,
+    devices: DevicesOption = None,
     data: Annotated[Path | None, typer.Option(help="Data root [default: paths.data_dir].")] = None,
     name: Annotated[
         str | None,
@@ -76,10 +96,23 @@ def kfold(
         "train.batch_size": batch_size,
         "data.image_size": image_size,
         "seed": seed,
+        "train.strategy": strategy,
+        "train.devices": device_list(devices),
         "paths.data_dir": data,
     }
+    if collect is not None:
+        settings = resumed_settings(ctx, collect, flags, assignments)
+        _report(library.collect(collect, settings.data.class_names))
+        return
     if resume is not None:
-        settings = resumed_settings(ctx, resume, flags, assignments)
+        settings = resumed_settings(
+            ctx,
+            resume,
+            flags,
+            assignments,
+            changeable=frozenset({"train.strategy", "train.devices"}),
+        )
+        library.check_strategy(settings)
         pool = library.read_folds(resume, settings.data.class_names)
         if folds is not None and folds != pool.fold_count:
             raise UsageError(f"run {resume} has {pool.fold_count} folds; drop --folds {folds}")
@@ -91,16 +124,82 @@ def kfold(
             raise UsageError(f"--folds must be at least 2, got {count}")
         library.check_fold_number(fold, count)
         settings = resolve_settings(ctx, flags, assignments or ()).settings
-        # Held while the folds are drawn, so two `kfold --name X` never share a run;
-        # `--fold K` on several hosts then fill in the folds side by side.
-        with new_run(
-            settings.paths.runs_dir, "kfold", name=name, started_by=library.FOLDS_FILE
-        ) as run_dir:
-            pool = library.start_run(settings, run_dir, count)
+        library.check_strategy(settings)
+        if fold is not None and name is not None:
+            run_dir, pool = _shared_run(settings, name, count)
+        else:
+            with new_run(
+                settings.paths.runs_dir, "kfold", name=name, started_by=library.FOLDS_FILE
+            ) as run_dir:
+                pool = library.start_run(settings, run_dir, count)
     result = library.run_folds(
         settings, run_dir, pool, only_fold=fold, observer=_FoldProgress(quiet)
     )
     _report(result)
+
+
+def _shared_run(settings: Settings, name: str, folds: int) -> tuple[Path, Pool]:
+    """Run ``name`` for ``--fold K`` on several hosts: the first host to get there draws the
+    folds (holding the run's lock, as a new run does), the others wait for folds.csv and join.
+
+    A host joins only with the settings the run started with (paths aside: each host
+    may mount the data elsewhere), so every fold of one run trains the same way.
+    """
+    from mritumor.engine import kfold as library
+
+    run_dir = settings.paths.runs_dir / name
+    deadline = time.monotonic() + JOIN_WAIT_SECONDS
+    told = False
+    while not (run_dir / library.FOLDS_FILE).is_file():
+        try:
+            if not run_dir.exists():
+                with new_run(
+                    settings.paths.runs_dir, "kfold", name=name, started_by=library.FOLDS_FILE
+                ) as created:
+                    return created, library.start_run(settings, created, folds)
+        except (RunInUseError, FileExistsError):
+            pass  # another host made it first: wait for its folds
+        if time.monotonic() > deadline:
+            raise UsageError(
+                f"{run_dir} has no {library.FOLDS_FILE} after {JOIN_WAIT_SECONDS:.0f} s: the "
+                "host drawing its folds stopped, or the folder is not a kfold run; remove it "
+                "and start again"
+            )
+        if not told:
+            err_console.print(f"waiting for another host to draw the folds of {run_dir}")
+            told = True
+        time.sleep(JOIN_POLL_SECONDS)
+    _check_same_settings(settings, run_dir)
+    pool = library.read_folds(run_dir, settings.data.class_names)
+    if pool.fold_count != folds:
+        raise UsageError(
+            f"run {run_dir} has {pool.fold_count} folds; use --folds {pool.fold_count}"
+        )
+    return run_dir, pool
+
+
+def _check_same_settings(settings: Settings, run_dir: Path) -> None:
+    from mritumor.config.loading import load_settings
+    from mritumor.run.layout import CONFIG_FILE
+
+    started = load_settings(run_dir / CONFIG_FILE, apply_recipe=False).settings
+    ours = dict(_dotted(settings.model_dump(mode="json", exclude={"paths"})))
+    theirs = dict(_dotted(started.model_dump(mode="json", exclude={"paths"})))
+    differing = [key for key, value in ours.items() if theirs.get(key) != value]
+    if differing:
+        raise UsageError(
+            f"{run_dir} was started with other settings ({', '.join(differing[:5])}); "
+            "every host of one kfold run must use the same settings"
+        )
+
+
+def _dotted(values: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """``{"train": {"epochs": 5}}`` as ``("train.epochs", 5)``."""
+    for key, value in values.items():
+        if isinstance(value, dict):
+            yield from _dotted(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
 
 
 class _FoldProgress:

@@ -46,3 +46,24 @@ InferenceBatchOption = Annotated[
 ImagePathsArgument = Annotated[
     list[str], typer.Argument(help="Image files, folders (searched recursively) or globs.")
 ]
+StrategyOption = Annotated[
+    str | None,
+    typer.Option(
+        help="auto, one, mirrored (local GPUs or --devices) or multiworker (hosts of TF_CONFIG) "
+        "[default: train.strategy].",
+    ),
+]
+DevicesOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Devices of the mirrored strategy, comma-separated, e.g. GPU:0,GPU:1 "
+        "[default: train.devices].",
+    ),
+]
+
+
+def device_list(devices: str | None) -> list[str] | None:
+    """``--devices GPU:0,GPU:1`` as the list ``train.devices`` holds; None when not given."""
+    if devices is None:
+        return None
+    return [name.strip() for name in devices.split(",") if name.strip()]

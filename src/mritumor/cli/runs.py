@@ -35,12 +35,19 @@ def training_run(
     name: str | None,
     exist_ok: bool,
     quiet: bool,
+    chief: bool = True,
 ) -> Iterator[tuple[Path, RichTrainingObserver | None]]:
     """The run a training command writes, held for the block, and the epoch display unless quiet.
 
     ``--resume``'s run, or a new one from ``--name`` / ``--exist-ok`` that is removed again
     if the command fails before the run started (:func:`mritumor.run.lock.new_run`).
+    A multiworker run's other workers (not ``chief``) neither make nor lock a run: they
+    only read ``--resume``'s, and the path they get for a new run is never written.
     """
+    if not chief:
+        with _training_observer(quiet) as observer:
+            yield resume or settings.paths.runs_dir / (name or command), observer
+        return
     run = (
         claimed_run(resume, fresh=False)
         if resume is not None
@@ -137,3 +144,11 @@ def exit_interrupted(summary: str, command: str, run_dir: Path) -> NoReturn:
         highlight=False,
     )
     raise typer.Exit(EXIT_INTERRUPTED)
+
+
+def report_worker_done(command: str, distribution: str) -> None:
+    """The summary of a multiworker run's other workers, which wrote nothing."""
+    console.print(
+        f"{command}: this worker's part is done ({distribution}); the chief wrote the run",
+        highlight=False,
+    )

@@ -12,14 +12,17 @@ from rich.table import Table
 from mritumor.cli.options import (
     BackboneOption,
     BatchSizeOption,
+    DevicesOption,
     ExistOkOption,
     ImageSizeOption,
     QuietOption,
     RecipeOption,
     SeedOption,
+    StrategyOption,
     WeightsOption,
+    device_list,
 )
-from mritumor.cli.runs import exit_interrupted, training_run
+from mritumor.cli.runs import exit_interrupted, report_worker_done, training_run
 from mritumor.cli.state import SetOption, resolve_settings, resumed_settings
 from mritumor.cli.ui import console, err_console
 from mritumor.run.layout import LAST_FILE, MODEL_FILE
@@ -62,6 +65,8 @@ def train(
     xla: Annotated[
         bool | None, typer.Option("--xla/--no-xla", help="Compile the step with XLA.")
     ] = None,
+    strategy: StrategyOption = None,
+    devices: DevicesOption = None,
     data: Annotated[
         Path | None,
         typer.Option(help="Data root [default: paths.data_dir]; with --resume, where it moved."),
@@ -97,6 +102,8 @@ def train(
         "seed": seed,
         "train.deterministic": deterministic,
         "train.xla": xla,
+        "train.strategy": strategy,
+        "train.devices": device_list(devices),
         "paths.data_dir": data,
     }
     if resume is not None:
@@ -108,8 +115,13 @@ def train(
             resume,
             flags,
             assignments,
-            changeable=frozenset({"train.epochs", "paths.data_dir"}),
-            hint=" (only --epochs may extend it, and --data point at moved data)",
+            changeable=frozenset(
+                {"train.epochs", "paths.data_dir", "train.strategy", "train.devices"}
+            ),
+            hint=(
+                " (only --epochs may extend it, --data point at moved data, and "
+                "--strategy / --devices name the devices it resumes on)"
+            ),
         )
     else:
         settings = resolve_settings(ctx, flags, assignments or ()).settings
@@ -120,10 +132,12 @@ def train(
 def _fit(
     settings: Settings, *, resume: Path | None, name: str | None, exist_ok: bool, quiet: bool
 ) -> TrainResult:
+    from mritumor.engine.distribution import resolve_distribution
     from mritumor.engine.training import train as train_model
 
+    chief = resolve_distribution(settings.train).chief
     with training_run(
-        settings, "train", resume=resume, name=name, exist_ok=exist_ok, quiet=quiet
+        settings, "train", resume=resume, name=name, exist_ok=exist_ok, quiet=quiet, chief=chief
     ) as (run_dir, observer):
         return train_model(settings, run_dir, resume=resume is not None, observer=observer)
 
@@ -142,9 +156,13 @@ def _report(result: TrainResult, *, failures_shown: bool) -> None:
             "train",
             result.run_dir,
         )
+    if not result.chief:
+        report_worker_done("train", result.distribution)
+        return
     table = Table(title=f"Run {result.run_dir}", title_justify="left", show_header=False)
     table.add_row("epochs completed", str(result.epochs_completed))
     table.add_row("precision", result.precision)
+    table.add_row("replicas", result.distribution)
     table.add_row("best epoch", str(result.best_epoch))
     table.add_row(
         "best monitor value", f"{result.best_value:.4f}" if result.best_value is not None else "-"

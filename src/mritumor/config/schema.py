@@ -136,7 +136,9 @@ class ModelSettings(Section):
 class TrainSettings(Section):
     """Fitting: two stages (backbone frozen, then the whole network at a lower rate)."""
 
-    batch_size: int = Field(32, ge=1, le=4096, description="Images per batch.")
+    batch_size: int = Field(
+        32, ge=1, le=4096, description="Images per batch on each replica (device)."
+    )
     epochs: int = Field(30, ge=1, description="Total epochs, both stages together.")
     freeze_backbone_epochs: int = Field(
         5,
@@ -181,8 +183,41 @@ class TrainSettings(Section):
         ),
     )
     xla: bool = Field(False, description="Compile the training step with XLA.")
+    strategy: Literal["auto", "one", "mirrored", "multiworker"] = Field(
+        "auto",
+        description=(
+            "auto: mirrored over the local GPUs when there are several, else one device; "
+            "one: one device; mirrored: the local GPUs, or train.devices; multiworker: the "
+            "hosts of the TF_CONFIG environment variable."
+        ),
+    )
+    devices: list[str] | None = Field(
+        None,
+        description=(
+            "Devices for the mirrored strategy (e.g. [GPU:0, GPU:1]); null: every local GPU. "
+            "CPU:0, CPU:1 ... split the CPU into logical devices (for testing)."
+        ),
+    )
+    scale_lr: bool = Field(
+        True,
+        description=(
+            "Multiply the learning rates by the number of replicas (linear scaling): "
+            "batch_size is per replica, so the global batch grows with them."
+        ),
+    )
     deterministic: bool = Field(False, description="Deterministic TensorFlow ops (slower).")
     tensorboard: bool = Field(False, description="Write TensorBoard logs into the run directory.")
+
+    @field_validator("devices")
+    @classmethod
+    def _device_names(cls, devices: list[str] | None) -> list[str] | None:
+        if devices is None:
+            return None
+        if not devices:
+            raise ValueError("devices must name at least one device, or be null")
+        if len(set(devices)) != len(devices):
+            raise ValueError("devices lists a device twice")
+        return devices
 
     @field_validator("focal_alpha")
     @classmethod

@@ -67,12 +67,18 @@ class PipelineOptions:
     oversample: bool = False
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, training: bool) -> PipelineOptions:
-        """Training gets augmentation, MixUp, class weights and oversampling; evaluation none."""
+    def from_settings(
+        cls, settings: Settings, *, training: bool, replicas: int = 1
+    ) -> PipelineOptions:
+        """Training gets augmentation, MixUp, class weights and oversampling; evaluation none.
+
+        The batch is the global one: the settings' per-replica batch times ``replicas``.
+        """
         augment = settings.augment if training and settings.augment.enabled else None
+        batch_size = settings.train.batch_size if training else settings.inference.batch_size
         return cls(
             preprocessing=settings.data.preprocessing,
-            batch_size=settings.train.batch_size if training else settings.inference.batch_size,
+            batch_size=batch_size * replicas,
             seed=settings.seed,
             cache=settings.data.cache,
             cache_dir=settings.paths.cache_dir,

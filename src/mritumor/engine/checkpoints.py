@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from mritumor.core.errors import MritumorError
 from mritumor.plots import plot_training_curves
-from mritumor.run.bundle import read_bundle, update_bundle
+from mritumor.run.bundle import Bundle, read_bundle, update_bundle
 from mritumor.run.history import read_history, write_history
 from mritumor.run.layout import RunLayout
 
@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 UNFREEZE_KEY = "unfreeze_epoch"
 PRECISION_KEY = "precision"
 RECIPE_KEY = "recipe"
+DISTRIBUTION_KEY = "distribution"
 BEST_VALUE_KEY = "best_value"
 
 
@@ -36,13 +37,27 @@ def monitor_mode(monitor: str) -> Literal["min", "max"]:
 
 
 class Bookkeeping:
-    """Checkpoints, history and bundle updates: the state that makes a run resumable."""
+    """Checkpoints, history and bundle updates: the state that makes a run resumable.
 
-    def __init__(self, run_dir: Path, monitor: str, *, resume: bool) -> None:
+    With ``writes`` False (a multiworker run's other workers) the same state is
+    kept in memory only; ``bundle`` is then the new run's bundle, which the chief
+    writes, or None to read the run's own (to resume).
+    """
+
+    def __init__(
+        self,
+        run_dir: Path,
+        monitor: str,
+        *,
+        resume: bool,
+        writes: bool = True,
+        bundle: Bundle | None = None,
+    ) -> None:
         self.run_dir = run_dir
         self.monitor = monitor
+        self.writes = writes
         self.history: list[dict[str, Any]] = read_history(run_dir) if resume else []
-        self.bundle = read_bundle(run_dir)
+        self.bundle = bundle if bundle is not None else read_bundle(run_dir)
         self.stage: StageName = "frozen"
         self.stopped_early = False
         best = self.bundle.extra.get(BEST_VALUE_KEY)
@@ -57,11 +72,14 @@ class Bookkeeping:
         value = self.bundle.extra.get(UNFREEZE_KEY)
         return int(value) if value is not None else None
 
-    def record_runtime(self, settings: Settings, precision: PrecisionChoice) -> None:
-        """The recipe and the resolved precision, in bundle.json's ``extra``.
+    def record_runtime(
+        self, settings: Settings, precision: PrecisionChoice, distribution: Mapping[str, Any]
+    ) -> None:
+        """The recipe, the resolved precision and the distribution, in bundle.json's ``extra``.
 
         A resumed run may resume on other hardware: the precision of each
         session is kept, the first one under ``precision``, later ones appended.
+        A resumed run keeps its replicas, so the distribution is recorded once.
         """
         chosen = {
             "policy": precision.policy,
@@ -70,6 +88,7 @@ class Bookkeeping:
         }
         extra = dict(self.bundle.extra)
         extra.setdefault(RECIPE_KEY, settings.recipe)
+        extra.setdefault(DISTRIBUTION_KEY, dict(distribution))
         previous = extra.get(PRECISION_KEY)
         if previous is None:
             extra[PRECISION_KEY] = chosen
@@ -88,10 +107,12 @@ class Bookkeeping:
         value = logs.get(self.monitor)
         if value is not None and self._improves(float(value)):
             self.best_value, self.best_epoch = float(value), epoch + 1
-            _save_atomically(model, RunLayout(self.run_dir).model)
+            if self.writes:
+                _save_atomically(model, RunLayout(self.run_dir).model)
         row = {"epoch": epoch + 1, "stage": self.stage, "lr": _current_lr(model), **logs}
         self.history.append(row)
-        write_history(self.run_dir, self.history)
+        if self.writes:
+            write_history(self.run_dir, self.history)
         self._update(
             epochs_completed=len(self.history),
             best_epoch=self.best_epoch,
@@ -100,7 +121,8 @@ class Bookkeeping:
         return row
 
     def save_last(self, model: Any) -> None:
-        _save_atomically(model, RunLayout(self.run_dir).last)
+        if self.writes:
+            _save_atomically(model, RunLayout(self.run_dir).last)
 
     def _improves(self, value: float) -> bool:
         if self.best_value is None:
@@ -110,7 +132,11 @@ class Bookkeeping:
         return value > self.best_value
 
     def _update(self, **changes: Any) -> None:
-        self.bundle = update_bundle(self.run_dir, **changes)
+        if self.writes:
+            self.bundle = update_bundle(self.run_dir, **changes)
+            return
+        for name, value in changes.items():
+            setattr(self.bundle, name, value)
 
 
 def _save_atomically(model: Any, path: Path) -> None:
@@ -137,8 +163,8 @@ def _current_lr(model: Any) -> float:
 
 
 def write_curves(run_dir: Path, book: Bookkeeping) -> None:
-    """The accuracy and loss curves of the history so far, into ``reports/``."""
-    if book.history:
+    """The accuracy and loss curves of the history so far, into ``reports/`` (by the chief)."""
+    if book.history and book.writes:
         plot_training_curves(
             book.history,
             RunLayout(run_dir).reports,

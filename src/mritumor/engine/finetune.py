@@ -42,6 +42,7 @@ from mritumor.engine.callbacks import (
     stop_on_sigint,
 )
 from mritumor.engine.checkpoints import Bookkeeping, write_curves
+from mritumor.engine.distribution import check_same_global_batch, resolve_distribution
 from mritumor.engine.finetune_data import (
     TRAINING_DUPLICATES_KEY,
     MixedBatches,
@@ -68,6 +69,8 @@ class FinetuneResult:
     best_epoch: int | None
     interrupted: bool
     report: dict[str, Any] = field(default_factory=dict)
+    distribution: str = "1 replica (one device)"
+    chief: bool = True
 
 
 def finetune(
@@ -86,27 +89,37 @@ def finetune(
     parent = read_bundle(parent_dir)
     settings = _with_parent_preprocessing(settings, parent)
     classes = len(parent.class_names)
-    configure_runtime(settings)
-    if resume:
-        splits = {
-            name: read_finetune_split(run_dir, name, parent.class_names)
-            for name in ("train", *EXTERNAL_SPLITS)
-        }
-        model = load_model(RunLayout(run_dir).last, compile=True)
-    else:
-        splits = _start(settings, parent_dir, parent, run_dir)
-        model = load_model(RunLayout(parent_dir).model)
-        _set_trainable(model, settings.finetune.unfreeze_blocks)
-    data = mixed_batches(settings, splits, classes)
-    if not resume:
-        model.compile(
-            optimizer=make_optimizer(
-                settings.train, settings.finetune.lr, data.steps_per_epoch, settings.finetune.epochs
-            ),
-            loss=HybridLoss(parent.negative_index, settings.finetune.pos_weight),
-            jit_compile=settings.train.xla,
-        )
-    book = Bookkeeping(run_dir, "val_loss", resume=resume)
+    distribution = resolve_distribution(settings.train)  # before TensorFlow runs anything
+    precision = configure_runtime(settings)
+    bundle: Bundle | None = None
+    with distribution.scope():
+        if resume:
+            check_same_global_batch(read_bundle(run_dir), distribution, settings.train)
+            splits = {
+                name: read_finetune_split(run_dir, name, parent.class_names)
+                for name in ("train", *EXTERNAL_SPLITS)
+            }
+            model = load_model(RunLayout(run_dir).last, compile=True)
+        else:
+            splits, bundle = _start(
+                settings, parent_dir, parent, run_dir, writes=distribution.chief
+            )
+            model = load_model(RunLayout(parent_dir).model)
+            _set_trainable(model, settings.finetune.unfreeze_blocks)
+        data = mixed_batches(settings, splits, classes, replicas=distribution.replicas)
+        if not resume:
+            model.compile(
+                optimizer=make_optimizer(
+                    settings.train,
+                    settings.finetune.lr * distribution.lr_scale(settings.train),
+                    data.steps_per_epoch,
+                    settings.finetune.epochs,
+                ),
+                loss=HybridLoss(parent.negative_index, settings.finetune.pos_weight),
+                jit_compile=settings.train.xla,
+            )
+    book = Bookkeeping(run_dir, "val_loss", resume=resume, writes=distribution.chief, bundle=bundle)
+    book.record_runtime(settings, precision, distribution.record(settings.train))
     book.stage = "full"
     interrupted = False
     with stop_on_sigint() as stop_requested:
@@ -120,14 +133,16 @@ def finetune(
                 Stage("full", len(book.history), settings.finetune.epochs, settings.finetune.lr),
                 settings.finetune.epochs,
             )
-            callbacks.append(_observe(observer, settings, data, book))
+            callbacks.append(
+                _observe(observer, distribution.global_batch(settings.train.batch_size), data, book)
+            )
         try:
             if len(book.history) < settings.finetune.epochs:
                 with expected_end_of_data():
                     model.fit(
-                        data.train,
+                        distribution.prepared(data.train),
                         steps_per_epoch=data.steps_per_epoch,
-                        validation_data=data.val,
+                        validation_data=distribution.prepared(data.val),
                         initial_epoch=len(book.history),
                         epochs=settings.finetune.epochs,
                         callbacks=callbacks,
@@ -138,8 +153,17 @@ def finetune(
             interrupted = True
             book.save_last(model)
     write_curves(run_dir, book)
-    report = {} if interrupted else write_report(settings, parent_dir, run_dir)
-    return FinetuneResult(run_dir, len(book.history), book.best_epoch, interrupted, report)
+    finished = not interrupted and distribution.chief
+    report = write_report(settings, parent_dir, run_dir) if finished else {}
+    return FinetuneResult(
+        run_dir,
+        len(book.history),
+        book.best_epoch,
+        interrupted,
+        report,
+        distribution=distribution.describe(),
+        chief=distribution.chief,
+    )
 
 
 def _with_parent_preprocessing(settings: Settings, parent: Bundle) -> Settings:
@@ -154,7 +178,7 @@ def _with_parent_preprocessing(settings: Settings, parent: Bundle) -> Settings:
     return settings.model_copy(update={"data": data})
 
 
-def _observe(observer: Any, settings: Settings, data: MixedBatches, book: Any) -> Any:
+def _observe(observer: Any, global_batch: int, data: MixedBatches, book: Any) -> Any:
     pipeline = data.pipelines[0]
     proxy = InputPipeline(
         dataset=data.train,
@@ -163,13 +187,14 @@ def _observe(observer: Any, settings: Settings, data: MixedBatches, book: Any) -
         class_weights=None,
         failures=pipeline.failures,
     )
-    return ObserverCallback(observer, settings.train.batch_size, proxy, data.pipelines[-1], book)
+    return ObserverCallback(observer, global_batch, proxy, data.pipelines[-1], book)
 
 
 def _start(
-    settings: Settings, parent_dir: Path, parent: Bundle, run_dir: Path
-) -> dict[str, SplitFiles]:
-    """Persist the splits, the config and a bundle that names its parent."""
+    settings: Settings, parent_dir: Path, parent: Bundle, run_dir: Path, *, writes: bool
+) -> tuple[dict[str, SplitFiles], Bundle]:
+    """The splits and a bundle that names its parent; persisted with the config unless
+    ``writes`` is False (a multiworker run's other workers)."""
     external = settings.finetune.external
     if external is None:
         raise UsageError("finetune needs the external yes/no folder: --external DIR")
@@ -184,11 +209,6 @@ def _start(
     external_splits = split_external(external, settings, seen)
     splits: dict[str, SplitFiles] = dict(external_splits.splits)
     splits.update((n, parent_splits[n]) for n in ("train", "val", "test") if n in parent_splits)
-    write_config(run_dir, settings)
-    write_splits(run_dir, external, [splits[n] for n in EXTERNAL_SPLITS])
-    write_splits(
-        run_dir, settings.paths.data_dir, [s for n, s in splits.items() if n not in EXTERNAL_SPLITS]
-    )
     bundle = Bundle(
         command="finetune",
         class_names=list(parent.class_names),
@@ -202,8 +222,13 @@ def _start(
             TRAINING_DUPLICATES_KEY: _relative_to(external, external_splits.training_duplicates)
         },
     )
-    write_bundle(run_dir, bundle)
-    return splits
+    if writes:
+        write_config(run_dir, settings)
+        write_splits(run_dir, external, [splits[n] for n in EXTERNAL_SPLITS])
+        parent_parts = [s for n, s in splits.items() if n not in EXTERNAL_SPLITS]
+        write_splits(run_dir, settings.paths.data_dir, parent_parts)
+        write_bundle(run_dir, bundle)
+    return splits, bundle
 
 
 def _paths(split: SplitFiles | None) -> tuple[Path, ...]:

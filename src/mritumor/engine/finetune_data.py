@@ -133,10 +133,13 @@ class MixedBatches:
 
 
 def mixed_batches(
-    settings: Settings, splits: Mapping[str, SplitFiles], classes: int
+    settings: Settings, splits: Mapping[str, SplitFiles], classes: int, *, replicas: int = 1
 ) -> MixedBatches:
-    """Training batches of ``b_e`` external plus ``b_r`` replayed images; val: ext_val only."""
-    batch = settings.train.batch_size
+    """Training batches of ``b_e`` external plus ``b_r`` replayed images; val: ext_val only.
+
+    The batch is the global one, ``train.batch_size x replicas``, mixed in the same shares.
+    """
+    batch = settings.train.batch_size * replicas
     replayed = round(batch * settings.finetune.replay_fraction)
     external = max(batch - replayed, 1)
     base = PipelineOptions.from_settings(settings, training=True)
@@ -163,7 +166,7 @@ def mixed_batches(
         )
         pipelines.append(replay_pipeline)
     train = tf.data.Dataset.zip(tuple(parts)).map(_concatenated) if replayed else parts[0]
-    evaluation = PipelineOptions.from_settings(settings, training=False)
+    evaluation = PipelineOptions.from_settings(settings, training=False, replicas=replicas)
     val_pipeline = build_pipeline(splits["ext_val"], evaluation)
     val = val_pipeline.dataset.map(
         lambda x, y: (x, hybrid_targets(tf.argmax(y, -1), classes, external=True))

@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
-from mritumor.core.errors import UsageError
+from mritumor.core.errors import ConfigError, UsageError
 from mritumor.core.fsutil import atomic_write_text
 from mritumor.data.duplicates.groups import duplicate_groups
 from mritumor.data.duplicates.hashing import image_hashes
@@ -65,6 +65,7 @@ from mritumor.engine.kfold_summary import (
     fold_dir,
     fold_metrics,
     oof_header,
+    read_fold_metrics,
     write_summary,
 )
 from mritumor.predict.predictor import Predictor
@@ -251,6 +252,44 @@ def check_fold_number(fold: int | None, folds: int) -> None:
         raise UsageError(f"--fold must be from 1 to {folds}, got {fold}")
 
 
+def check_strategy(settings: Settings) -> None:
+    """k-fold spreads over hosts fold by fold, not with one fold across hosts."""
+    if settings.train.strategy == "multiworker":
+        raise ConfigError(
+            "kfold does not train a fold across hosts: run `mritumor kfold --name RUN --fold K` "
+            "on each host (one fold each, into a shared runs folder), then "
+            "`mritumor kfold --collect RUN`; --strategy mirrored uses every GPU of a host"
+        )
+
+
+def collect(run_dir: Path, class_names: Sequence[str]) -> KFoldResult:
+    """The summary of a run whose folds were trained apart (``--fold K`` on several hosts).
+
+    Written only when every fold is scored; otherwise a :class:`UsageError` lists the
+    missing folds and how to run them.
+    """
+    pool = read_folds(run_dir, class_names)
+    folds = pool.fold_count
+    scored = read_fold_metrics(run_dir, folds)
+    missing = [fold for fold in range(1, folds + 1) if fold not in scored]
+    if missing:
+        listed = ", ".join(str(fold) for fold in missing)
+        raise UsageError(
+            f"{run_dir} has {len(scored)} of {folds} folds scored; missing: {listed}. Run "
+            f"`mritumor kfold --resume {run_dir} --fold K` for each (K = {listed}), "
+            "then collect again"
+        )
+    metrics = write_summary(run_dir, class_names, folds)
+    return KFoldResult(
+        run_dir=run_dir,
+        fold_count=folds,
+        metrics=metrics,
+        summary=aggregate(metrics),
+        trained=[],
+        skipped=sorted(metrics),
+    )
+
+
 def run_folds(
     settings: Settings,
     run_dir: Path,
@@ -260,6 +299,7 @@ def run_folds(
     observer: KFoldObserver | None = None,
 ) -> KFoldResult:
     """Train and score every fold (or ``only_fold``) not finished yet, then summarise."""
+    check_strategy(settings)
     folds = pool.fold_count
     check_fold_number(only_fold, folds)
     trained: list[int] = []

@@ -54,12 +54,17 @@ def plan_stages(train: TrainSettings) -> list[Stage]:
     return stages
 
 
-def compile_for(stage: Stage, model: Any, settings: Settings, steps_per_epoch: int) -> None:
-    """A fresh optimizer for the stage; its schedule spans the stage's remaining epochs."""
+def compile_for(
+    stage: Stage, model: Any, settings: Settings, steps_per_epoch: int, *, lr_scale: float = 1.0
+) -> None:
+    """A fresh optimizer for the stage; its schedule spans the stage's remaining epochs.
+
+    ``lr_scale`` multiplies the stage's peak rate (linear scaling with the replicas).
+    """
     set_backbone_trainable(model, stage.backbone_trainable)
     model.compile(
         optimizer=make_optimizer(
-            settings.train, stage.peak_lr, steps_per_epoch, stage.end - stage.start
+            settings.train, stage.peak_lr * lr_scale, steps_per_epoch, stage.end - stage.start
         ),
         loss=make_loss(settings.train, len(settings.data.class_names)),
         metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")],

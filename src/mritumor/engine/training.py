@@ -38,6 +38,7 @@ from mritumor.engine.callbacks import (
     stop_on_sigint,
 )
 from mritumor.engine.checkpoints import Bookkeeping, write_curves
+from mritumor.engine.distribution import Distribution, check_same_global_batch, resolve_distribution
 from mritumor.engine.precision import (
     PrecisionChoice,
     detect_hardware,
@@ -46,7 +47,7 @@ from mritumor.engine.precision import (
 )
 from mritumor.engine.stages import Stage, StageName, compile_for, plan_stages
 from mritumor.models.classifier import backbone_layers, build_classifier
-from mritumor.run.bundle import new_bundle, read_bundle, write_bundle, write_config
+from mritumor.run.bundle import Bundle, new_bundle, read_bundle, write_bundle, write_config
 from mritumor.run.layout import LAST_FILE, MODEL_FILE, RunLayout
 from mritumor.run.model_file import load_model
 from mritumor.run.splits import dataset_fingerprint, read_split, write_splits
@@ -61,6 +62,10 @@ class TrainResult:
     interrupted: bool
     precision: str = ""
     """The policy trained with and why, e.g. ``float32 (auto: CPU without native bfloat16)``."""
+    distribution: str = "1 replica (one device)"
+    """How many replicas trained, and on what (:meth:`Distribution.describe`)."""
+    chief: bool = True
+    """False on a multiworker run's other workers, which wrote nothing."""
     decode_failures: dict[str, str] = field(default_factory=dict)
 
 
@@ -71,33 +76,57 @@ def train(
     resume: bool = False,
     observer: TrainingObserver | None = None,
 ) -> TrainResult:
-    """Train into ``run_dir`` (fresh: an empty new run directory; resume: an existing run)."""
+    """Train into ``run_dir`` (fresh: an empty new run directory; resume: an existing run).
+
+    Under ``train.strategy`` (:mod:`mritumor.engine.distribution`); on a multiworker
+    run's other workers ``run_dir`` is only read (to resume), never written.
+    """
     _check_compatible(settings)
+    distribution = resolve_distribution(settings.train)  # before TensorFlow runs anything
     precision = configure_runtime(settings)
     splits = _splits(settings, run_dir, resume=resume)
     train_split, val_split = splits[:2]
     compiled_for: StageName | None
-    if resume:
-        model = load_model(_resumable_state(run_dir), compile=True)
-        compiled_for = _stage_of(model)
-        precision = _kept_precision(model, precision)
-    else:
-        # Built before anything is written: a bad backbone or weights leaves no half-made run.
-        model, compiled_for = build_classifier(settings), None
-        _start_run(settings, run_dir, splits)
+    bundle: Bundle | None = None
+    with distribution.scope():
+        if resume:
+            check_same_global_batch(read_bundle(run_dir), distribution, settings.train)
+            model = load_model(_resumable_state(run_dir), compile=True)
+            compiled_for = _stage_of(model)
+            precision = _kept_precision(model, precision)
+        else:
+            # Built before anything is written: a bad backbone or weights leaves no half-made run.
+            model, compiled_for = build_classifier(settings), None
+            bundle = _start_run(settings, run_dir, splits, writes=distribution.chief)
     if observer is not None:
         observer.on_note(f"precision {precision.describe()}")
-    book = Bookkeeping(run_dir, settings.train.monitor, resume=resume)
-    book.record_runtime(settings, precision)
-    train_data = build_pipeline(train_split, PipelineOptions.from_settings(settings, training=True))
-    val_data = build_pipeline(val_split, PipelineOptions.from_settings(settings, training=False))
+        observer.on_note(f"training on {distribution.describe()}")
+    book = Bookkeeping(
+        run_dir, settings.train.monitor, resume=resume, writes=distribution.chief, bundle=bundle
+    )
+    book.record_runtime(settings, precision, distribution.record(settings.train))
+    train_data = build_pipeline(
+        train_split,
+        PipelineOptions.from_settings(settings, training=True, replicas=distribution.replicas),
+    )
+    val_data = build_pipeline(
+        val_split,
+        PipelineOptions.from_settings(settings, training=False, replicas=distribution.replicas),
+    )
     interrupted = False
     with stop_on_sigint() as stop_requested:
-        run = _Run(settings, train_data, val_data, book, stop_requested, observer)
+        run = _Run(settings, distribution, train_data, val_data, book, stop_requested, observer)
         try:
             for stage in _remaining_stages(settings.train, book):
                 if stage.name != compiled_for:
-                    compile_for(stage, model, settings, train_data.steps_per_epoch)
+                    with distribution.scope():
+                        compile_for(
+                            stage,
+                            model,
+                            settings,
+                            train_data.steps_per_epoch,
+                            lr_scale=distribution.lr_scale(settings.train),
+                        )
                     compiled_for = stage.name
                 _run_stage(stage, model, run)
                 if book.stopped_early and stage.name == "full":
@@ -113,6 +142,8 @@ def train(
         best_value=book.best_value,
         interrupted=interrupted,
         precision=precision.describe(),
+        distribution=distribution.describe(),
+        chief=distribution.chief,
         decode_failures={**train_data.failures.items(), **val_data.failures.items()},
     )
 
@@ -211,11 +242,16 @@ def _splits(settings: Settings, run_dir: Path, *, resume: bool) -> tuple[SplitFi
     return (train_split, val_split, *held_out)
 
 
-def _start_run(settings: Settings, run_dir: Path, splits: tuple[SplitFiles, ...]) -> None:
-    write_config(run_dir, settings)
-    write_splits(run_dir, settings.paths.data_dir, splits)
-    fingerprint = dataset_fingerprint(splits)
-    write_bundle(run_dir, new_bundle(settings, "train", dataset_fingerprint=fingerprint))
+def _start_run(
+    settings: Settings, run_dir: Path, splits: tuple[SplitFiles, ...], *, writes: bool
+) -> Bundle:
+    """The new run's bundle; written, with its config and splits, unless ``writes`` is False."""
+    bundle = new_bundle(settings, "train", dataset_fingerprint=dataset_fingerprint(splits))
+    if writes:
+        write_config(run_dir, settings)
+        write_splits(run_dir, settings.paths.data_dir, splits)
+        write_bundle(run_dir, bundle)
+    return bundle
 
 
 def _stage_of(model: Any) -> StageName:
@@ -248,6 +284,7 @@ class _Run:
     """What every stage of one training run shares."""
 
     settings: Settings
+    distribution: Distribution
     train_data: InputPipeline
     val_data: InputPipeline
     book: Bookkeeping
@@ -265,9 +302,9 @@ def _run_stage(stage: Stage, model: Any, run: _Run) -> None:
         model.fit(
             # Repeated with a fixed number of steps: Keras counts one optimizer step too
             # many per epoch on a dataset of unknown length, which moves the schedule.
-            train_data.dataset.repeat(),
+            run.distribution.prepared(train_data.dataset.repeat()),
             steps_per_epoch=train_data.steps_per_epoch,
-            validation_data=val_data.dataset,
+            validation_data=run.distribution.prepared(val_data.dataset),
             initial_epoch=stage.start,
             epochs=stage.end,
             callbacks=_callbacks(run),
@@ -288,12 +325,16 @@ def _callbacks(run: _Run) -> list[Any]:
                 monitor=settings.train.monitor, factor=0.5, patience=max(patience // 2, 1)
             )
         )
-    if settings.train.tensorboard:
+    if settings.train.tensorboard and book.writes:
         callbacks.append(keras.callbacks.TensorBoard(log_dir=str(book.run_dir / "tensorboard")))
     if observer is not None:
         callbacks.append(
             ObserverCallback(
-                observer, settings.train.batch_size, run.train_data, run.val_data, book
+                observer,
+                run.distribution.global_batch(settings.train.batch_size),
+                run.train_data,
+                run.val_data,
+                book,
             )
         )
     return callbacks
