@@ -310,3 +310,97 @@ def test_a_fold_held_by_another_process_is_refused_and_left_alone(full_run: Path
     assert f"run directory {folder} is in use by another mritumor process" in result.output
     assert "Traceback" not in result.output
     assert {path: path.read_bytes() for path in folder.rglob("*") if path.is_file()} == before
+
+
+# --------------------------------------------------------------------------- folds on several hosts
+
+
+def test_collect_lists_the_missing_folds_then_summarises_them_all(
+    full_run: Path, tmp_path: Path
+) -> None:
+    run = Path(shutil.copytree(full_run, tmp_path / "cv copy"))
+    (run / kfold_summary.SUMMARY_FILE).unlink()
+    for fold in (1, 3):
+        (run / f"fold-{fold}" / kfold_summary.FOLD_RESULT_FILE).rename(
+            run / f"fold-{fold}" / "aside.json"
+        )
+    missing = invoke(["kfold", "--collect", str(run)])
+    assert missing.exit_code == 2, missing.output
+    assert "has 1 of 3 folds scored; missing: 1, 3" in missing.output
+    assert f"mritumor kfold --resume {run} --fold K" in missing.output
+    assert not (run / kfold_summary.SUMMARY_FILE).exists()
+
+    for fold in (1, 3):
+        (run / f"fold-{fold}" / "aside.json").rename(
+            run / f"fold-{fold}" / kfold_summary.FOLD_RESULT_FILE
+        )
+    collected = invoke(["kfold", "--collect", str(run)])
+    assert collected.exit_code == 0, collected.output
+    assert "(3/3 folds)" in collected.output and "mean ± std" in collected.output
+    summary = json.loads((run / kfold_summary.SUMMARY_FILE).read_text())
+    original = json.loads((full_run / kfold_summary.SUMMARY_FILE).read_text())
+    assert summary["summary"] == original["summary"]
+    assert len(read_csv(run / kfold_summary.OOF_FILE)) == len(read_csv(full_run / kfold.FOLDS_FILE))
+
+
+def test_hosts_with_the_same_name_share_one_run_fold_by_fold(
+    tiny: Tiny, train_calls: list[Path]
+) -> None:
+    """`kfold --name cv --fold K` on each host: the first draws the folds, the next joins."""
+    for fold in ("1", "3"):
+        result = invoke(
+            ["kfold", "--folds", "3", "--fold", fold, "-q", "--name", "hosts", *tiny.args()]
+        )
+        assert result.exit_code == 0, result.output
+    run = tiny.runs / "hosts"
+    assert [path.name for path in train_calls] == ["fold-1", "fold-3"]
+    summary = json.loads((run / kfold_summary.SUMMARY_FILE).read_text())
+    assert summary["folds_scored"] == [1, 3]
+
+    other = invoke(
+        [
+            "kfold",
+            "--folds",
+            "3",
+            "--fold",
+            "2",
+            "-q",
+            "--name",
+            "hosts",
+            *tiny.args(),
+            "--seed",
+            "9",
+        ]
+    )
+    assert other.exit_code == 2, other.output
+    assert "was started with other settings (seed)" in other.output
+    assert not (run / "fold-2").exists()
+
+
+def test_kfold_refuses_multiworker_before_making_a_run(tiny: Tiny) -> None:
+    result = invoke(
+        ["kfold", "--folds", "3", "--strategy", "multiworker", "--name", "mw", *tiny.args()]
+    )
+    assert result.exit_code == 2, result.output
+    assert "kfold does not train a fold across hosts" in result.output
+    assert not (tiny.runs / "mw").exists()
+
+
+def test_a_host_waits_for_the_folds_another_is_drawing_then_gives_up(
+    tiny: Tiny, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mritumor.cli import kfold as command
+    from mritumor.run.lock import claimed_run
+
+    monkeypatch.setattr(command, "JOIN_WAIT_SECONDS", 0.3)
+    monkeypatch.setattr(command, "JOIN_POLL_SECONDS", 0.1)
+    folder = tiny.runs / "drawing"
+    folder.mkdir(parents=True)
+    with claimed_run(folder, fresh=True, run_file=kfold.FOLDS_FILE):
+        result = invoke(
+            ["kfold", "--folds", "3", "--fold", "2", "-q", "--name", "drawing", *tiny.args()]
+        )
+    assert result.exit_code == 2, result.output
+    assert "waiting for another host to draw the folds" in result.output
+    assert "has no folds.csv after 0 s" in result.output
+    assert sorted(path.name for path in folder.iterdir()) == [".lock"]
