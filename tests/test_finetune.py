@@ -17,7 +17,7 @@ from mritumor.config.loading import load_settings
 from mritumor.core.environment import import_tensorflow
 from mritumor.core.errors import UsageError
 from mritumor.data.splits import BINARY_CLASSES, EXTERNAL_SPLITS
-from mritumor.run.bundle import read_bundle, update_bundle
+from mritumor.run.bundle import read_bundle, update_bundle, write_bundle
 from mritumor.run.history import read_history
 from mritumor.run.layout import LAST_FILE, MODEL_FILE
 from mritumor.run.splits import list_splits, read_split
@@ -362,3 +362,38 @@ def test_resume_continues_with_the_hybrid_loss_and_optimizer_state(
     assert read_bundle(copy).epochs_completed == 3
     refused = CliRunner().invoke(app, ["finetune", "--resume", str(copy), "--lr", "0.1"], env=WIDE)
     assert refused.exit_code == 2 and "--resume continues a run" in refused.stderr
+
+
+def test_finetune_under_a_strategy_records_it_and_resumes_only_on_as_many_replicas(
+    finetuned: tuple[Path, Path, str], tmp_path: Path
+) -> None:
+    parent, run_dir, _ = finetuned
+    external = run_dir.parent / "site b"
+    args = [
+        "finetune", "--run", str(parent), "--external", str(external), "--epochs", "1",
+        "--strategy", "mirrored", "--devices", "CPU:0", "--name", "mirrored",
+        "--set", f"paths.runs_dir={tmp_path}", "--set", "train.batch_size=8",
+        "--set", "threshold.bootstrap_samples=0", "--set", "train.precision=float32",
+    ]  # fmt: skip
+    result = CliRunner().invoke(app, args, env=WIDE)
+    assert result.exit_code == 0, result.output
+    assert "1 replica (mirrored: /device:CPU:0)" in result.stdout
+    mirrored = tmp_path / "mirrored"
+    record = read_bundle(mirrored).extra["distribution"]
+    assert record == {
+        "strategy": "mirrored",
+        "replicas": 1,
+        "workers": 1,
+        "per_replica_batch": 8,
+        "global_batch": 8,
+        "lr_scale": 1.0,
+    }
+    bundle = read_bundle(mirrored)
+    bundle.extra = {**bundle.extra, "distribution": {**record, "replicas": 2, "global_batch": 16}}
+    write_bundle(mirrored, bundle)
+    refused = CliRunner().invoke(
+        app, ["finetune", "--resume", str(mirrored), "--epochs", "2", "-q"], env=WIDE
+    )
+    assert refused.exit_code == 2, refused.output
+    assert "trained on 2 replica(s) with a global batch of 16" in refused.stderr
+    assert read_bundle(mirrored).epochs_completed == 1

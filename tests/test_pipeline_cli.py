@@ -175,3 +175,16 @@ def test_the_data_stamp_follows_the_images_not_the_checks_own_report(tmp_path: P
     assert _data_stamp(settings) == first
     (root / "train" / "glioma" / "b.png").write_bytes(b"two")
     assert _data_stamp(settings) != first
+
+
+def test_pipeline_refuses_multiworker_in_one_line_and_writes_nothing(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        f"paths:\n  data_dir: {tmp_path / 'data'}\n  runs_dir: {tmp_path / 'runs'}\n"
+        "train:\n  strategy: multiworker\n"
+    )
+    result = CliRunner().invoke(app, ["pipeline", "--config", str(config), "-q"], env=WIDE)
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("error: pipeline runs on one host")
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "runs").exists()

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from mritumor.core.errors import MritumorError, UsageError
+from mritumor.core.errors import ConfigError, MritumorError, UsageError
 from mritumor.core.fsutil import atomic_write_json
 from mritumor.run.layout import RunLayout
 from mritumor.run.lock import renewed_run
@@ -90,7 +90,16 @@ class _Context:
 def run_pipeline(
     settings: Settings, *, force: bool = False, observer: PipelineObserver | None = None
 ) -> PipelineResult:
-    """Run every step that is not up to date; raise on the first failure."""
+    """Run every step that is not up to date; raise on the first failure.
+
+    On one host: the chain's evaluation steps and state file are not split among
+    workers, so ``train.strategy: multiworker`` is refused (mirrored works).
+    """
+    if settings.train.strategy == "multiworker":
+        raise ConfigError(
+            "pipeline runs on one host: use --strategy mirrored for its GPUs, or run "
+            "`mritumor train --strategy multiworker` and the later steps apart"
+        )
     runs = settings.paths.runs_dir
     context = _Context(settings, observer, runs / TRAIN_RUN, runs / FINETUNE_RUN)
     steps = _steps(settings)
