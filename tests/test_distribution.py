@@ -241,6 +241,19 @@ def child_environment(**extra: str) -> dict[str, str]:
     return env
 
 
+def run_to_the_end(command: list[str]) -> subprocess.CompletedProcess[str]:
+    """``command`` in a child process, which must succeed."""
+    completed = subprocess.run(  # noqa: PLW1510
+        command,
+        capture_output=True,
+        text=True,
+        env=child_environment(),
+        timeout=SUBPROCESS_TIMEOUT_S,
+    )
+    assert completed.returncode == 0, completed.stderr
+    return completed
+
+
 def train_command(data: Path, runs: Path, batch: int, *extra: str) -> list[str]:
     return [
         sys.executable,
@@ -315,14 +328,7 @@ print(repr((one, mirrored)))
 @pytest.mark.slow
 def test_two_replicas_take_the_same_steps_as_one_device() -> None:
     """Fixed batches of 8: one device, and two logical CPUs with 4 images each."""
-    completed = subprocess.run(  # noqa: PLW1510
-        [sys.executable, "-c", SAME_STEPS],
-        capture_output=True,
-        text=True,
-        env=child_environment(),
-        timeout=SUBPROCESS_TIMEOUT_S,
-    )
-    assert completed.returncode == 0, completed.stderr
+    completed = run_to_the_end([sys.executable, "-c", SAME_STEPS])
     one, mirrored = eval(completed.stdout.strip().splitlines()[-1])
     assert one[-1] < one[0]  # it learnt something: the comparison is not of two ln(4)s
     assert mirrored == pytest.approx(one, abs=STEP_TOLERANCE)
@@ -333,14 +339,7 @@ def one_device_run(cli_data_root: Path, tmp_path_factory: pytest.TempPathFactory
     """The reference: one device, a batch of two replicas' worth."""
     runs = tmp_path_factory.mktemp("one device")
     command = train_command(cli_data_root, runs, 2 * PER_REPLICA_BATCH, "--name", "one")
-    completed = subprocess.run(  # noqa: PLW1510
-        command,
-        capture_output=True,
-        text=True,
-        env=child_environment(),
-        timeout=SUBPROCESS_TIMEOUT_S,
-    )
-    assert completed.returncode == 0, completed.stderr
+    run_to_the_end(command)
     return runs / "one"
 
 
@@ -360,14 +359,7 @@ def test_mirrored_on_two_logical_cpus_matches_one_device(
         "--name",
         "mirrored",
     )
-    completed = subprocess.run(  # noqa: PLW1510
-        command,
-        capture_output=True,
-        text=True,
-        env=child_environment(),
-        timeout=SUBPROCESS_TIMEOUT_S,
-    )
-    assert completed.returncode == 0, completed.stderr
+    completed = run_to_the_end(command)
     assert "2 replicas (mirrored: /device:CPU:0, /device:CPU:1)" in completed.stdout
     run = runs / "mirrored"
     assert first_epoch(run) == pytest.approx(first_epoch(one_device_run), abs=EPOCH_TOLERANCE)
