@@ -404,3 +404,28 @@ def test_a_host_waits_for_the_folds_another_is_drawing_then_gives_up(
     assert "waiting for another host to draw the folds" in result.output
     assert "has no folds.csv after 0 s" in result.output
     assert sorted(path.name for path in folder.iterdir()) == [".lock"]
+
+
+def test_a_host_that_loses_the_race_to_make_the_run_waits_for_it(
+    tiny: Tiny, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two hosts see no run; the other one makes the folder first, so this one must wait."""
+    from contextlib import contextmanager
+
+    from mritumor.cli import kfold as command
+    from mritumor.run.layout import BundleError
+
+    @contextmanager
+    def beaten(runs_dir: Path, *args: Any, name: str, **kwargs: Any) -> Iterator[Path]:
+        (runs_dir / name).mkdir(parents=True)
+        (runs_dir / name / ".lock").touch()
+        raise BundleError(f"{runs_dir / name} exists and is not empty")
+        yield runs_dir / name
+
+    monkeypatch.setattr(command, "new_run", beaten)
+    monkeypatch.setattr(command, "JOIN_WAIT_SECONDS", 0.3)
+    monkeypatch.setattr(command, "JOIN_POLL_SECONDS", 0.1)
+    result = invoke(["kfold", "--folds", "3", "--fold", "1", "-q", "--name", "raced", *tiny.args()])
+    assert result.exit_code == 2, result.output
+    assert "waiting for another host to draw the folds" in result.output
+    assert "has no folds.csv after 0 s" in result.output

@@ -27,7 +27,8 @@ from mritumor.cli.runs import RichTrainingObserver, exit_interrupted
 from mritumor.cli.state import SetOption, resolve_settings, resumed_settings
 from mritumor.cli.ui import console, err_console
 from mritumor.core.errors import UsageError
-from mritumor.run.lock import RunInUseError, new_run
+from mritumor.run.layout import BundleError
+from mritumor.run.lock import new_run
 
 if TYPE_CHECKING:
     from mritumor.config.schema import Settings
@@ -157,8 +158,10 @@ def _shared_run(settings: Settings, name: str, folds: int) -> tuple[Path, Pool]:
                     settings.paths.runs_dir, "kfold", name=name, started_by=library.FOLDS_FILE
                 ) as created:
                     return created, library.start_run(settings, created, folds)
-        except (RunInUseError, FileExistsError):
-            pass  # another host made it first: wait for its folds
+        except BundleError:
+            if not run_dir.exists():
+                raise
+            # Another host made the folder first (it is locked, or not empty): wait for its folds.
         if time.monotonic() > deadline:
             raise UsageError(
                 f"{run_dir} has no {library.FOLDS_FILE} after {JOIN_WAIT_SECONDS:.0f} s: the "
