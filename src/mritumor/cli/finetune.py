@@ -76,7 +76,6 @@ def finetune(
     selects and stops on ext_val; reports before/after on ext_holdout and on the
     4-class test split. Writes a new run (runs/finetune-<n>) that records its parent.
     """
-    from mritumor.engine.distribution import resolve_distribution
     from mritumor.engine.finetune import finetune as finetune_run
     from mritumor.run.bundle import read_bundle
 
@@ -105,9 +104,8 @@ def finetune(
         settings = resolve_settings(ctx, flags, assignments or ()).settings
         parent = run or latest_run(settings.paths.runs_dir, "train")
         read_bundle(parent)  # a clear error before a run directory is made
-    chief = resolve_distribution(settings.train).chief
     with training_run(
-        settings, "finetune", resume=resume, name=name, exist_ok=exist_ok, quiet=quiet, chief=chief
+        settings, "finetune", resume=resume, name=name, exist_ok=exist_ok, quiet=quiet
     ) as (run_dir, observer):
         result = finetune_run(
             settings, parent, run_dir, resume=resume is not None, observer=observer

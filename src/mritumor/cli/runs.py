@@ -35,16 +35,18 @@ def training_run(
     name: str | None,
     exist_ok: bool,
     quiet: bool,
-    chief: bool = True,
 ) -> Iterator[tuple[Path, RichTrainingObserver | None]]:
     """The run a training command writes, held for the block, and the epoch display unless quiet.
 
     ``--resume``'s run, or a new one from ``--name`` / ``--exist-ok`` that is removed again
     if the command fails before the run started (:func:`mritumor.run.lock.new_run`).
-    A multiworker run's other workers (not ``chief``) neither make nor lock a run: they
-    only read ``--resume``'s, and the path they get for a new run is never written.
+    A multiworker run's other workers (all but the chief) neither make nor lock a run: they
+    only read ``--resume``'s, and the path they get for a new run is never written. Telling
+    them apart makes ``train.strategy``'s strategy, before TensorFlow runs anything.
     """
-    if not chief:
+    from mritumor.engine.distribution import resolve_distribution
+
+    if not resolve_distribution(settings.train).chief:
         with _training_observer(quiet) as observer:
             yield resume or settings.paths.runs_dir / (name or command), observer
         return

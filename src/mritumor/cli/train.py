@@ -132,12 +132,10 @@ def train(
 def _fit(
     settings: Settings, *, resume: Path | None, name: str | None, exist_ok: bool, quiet: bool
 ) -> TrainResult:
-    from mritumor.engine.distribution import resolve_distribution
     from mritumor.engine.training import train as train_model
 
-    chief = resolve_distribution(settings.train).chief
     with training_run(
-        settings, "train", resume=resume, name=name, exist_ok=exist_ok, quiet=quiet, chief=chief
+        settings, "train", resume=resume, name=name, exist_ok=exist_ok, quiet=quiet
     ) as (run_dir, observer):
         return train_model(settings, run_dir, resume=resume is not None, observer=observer)
 

@@ -81,6 +81,17 @@ def early_stopping(monitor: str, patience: int, book: Bookkeeping) -> Any:
     return _EarlyStopping(monitor=monitor, patience=patience, mode=monitor_mode(monitor))
 
 
+def run_callbacks(
+    stop_requested: Callable[[], bool], book: Bookkeeping, patience: int
+) -> list[Any]:
+    """What every fit of a run starts with: Ctrl-C, the per-epoch bookkeeping, and early
+    stopping on ``book.monitor`` when ``patience`` is set."""
+    callbacks: list[Any] = [StopOnRequest(stop_requested), EpochEnd(book)]
+    if patience:
+        callbacks.append(early_stopping(book.monitor, patience, book))
+    return callbacks
+
+
 class EpochEnd(keras.callbacks.Callback):  # type: ignore[misc]
     """Checkpoints, history and bundle.json after every epoch (:meth:`Bookkeeping.end_epoch`)."""
 

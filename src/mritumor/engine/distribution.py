@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from mritumor.core.environment import import_tensorflow
 from mritumor.core.errors import ConfigError, MritumorError
+from mritumor.engine.callbacks import expected_end_of_data
 from mritumor.engine.checkpoints import DISTRIBUTION_KEY
 
 if TYPE_CHECKING:
@@ -133,6 +134,33 @@ class Distribution:
             "global_batch": self.global_batch(train.batch_size),
             "lr_scale": self.lr_scale(train),
         }
+
+
+def fit_epochs(
+    model: Any,
+    distribution: Distribution,
+    train: tf.data.Dataset,
+    val: tf.data.Dataset,
+    *,
+    steps_per_epoch: int,
+    initial_epoch: int,
+    epochs: int,
+    callbacks: list[Any],
+) -> None:
+    """``model.fit`` as training and finetune run it: on the strategy's sharded datasets, with
+    no shuffle of Keras's own (the input pipelines shuffle, seeded), silent (the callbacks
+    report), and without Keras's warning at the end of data of unknown length."""
+    with expected_end_of_data():
+        model.fit(
+            distribution.prepared(train),
+            steps_per_epoch=steps_per_epoch,
+            validation_data=distribution.prepared(val),
+            initial_epoch=initial_epoch,
+            epochs=epochs,
+            callbacks=callbacks,
+            shuffle=False,
+            verbose=0,
+        )
 
 
 _resolved: dict[tuple[str, tuple[str, ...]], Distribution] = {}

@@ -32,17 +32,18 @@ from mritumor.core.errors import UsageError
 from mritumor.data.input_pipeline import InputPipeline
 from mritumor.data.splits import EXTERNAL_SPLITS, SplitFiles
 from mritumor.engine.callbacks import (
-    EpochEnd,
     ObserverCallback,
-    StopOnRequest,
     TrainingInterruptedError,
     TrainingObserver,
-    early_stopping,
-    expected_end_of_data,
+    run_callbacks,
     stop_on_sigint,
 )
 from mritumor.engine.checkpoints import Bookkeeping, write_curves
-from mritumor.engine.distribution import check_same_global_batch, resolve_distribution
+from mritumor.engine.distribution import (
+    check_same_global_batch,
+    fit_epochs,
+    resolve_distribution,
+)
 from mritumor.engine.finetune_data import (
     TRAINING_DUPLICATES_KEY,
     MixedBatches,
@@ -123,11 +124,7 @@ def finetune(
     book.stage = "full"
     interrupted = False
     with stop_on_sigint() as stop_requested:
-        callbacks: list[Any] = [StopOnRequest(stop_requested), EpochEnd(book)]
-        if settings.finetune.early_stopping_patience:
-            callbacks.append(
-                early_stopping("val_loss", settings.finetune.early_stopping_patience, book)
-            )
+        callbacks = run_callbacks(stop_requested, book, settings.finetune.early_stopping_patience)
         if observer is not None:
             observer.on_stage_begin(
                 Stage("full", len(book.history), settings.finetune.epochs, settings.finetune.lr),
@@ -138,17 +135,16 @@ def finetune(
             )
         try:
             if len(book.history) < settings.finetune.epochs:
-                with expected_end_of_data():
-                    model.fit(
-                        distribution.prepared(data.train),
-                        steps_per_epoch=data.steps_per_epoch,
-                        validation_data=distribution.prepared(data.val),
-                        initial_epoch=len(book.history),
-                        epochs=settings.finetune.epochs,
-                        callbacks=callbacks,
-                        shuffle=False,  # the input pipelines shuffle, seeded
-                        verbose=0,
-                    )
+                fit_epochs(
+                    model,
+                    distribution,
+                    data.train,
+                    data.val,
+                    steps_per_epoch=data.steps_per_epoch,
+                    initial_epoch=len(book.history),
+                    epochs=settings.finetune.epochs,
+                    callbacks=callbacks,
+                )
         except TrainingInterruptedError:
             interrupted = True
             book.save_last(model)

@@ -28,17 +28,19 @@ from mritumor.core.errors import ConfigError, UsageError
 from mritumor.data.input_pipeline import InputPipeline, PipelineOptions, build_pipeline
 from mritumor.data.splits import SplitFiles, carve_calibration_split, load_split, split_exists
 from mritumor.engine.callbacks import (
-    EpochEnd,
     ObserverCallback,
-    StopOnRequest,
     TrainingInterruptedError,
     TrainingObserver,
-    early_stopping,
-    expected_end_of_data,
+    run_callbacks,
     stop_on_sigint,
 )
 from mritumor.engine.checkpoints import Bookkeeping, write_curves
-from mritumor.engine.distribution import Distribution, check_same_global_batch, resolve_distribution
+from mritumor.engine.distribution import (
+    Distribution,
+    check_same_global_batch,
+    fit_epochs,
+    resolve_distribution,
+)
 from mritumor.engine.precision import (
     PrecisionChoice,
     detect_hardware,
@@ -298,27 +300,24 @@ def _run_stage(stage: Stage, model: Any, run: _Run) -> None:
     book.begin_stage(stage)
     if observer is not None:
         observer.on_stage_begin(stage, settings.train.epochs)
-    with expected_end_of_data():
-        model.fit(
-            # Repeated with a fixed number of steps: Keras counts one optimizer step too
-            # many per epoch on a dataset of unknown length, which moves the schedule.
-            run.distribution.prepared(train_data.dataset.repeat()),
-            steps_per_epoch=train_data.steps_per_epoch,
-            validation_data=run.distribution.prepared(val_data.dataset),
-            initial_epoch=stage.start,
-            epochs=stage.end,
-            callbacks=_callbacks(run),
-            shuffle=False,  # the input pipeline shuffles, seeded
-            verbose=0,
-        )
+    fit_epochs(
+        model,
+        run.distribution,
+        # Repeated with a fixed number of steps: Keras counts one optimizer step too
+        # many per epoch on a dataset of unknown length, which moves the schedule.
+        train_data.dataset.repeat(),
+        val_data.dataset,
+        steps_per_epoch=train_data.steps_per_epoch,
+        initial_epoch=stage.start,
+        epochs=stage.end,
+        callbacks=_callbacks(run),
+    )
 
 
 def _callbacks(run: _Run) -> list[Any]:
     settings, book, observer = run.settings, run.book, run.observer
-    callbacks: list[Any] = [StopOnRequest(run.stop_requested), EpochEnd(book)]
     patience = settings.train.early_stopping_patience
-    if patience:
-        callbacks.append(early_stopping(settings.train.monitor, patience, book))
+    callbacks = run_callbacks(run.stop_requested, book, patience)
     if settings.train.reduce_lr_on_plateau:
         callbacks.append(
             keras.callbacks.ReduceLROnPlateau(
