@@ -762,6 +762,40 @@ def _gradcam_panel_figure(
     return figure
 
 
+def plot_gradcam_montage(
+    images: Sequence[ArrayLike],
+    overlays: Sequence[ArrayLike],
+    path: Path,
+    *,
+    titles: Sequence[str],
+    title: str,
+) -> Path:
+    """A volume's top slices: each slice above its Grad-CAM overlay, one column per slice."""
+    return save_figure(_gradcam_montage_figure(images, overlays, titles=titles, title=title), path)
+
+
+def _gradcam_montage_figure(
+    images: Sequence[ArrayLike],
+    overlays: Sequence[ArrayLike],
+    *,
+    titles: Sequence[str],
+    title: str,
+) -> Figure:
+    if not len(images) == len(overlays) == len(titles) > 0:
+        raise ValueError("a montage needs one image, overlay and title per slice, and a slice")
+    columns = len(images)
+    figure = _new_figure((2.4 * columns + 0.4, 5.4))
+    grid = np.asarray(figure.subplots(2, columns, squeeze=False))
+    for column, (image, blended, name) in enumerate(zip(images, overlays, titles, strict=True)):
+        _show_image(grid[0, column], image)
+        _show_image(grid[1, column], blended)
+        grid[0, column].set_title(name, fontsize="small")
+        for axes in grid[:, column]:
+            axes.set_axis_off()
+    figure.suptitle(title, fontsize="medium")
+    return figure
+
+
 FINETUNE_METRICS = (
     ("ext_holdout", "sensitivity", "sensitivity\n(ext. holdout)"),
     ("ext_holdout", "specificity", "specificity\n(ext. holdout)"),

@@ -136,7 +136,8 @@ def prepare(
     group_duplicates: GroupDuplicatesOption = True,
     assignments: SetOption = None,
 ) -> None:
-    """Normalise a local folder or .zip (Kaggle layouts, split/class, class-only, yes/no trees).
+    """Normalise a local folder or .zip (Kaggle layouts, split/class, class-only, yes/no trees),
+    or slice a folder of labelled volumes (<class>/<case>.nii.gz) with case-grouped splits.
 
     Class folders are mapped case-insensitively (notumor, "no tumor" -> no_tumor;
     glioma_tumor -> glioma; ...). Every image is read first: files that are not
@@ -145,8 +146,12 @@ def prepare(
     duplicate images kept in one split; file lists are written to manifests/<split>.csv.
     """
     from mritumor.data.prepare.plan import prepare as prepare_dataset
+    from mritumor.volumes.prepare import holds_volumes
 
     settings = _settings(ctx, out, val_size, seed, assignments)
+    if holds_volumes(source):
+        _prepare_volumes(source, settings, force)
+        return
     with progress_bar(f"Preparing {source.name}") as progress:
         summary = prepare_dataset(
             source,
@@ -178,6 +183,15 @@ def synth(
         float,
         typer.Option(help="Lesion size factor, 0.25-3; above 1 makes the data easier to learn."),
     ] = 1.0,
+    volumes: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Write this many phantom volumes per class (NIfTI, with lesion masks) "
+            "instead of 2-D images.",
+        ),
+    ] = 0,
+    depth: Annotated[int, typer.Option(help="Axial sections per volume, with --volumes.")] = 48,
     seed: SeedOption = None,
     workers: Annotated[int | None, typer.Option(min=1, help="Processes [default: CPUs].")] = None,
     force: Annotated[
@@ -188,11 +202,18 @@ def synth(
     """Generate synthetic axial MRI slices with lesion masks (offline, deterministic by seed).
 
     Glioma, meningioma, pituitary and no-tumour phantoms in the standard layout,
-    masks under masks/, and with --external a yes/no set in another domain.
+    masks under masks/, and with --external a yes/no set in another domain. With
+    --volumes N: N phantom volumes per class as <out>/<class>/<class>-<k>.nii.gz, each
+    with its <k>_mask.nii.gz, the labelled-volume layout `data prepare` reads (needs
+    the volumes extra).
     """
     from mritumor.data.synth.writer import SynthConfig, write_synthetic_dataset
 
     settings = _settings(ctx, out, None, seed, assignments)
+    if volumes:
+        _refuse_split_counts(ctx, ("train", "val", "test", "external", "external_name"))
+        _synth_volumes(settings, volumes, image_size, depth, lesion_scale, force)
+        return
     try:
         config = SynthConfig(
             train=train,
@@ -216,6 +237,81 @@ def synth(
         counts[f"external/{external_name}"] = summary.external
     print_counts(f"Synthetic dataset in {summary.root}", counts)
     console.print(f"{summary.total} images and masks in {summary.seconds:.1f} s", soft_wrap=True)
+
+
+def _prepare_volumes(source: Path, settings: Settings, force: bool) -> None:
+    """Labelled volumes: slices into the standard layout, split by case."""
+    from mritumor.predict.volumes import VolumeOptions
+    from mritumor.volumes.prepare import prepare_volumes
+
+    with progress_bar(f"Slicing the volumes of {source.name}") as progress:
+        summary = prepare_volumes(
+            source,
+            settings.paths.data_dir,
+            options=VolumeOptions.from_settings(settings).slicing,
+            val_size=settings.data.val_size,
+            seed=settings.seed,
+            force=force,
+            progress=progress,
+        )
+    print_counts(f"{summary.target} (slices of labelled volumes, split by case)", summary.counts)
+    print_counts("Cases per split", summary.cases)
+    console.print(
+        f"Left out {summary.blank} blank slice(s) and {summary.lesion_free} slice(s) of tumour "
+        "cases that show no lesion in their mask",
+        soft_wrap=True,
+    )
+    if summary.unmasked:
+        err_console.print(
+            f"[yellow]warning:[/] {len(summary.unmasked)} tumour case(s) without a mask: every "
+            "non-blank slice carries the case's class, though most do not show the tumour: "
+            + ", ".join(summary.unmasked[:5])
+            + (" ..." if len(summary.unmasked) > 5 else ""),
+            soft_wrap=True,
+        )
+    for path, reason in summary.unreadable:
+        err_console.print(f"[yellow]warning:[/] left out {escape(str(path))}: {escape(reason)}")
+
+
+def _refuse_split_counts(ctx: typer.Context, names: Sequence[str]) -> None:
+    """Options of 2-D datasets given with --volumes: one line, rather than silently unused."""
+    given = [
+        f"--{name.replace('_', '-')}"
+        for name in names
+        # By name: Typer ships its own copy of click, with its own ParameterSource enum.
+        if getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE"
+    ]
+    if given:
+        raise UsageError(
+            f"{', '.join(given)} apply to 2-D datasets; --volumes writes volumes per class only"
+        )
+
+
+def _synth_volumes(
+    settings: Settings, count: int, image_size: int, depth: int, lesion_scale: float, force: bool
+) -> None:
+    from mritumor.volumes.synth import VolumeSynthConfig, write_phantom_volumes
+
+    try:
+        config = VolumeSynthConfig(
+            count=count,
+            image_size=image_size,
+            depth=depth,
+            seed=settings.seed,
+            lesion_scale=lesion_scale,
+            class_names=tuple(settings.data.class_names),
+        )
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    root = settings.paths.data_dir
+    with progress_bar("Synthesising volumes") as progress:
+        counts = write_phantom_volumes(root, config, force=force, progress=progress)
+    print_counts(f"Phantom volumes in {root}", {"volumes": counts})
+    console.print(
+        f"{sum(counts.values())} volumes of {image_size}x{image_size}x{depth}, with masks; "
+        f"`mritumor data prepare {root}` slices them into the standard layout",
+        soft_wrap=True,
+    )
 
 
 @app.command("check")

@@ -1,40 +1,39 @@
-"""``mritumor infer``: calibrated predictions, decision and triage for files, folders and globs."""
+"""``mritumor infer``: calibrated predictions, decision and triage for images and volumes."""
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 
 from mritumor.cli.options import (
+    AxisOption,
     ImagePathsArgument,
     InferenceBatchOption,
     QuietOption,
     RunOption,
     SeedOption,
+    TopKOption,
+    WindowOption,
 )
 from mritumor.cli.state import SetOption, resolve_settings
 from mritumor.cli.ui import (
-    console,
     err_console,
     image_inputs,
     optional_progress,
     report_unreadable,
 )
 from mritumor.core.errors import EXIT_PARTIAL, UsageError
-from mritumor.core.fsutil import atomic_write_text, json_safe
 from mritumor.run.layout import latest_run
 
 if TYPE_CHECKING:
-    from mritumor.predict.ensemble import Predictions
-
-OutputFormat = Literal["table", "json", "jsonl", "csv"]
+    from mritumor.cli.infer_output import OutputFormat
+    from mritumor.predict.inputs import ImageInput
+    from mritumor.predict.predictor import Predictor
+    from mritumor.predict.volumes import VolumeVerdict
+    from mritumor.volumes.slicing import VolumeSlices
 
 
 def infer(
@@ -88,21 +87,30 @@ def infer(
         Path | None,
         typer.Option(help="Also write a Grad-CAM panel per image into this folder."),
     ] = None,
+    axis: AxisOption = None,
+    window: WindowOption = None,
+    top_k: TopKOption = None,
     batch_size: InferenceBatchOption = None,
     seed: SeedOption = None,
     quiet: QuietOption = False,
     assignments: SetOption = None,
 ) -> None:
-    """Predict tumour type and tumour score for images, with a decision and a triage label.
+    """Predict tumour type and tumour score for images and 3-D volumes, with a decision and a
+    triage label.
 
     Probabilities are calibrated at each run's temperature; the tumour score is
     1 - p(no_tumor). Triage: tumour, no tumour, or review when the score is within
-    --band of the threshold or ensemble members disagree. Exit code 3 when some
-    inputs could not be read (the others are still predicted), an image over the
-    decompression-bomb pixel limit included. Images under 32 px are predicted with a note.
+    --band of the threshold or ensemble members disagree. A NIfTI file or a DICOM
+    series folder is cut into slices along --axis; blank slices are skipped, the
+    others scored, and the volume gets one verdict (volumes.aggregation of its
+    slice scores) with its top slices. Exit code 3 when some inputs could not be read
+    (the others are still predicted), an image over the decompression-bomb pixel limit
+    included. Images under 32 px are predicted with a note.
     """
+    from mritumor.cli.infer_output import Results, emit
     from mritumor.predict.ensemble import InferOptions, load_members
     from mritumor.predict.ensemble import infer as run_inference
+    from mritumor.predict.volumes import VolumeOptions, read_sliced, slice_inputs, verdicts
 
     fmt = _output_format(output_format)
     if output is not None and fmt == "table":
@@ -121,6 +129,9 @@ def infer(
             "inference.triage_band": band,
             "inference.max_disagreement": max_disagreement,
             "inference.batch_size": batch_size,
+            "volumes.axis": axis,
+            "volumes.window": window,
+            "volumes.top_k": top_k,
             "seed": seed,
         },
         assignments or (),
@@ -131,8 +142,12 @@ def infer(
     # An explicit --run wins over ensemble members from a config file.
     runs = [run] if run is not None else list(options.ensemble_members)
     runs = runs or [latest_run(settings.paths.runs_dir)]
-    inputs, missing = image_inputs(paths)
+    scans = image_inputs(paths)
     members = load_members(runs)
+    volume_options = VolumeOptions.from_settings(settings)
+    sliced, unreadable_volumes = read_sliced(scans.volumes, volume_options.slicing)
+    slices = [item for volume in sliced for item in slice_inputs(volume)]
+    inputs = [*scans.images, *slices]
     with optional_progress(quiet, "Predicting") as progress:
         predictions = run_inference(
             members, inputs, InferOptions.from_settings(settings), progress=progress
@@ -144,19 +159,48 @@ def infer(
             "or pass --threshold)",
             soft_wrap=True,
         )
-    _emit(predictions, fmt, output)
+    found = verdicts(predictions, sliced, volume_options, options.triage_band)
+    results = Results(predictions, found, frozenset(item.label for item in slices))
+    emit(results, fmt, output)
     _warn_about_notes(predictions.notes)
+    _warn_about_volumes(found)
     if gradcam is not None:
-        from mritumor.predict.explanations import write_panels
-
-        with optional_progress(quiet, "Explaining") as progress:
-            panels = write_panels(members[0], inputs, gradcam, progress=progress)
-        err_console.print(
-            f"Grad-CAM panels ({panels.layer}, {members[0].run_dir}) in {gradcam}", soft_wrap=True
-        )
-    report_unreadable(predictions.failures)
-    if predictions.failures or missing:
+        _explain(members[0], scans.images, sliced, gradcam, quiet, volume_options.top_k)
+    failures = {**unreadable_volumes, **predictions.failures}
+    report_unreadable(failures)
+    if failures or scans.missing:
         raise typer.Exit(EXIT_PARTIAL)
+
+
+def _explain(
+    predictor: Predictor,
+    images: list[ImageInput],
+    sliced: list[VolumeSlices],
+    folder: Path,
+    quiet: bool,
+    top_k: int,
+) -> None:
+    """``--gradcam``: a panel per image, a montage of its top slices per volume."""
+    from mritumor.predict.explanations import write_montages, write_panels
+
+    with optional_progress(quiet, "Explaining") as progress:
+        panels = write_panels(predictor, images, folder, progress=progress)
+        montages = write_montages(predictor, sliced, folder, top_k=top_k)
+    err_console.print(
+        f"Grad-CAM panels ({panels.layer}, {predictor.run_dir}) in {folder}"
+        + (f", with {len(montages.written)} volume montage(s)" if montages.written else ""),
+        soft_wrap=True,
+    )
+
+
+def _warn_about_volumes(found: list[VolumeVerdict]) -> None:
+    """What the readers noted about each volume (missing slices...), on stderr."""
+    for verdict in found:
+        for note in verdict.notes:
+            err_console.print(
+                f"[yellow]warning:[/] {escape(str(verdict.source))}: {escape(note)}",
+                soft_wrap=True,
+            )
 
 
 def _warn_about_notes(notes: dict[str, str]) -> None:
@@ -170,97 +214,9 @@ def _warn_about_notes(notes: dict[str, str]) -> None:
 
 
 def _output_format(text: str) -> OutputFormat:
-    formats: tuple[OutputFormat, ...] = ("table", "json", "jsonl", "csv")
-    for fmt in formats:
+    from mritumor.cli.infer_output import OUTPUT_FORMATS
+
+    for fmt in OUTPUT_FORMATS:
         if text == fmt:
             return fmt
-    raise UsageError(f"--format must be one of {', '.join(formats)}, got {text!r}")
-
-
-def _emit(predictions: Predictions, fmt: OutputFormat, output: Path | None) -> None:
-    if fmt == "table":
-        _print_table(predictions)
-        return
-    text = render(predictions, fmt)
-    if output is None:
-        console.out(text, end="")
-    else:
-        atomic_write_text(output, text)
-        err_console.print(
-            f"{len(predictions.labels)} prediction(s) written to {output}", soft_wrap=True
-        )
-
-
-def render(predictions: Predictions, fmt: OutputFormat) -> str:
-    """The predictions as JSON (one document), JSON lines or CSV text."""
-    if fmt == "json":
-        return json.dumps(predictions.document(), indent=2) + "\n"
-    records = predictions.records()
-    if fmt == "jsonl":
-        return "".join(json.dumps(json_safe(record)) + "\n" for record in records)
-    return _csv(predictions, records)
-
-
-def _csv(predictions: Predictions, records: list[dict[str, object]]) -> str:
-    names = predictions.class_names
-    optional = [
-        key
-        for key in ("tumour_score_std", "disagreement", "decision", "triage")
-        if records and key in records[0]
-    ]
-    header = ["path", "predicted_class", *(f"p_{n}" for n in names), "tumour_score", "entropy"]
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow([*header, *optional, "note"])
-    for record in records:
-        probabilities = record["probabilities"]
-        assert isinstance(probabilities, dict)
-        writer.writerow(
-            [
-                record["path"],
-                record["predicted_class"],
-                *(f"{probabilities[n]:.6f}" for n in names),
-                f"{record['tumour_score']:.6f}",
-                f"{record['entropy']:.6f}",
-                *(_cell(record[key]) for key in optional),
-                record["note"] or "",
-            ]
-        )
-    return buffer.getvalue()
-
-
-def _cell(value: object) -> str:
-    return f"{value:.6f}" if isinstance(value, float) else str(value)
-
-
-def _print_table(predictions: Predictions) -> None:
-    title = "Predictions" + (
-        f" (threshold {predictions.threshold:.3f})" if predictions.threshold is not None else ""
-    )
-    table = Table(title=title, title_justify="left")
-    table.add_column("image", overflow="fold")
-    table.add_column("predicted")
-    table.add_column("p", justify="right")
-    table.add_column("tumour score", justify="right")
-    if predictions.score_std is not None:
-        table.add_column("± std", justify="right")
-    if predictions.disagreement is not None:
-        table.add_column("spread", justify="right")
-    if predictions.triage is not None:
-        table.add_column("triage")
-    for i, label in enumerate(predictions.labels):
-        predicted = predictions.predicted[i]
-        row = [
-            escape(label),
-            predictions.class_names[predicted],
-            f"{predictions.probabilities[i, predicted]:.3f}",
-            f"{predictions.tumour_score[i]:.3f}",
-        ]
-        if predictions.score_std is not None:
-            row.append(f"{predictions.score_std[i]:.3f}")
-        if predictions.disagreement is not None:
-            row.append(f"{predictions.disagreement[i]:.3f}")
-        if predictions.triage is not None:
-            row.append(predictions.triage[i])
-        table.add_row(*row)
-    console.print(table)
+    raise UsageError(f"--format must be one of {', '.join(OUTPUT_FORMATS)}, got {text!r}")

@@ -44,7 +44,29 @@ InferenceBatchOption = Annotated[
     int | None, typer.Option(min=1, help="Images per model call [default: inference.batch_size].")
 ]
 ImagePathsArgument = Annotated[
-    list[str], typer.Argument(help="Image files, folders (searched recursively) or globs.")
+    list[str],
+    typer.Argument(
+        help="Image files, folders (searched recursively) or globs; NIfTI files and DICOM "
+        "series folders are 3-D volumes."
+    ),
+]
+AxisOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Plane volumes are cut in: axial, coronal or sagittal [default: volumes.axis]."
+    ),
+]
+WindowOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Volume intensity window: auto, percentile or dicom [default: volumes.window]."
+    ),
+]
+TopKOption = Annotated[
+    int | None,
+    typer.Option(
+        min=1, help="Slices a volume's verdict rests on and lists [default: volumes.top_k]."
+    ),
 ]
 StrategyOption = Annotated[
     str | None,

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from rich.progress import Progress
 
     from mritumor.core.progress import ProgressCallback
-    from mritumor.predict.inputs import ImageInput
+    from mritumor.predict.inputs import Scans
 
 console = Console()
 err_console = Console(stderr=True)
@@ -96,16 +96,17 @@ def optional_progress(quiet: bool, description: str) -> Iterator[ProgressCallbac
         yield update
 
 
-def image_inputs(paths: list[str]) -> tuple[list[ImageInput], list[str]]:
-    """The images of ``paths``; a warning per spec that matched nothing, an error for none."""
-    from mritumor.predict.inputs import gather_inputs
+def image_inputs(paths: list[str]) -> Scans:
+    """The images and volumes of ``paths``; a warning per spec that matched nothing, an error
+    for none at all."""
+    from mritumor.predict.inputs import gather_scans
 
-    inputs, missing = gather_inputs(paths)
-    for spec in missing:
+    scans = gather_scans(paths)
+    for spec in scans.missing:
         err_console.print(f"[yellow]warning:[/] no image matches {escape(spec)}", soft_wrap=True)
-    if not inputs:
-        raise UsageError(f"no images found in {', '.join(paths)}")
-    return inputs, missing
+    if not scans.images and not scans.volumes:
+        raise UsageError(f"no images or volumes found in {', '.join(paths)}")
+    return scans
 
 
 def report_unreadable(failures: Mapping[str, str]) -> None:

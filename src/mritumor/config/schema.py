@@ -26,6 +26,7 @@ from pydantic_settings import (
 from mritumor.core.classes import CLASS_NAMES
 from mritumor.core.environment import ENV_NESTED_DELIMITER, ENV_PREFIX
 from mritumor.core.preprocessing import Channels, Preprocessing, ResizeMode
+from mritumor.core.volume_terms import Aggregation, Axis, WindowMethod
 
 
 class Section(BaseModel):
@@ -345,6 +346,39 @@ class FinetuneSettings(Section):
         return self
 
 
+class VolumeSettings(Section):
+    """3-D scans (NIfTI, DICOM series) in ``infer`` and ``gradcam``: slicing and the verdict."""
+
+    axis: Axis = Field("axial", description="Plane the volume is cut in: axial, coronal, sagittal.")
+    window: WindowMethod = Field(
+        "auto",
+        description="Intensity window: dicom (the series' own), percentile, or auto (dicom if any).",
+    )
+    percentiles: tuple[float, float] = Field(
+        (0.5, 99.5), description="Volume percentiles mapped to black and white by percentile."
+    )
+    min_foreground: float = Field(
+        0.05,
+        ge=0.0,
+        lt=1.0,
+        description="Slices with less than this share of tissue pixels are blank: counted, not scored.",
+    )
+    aggregation: Aggregation = Field(
+        "top_k_mean", description="Slice scores to volume score: max, top_k_mean or noisy_or."
+    )
+    top_k: int = Field(
+        3, ge=1, le=64, description="Slices top_k_mean and noisy_or use; also the slices listed."
+    )
+
+    @field_validator("percentiles")
+    @classmethod
+    def _ordered_percentiles(cls, value: tuple[float, float]) -> tuple[float, float]:
+        low, high = value
+        if not 0.0 <= low < high <= 100.0:
+            raise ValueError(f"need 0 <= low < high <= 100, got {low}, {high}")
+        return value
+
+
 class PathsSettings(Section):
     """Where data, runs and caches live."""
 
@@ -402,6 +436,7 @@ class Settings(BaseSettings):
     threshold: ThresholdSettings = Field(default_factory=ThresholdSettings)
     inference: InferenceSettings = Field(default_factory=InferenceSettings)
     finetune: FinetuneSettings = Field(default_factory=FinetuneSettings)
+    volumes: VolumeSettings = Field(default_factory=VolumeSettings)
     paths: PathsSettings = Field(default_factory=PathsSettings)
 
     @field_validator("recipe")

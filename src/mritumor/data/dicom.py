@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -242,33 +243,80 @@ def _modality(stored: _Array, dataset: Any, index: int, modality_lut: _PixelFunc
 
 def _window(values: NDArray[np.float64], dataset: Any, index: int) -> NDArray[np.uint8]:
     """Map a frame's modality values to 0-255 with its VOI window, or min-max without one."""
+    source = _functional_group_item(dataset, index, "FrameVOILUTSequence")
+    window = voi_window_of(dataset if source is None else source)
+    scaled = None if window is None else apply_voi_window(values, window)
+    return min_max_uint8(values) if scaled is None else scaled
+
+
+@dataclass(frozen=True)
+class VoiWindow:
+    """A DICOM VOI window: *Window Center*, *Window Width* and *VOI LUT Function*."""
+
+    center: float
+    width: float
+    function: str = "LINEAR"
+
+
+def voi_window_of(dataset: Any) -> VoiWindow | None:
+    """The first window of ``dataset`` (a file, or a functional group item); None without one."""
+    center = _first_float(dataset.get("WindowCenter"))
+    width = _first_float(dataset.get("WindowWidth"))
+    if center is None or width is None:
+        return None
+    function = str(dataset.get("VOILUTFunction", "") or "LINEAR").strip().upper()
+    return VoiWindow(center, width, function)
+
+
+def apply_voi_window(values: NDArray[np.float64], window: VoiWindow) -> NDArray[np.uint8] | None:
+    """``values`` mapped to 0-255 by ``window`` (DICOM PS3.3 C.11.2.1.2); None when its width is
+    below the minimum of its function (the caller then scales another way)."""
     import numpy as np
 
-    source = _functional_group_item(dataset, index, "FrameVOILUTSequence")
-    if source is None:
-        source = dataset
-    center = _first_float(source.get("WindowCenter"))
-    width = _first_float(source.get("WindowWidth"))
-    function = str(source.get("VOILUTFunction", "") or "LINEAR").strip().upper()
+    center, width, function = window.center, window.width, window.function
     scaled: NDArray[np.float64] | None = None
-    if center is not None and width is not None:
-        if function == "SIGMOID" and width > 0:
-            scaled = 255.0 / (1.0 + np.exp(np.clip(-4.0 * (values - center) / width, -700, 700)))
-        elif function == "LINEAR_EXACT" and width > 0:
-            scaled = ((values - center) / width + 0.5) * 255.0
-        elif function not in ("SIGMOID", "LINEAR_EXACT") and width > 1:
-            # PS3.3 C.11.2.1.2.1: x <= c - 0.5 - (w-1)/2 -> 0, x > c - 0.5 + (w-1)/2 -> 255,
-            # else ((x - (c - 0.5)) / (w - 1) + 0.5) * 255. The line meets 0 and 255
-            # exactly at those bounds, so clipping it is the same function.
-            scaled = ((values - (center - 0.5)) / (width - 1.0) + 0.5) * 255.0
-        elif function not in ("SIGMOID", "LINEAR_EXACT") and width == 1:
-            scaled = np.where(values > center - 0.5, 255.0, 0.0)
-    if scaled is None:
-        low, high = float(values.min()), float(values.max())
-        if not high > low:
-            return np.zeros(values.shape, dtype=np.uint8)
-        scaled = (values - low) / (high - low) * 255.0
+    if function == "SIGMOID" and width > 0:
+        scaled = 255.0 / (1.0 + np.exp(np.clip(-4.0 * (values - center) / width, -700, 700)))
+    elif function == "LINEAR_EXACT" and width > 0:
+        scaled = ((values - center) / width + 0.5) * 255.0
+    elif function not in ("SIGMOID", "LINEAR_EXACT") and width > 1:
+        # PS3.3 C.11.2.1.2.1: x <= c - 0.5 - (w-1)/2 -> 0, x > c - 0.5 + (w-1)/2 -> 255,
+        # else ((x - (c - 0.5)) / (w - 1) + 0.5) * 255. The line meets 0 and 255
+        # exactly at those bounds, so clipping it is the same function.
+        scaled = ((values - (center - 0.5)) / (width - 1.0) + 0.5) * 255.0
+    elif function not in ("SIGMOID", "LINEAR_EXACT") and width == 1:
+        scaled = np.where(values > center - 0.5, 255.0, 0.0)
+    return None if scaled is None else np.rint(np.clip(scaled, 0.0, 255.0)).astype(np.uint8)
+
+
+def min_max_uint8(values: NDArray[np.float64]) -> NDArray[np.uint8]:
+    """``values`` scaled linearly from their minimum and maximum to 0-255; constant gives zeros."""
+    import numpy as np
+
+    low, high = float(values.min()), float(values.max())
+    if not high > low:
+        return np.zeros(values.shape, dtype=np.uint8)
+    scaled = (values - low) / (high - low) * 255.0
     return np.rint(np.clip(scaled, 0.0, 255.0)).astype(np.uint8)
+
+
+def read_grey_values(path: Path) -> tuple[Any, NDArray[np.float64]]:
+    """The header and modality values (float64, ``(rows, columns)``) of a one-frame grey file.
+
+    What a slice of a DICOM series holds: the stored values through the modality
+    LUT (steps 1-2 of the module's documentation), before any window. Raises
+    :class:`UnreadableImageError` for colour or multi-frame files.
+    """
+    modality_lut, _ = _pydicom_functions()
+    dataset, stored = _read_pixels(path)
+    interpretation = str(dataset.get("PhotometricInterpretation", "") or "MONOCHROME2").upper()
+    if interpretation not in _GREY or stored.ndim != 2:
+        raise UnreadableImageError(
+            f"cannot read DICOM file {path} as a slice of a series: it holds "
+            f"{interpretation} pixels of shape {stored.shape}, not one grey frame"
+        )
+    values = _guarded(path, partial(_modality, stored, dataset, 0, modality_lut))
+    return dataset, values
 
 
 def _colour_to_uint8(rgb: _Array, dataset: Any) -> NDArray[np.uint8]:

@@ -323,6 +323,8 @@ def infer(
     notes = {
         item.label: note
         for item in inputs
-        if item.label in predicted and (note := small_image_note(item.path)) is not None
+        if item.label in predicted
+        and item.pixels is None
+        and (note := small_image_note(item.path)) is not None
     }
     return replace(predictions, notes=notes)

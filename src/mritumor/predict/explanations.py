@@ -31,11 +31,15 @@ from mritumor.predict.gradcam import (
 )
 from mritumor.predict.inputs import ImageInput
 from mritumor.predict.predictor import Predictor
+from mritumor.predict.volumes import slice_inputs
+from mritumor.volumes.reading import volume_stem
+from mritumor.volumes.verdict import top_slices
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray
 
     from mritumor.predict.gradcam import Explanation
+    from mritumor.volumes.slicing import VolumeSlices
 
 
 PANEL_SUFFIX = "_gradcam"
@@ -130,17 +134,15 @@ def _class_index(predictor: Predictor, class_name: str | None) -> int | None:
 
 def _file_names(inputs: Sequence[ImageInput]) -> list[str]:
     """A distinct output stem per input: ``<stem>[_frame<k>][_<n>]_gradcam``."""
-    names: list[str] = []
     taken: set[str] = set()
-    for item in inputs:
-        stem = item.path.stem + ("" if item.frame is None else f"_frame{item.frame + 1}")
-        name, counter = stem, 1
-        while name in taken:
-            counter += 1
-            name = f"{stem}_{counter}"
-        taken.add(name)
-        names.append(f"{name}{PANEL_SUFFIX}")
-    return names
+    return [f"{_unique(_stem(item), taken)}{PANEL_SUFFIX}" for item in inputs]
+
+
+def _stem(item: ImageInput) -> str:
+    """``<stem>``, ``<stem>_frame<k>`` or ``<volume>_<plane><k>``, numbers 1-based."""
+    if item.plane is not None:
+        return f"{volume_stem(item.path)}_{item.plane[0]}{item.plane[1] + 1}"
+    return item.path.stem + ("" if item.frame is None else f"_frame{item.frame + 1}")
 
 
 def _refuse_to_overwrite_inputs(
@@ -155,6 +157,83 @@ def _refuse_to_overwrite_inputs(
                 raise UsageError(
                     f"a panel would replace the input image {target}; choose another --out"
                 )
+
+
+# --------------------------------------------------------------------------- volumes
+
+
+MONTAGE_SUFFIX = "_gradcam_montage"
+
+
+def write_montages(
+    predictor: Predictor,
+    volumes: Sequence[VolumeSlices],
+    out_dir: Path,
+    *,
+    top_k: int = 3,
+    class_name: str | None = None,
+    layer: str | None = None,
+    method: Method = "gradcam",
+    batch_size: int = 16,
+) -> Panels:
+    """A montage PNG per volume: its ``top_k`` slices by tumour score, each over its heat map.
+
+    The slices are ranked as ``infer`` ranks them with this one model (no TTA); the
+    target class is ``class_name``, else each slice's predicted class.
+    """
+    chosen_layer = layer or default_layer(predictor.model, predictor.bundle.backbone)
+    target = _class_index(predictor, class_name)
+    written: list[Path] = []
+    taken: set[str] = set()
+    for volume in volumes:
+        inputs = slice_inputs(volume)
+        if not inputs:
+            continue
+        logits = predictor.predict(inputs, batch_size=batch_size)
+        scores = predictor.tumour_scores(logits.logits)
+        best = [inputs[int(logits.kept[i])] for i in top_slices(scores, top_k)]
+        batches, _ = predictor.batches(best, batch_size)
+        images: list[NDArray[np.uint8]] = []
+        overlays: list[NDArray[np.uint8]] = []
+        titles: list[str] = []
+        for positions, batch in batches:
+            pixels = np.asarray(batch, dtype=np.float32)
+            classes = None if target is None else [target] * len(positions)
+            found = explain(
+                predictor.model,
+                pixels,
+                layer=chosen_layer,
+                class_indices=classes,
+                method=method,
+                temperature=predictor.temperature,
+                batch_size=batch_size,
+            )
+            for position, image, explanation in zip(positions, pixels, found, strict=True):
+                shown = np.clip(np.round(image), 0, 255).astype(np.uint8)
+                images.append(shown)
+                overlays.append(overlay(shown, explanation.heatmap))
+                plane, index = best[position].plane or ("slice", 0)
+                titles.append(
+                    f"{plane} {index + 1}\n{predictor.class_names[explanation.class_index]} "
+                    f"{explanation.probability:.2f}"
+                )
+        name = _unique(volume_stem(volume.volume.source), taken) + MONTAGE_SUFFIX
+        title = f"{volume.volume.source.name}: top {len(images)} slices ({METHOD_LABELS[method]}, {chosen_layer})"
+        written.append(
+            plots.plot_gradcam_montage(
+                images, overlays, out_dir / f"{name}.png", titles=titles, title=title
+            )
+        )
+    return Panels(written, chosen_layer)
+
+
+def _unique(stem: str, taken: set[str]) -> str:
+    name, counter = stem, 1
+    while name in taken:
+        counter += 1
+        name = f"{stem}_{counter}"
+    taken.add(name)
+    return name
 
 
 # --------------------------------------------------------------------------- localisation

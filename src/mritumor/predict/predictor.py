@@ -124,7 +124,7 @@ class Predictor:
         progress: ProgressCallback | None = None,
     ) -> Logits:
         """Logit samples of ``inputs``: image files through the input pipeline, DICOM frames
-        decoded here; both resized by the same function."""
+        decoded here and volume slices as they come; all resized by the same function."""
         views = _tta_views(tta)
         if mc_samples:
             self._enable_mc_dropout(seed)
@@ -160,14 +160,14 @@ class Predictor:
         self, inputs: Sequence[ImageInput], batch_size: int
     ) -> tuple[Iterator[tuple[list[int], Any]], dict[str, str]]:
         """Model-input batches with the input positions they hold, and the unreadable inputs."""
-        files = [i for i, item in enumerate(inputs) if item.frame is None]
-        frames = [i for i, item in enumerate(inputs) if item.frame is not None]
+        files = [i for i, item in enumerate(inputs) if not item.decoded]
+        decoded = [i for i, item in enumerate(inputs) if item.decoded]
         failures: dict[str, str] = {}
 
         def generate() -> Iterator[tuple[list[int], Any]]:
             yield from self._file_batches([inputs[i] for i in files], files, batch_size, failures)
-            yield from self._frame_batches(
-                [inputs[i] for i in frames], frames, batch_size, failures
+            yield from self._decoded_batches(
+                [inputs[i] for i in decoded], decoded, batch_size, failures
             )
 
         return generate(), failures
@@ -211,13 +211,14 @@ class Predictor:
             yield [positions[i] for i in kept], images
         failures.update(pipeline.failures.items())
 
-    def _frame_batches(
+    def _decoded_batches(
         self,
         inputs: Sequence[ImageInput],
         positions: Sequence[int],
         batch_size: int,
         failures: dict[str, str],
     ) -> Iterator[tuple[list[int], Any]]:
+        """Batches of DICOM frames (each file decoded once) and of volume slices."""
         import tensorflow as tf
 
         from mritumor.data.input_pipeline import resize_image
@@ -227,13 +228,16 @@ class Predictor:
         pending: list[tuple[int, Any]] = []
         for item, position in zip(inputs, positions, strict=True):
             try:
-                if item.path not in decoded:
-                    decoded[item.path] = read_dicom_frames(item.path, bundle.channels)
-                pixels = decoded[item.path][item.frame or 0]
+                pixels = item.pixels
+                if pixels is None:
+                    if item.path not in decoded:
+                        decoded[item.path] = read_dicom_frames(item.path, bundle.channels)
+                    pixels = decoded[item.path][item.frame or 0]
             except UnreadableImageError as error:
                 failures[item.label] = str(error)
                 continue
-            resized = resize_image(tf.constant(pixels), bundle.image_size, bundle.resize)
+            channels = _with_channels(pixels, bundle.channels)
+            resized = resize_image(tf.constant(channels), bundle.image_size, bundle.resize)
             pending.append((position, resized))
             if len(pending) == batch_size:
                 yield _stacked(pending)
@@ -290,6 +294,13 @@ class Predictor:
                 f"{self.run_dir}: the model has {outputs} outputs but bundle.json lists "
                 f"{names} class_names; the run directory mixes files of different runs"
             )
+
+
+def _with_channels(pixels: NDArray[np.uint8], channels: int) -> NDArray[np.uint8]:
+    """Grey pixels repeated to three planes for an RGB model; as they are otherwise."""
+    if pixels.shape[-1] == 1 and channels == 3:
+        return np.repeat(pixels, 3, axis=-1)
+    return pixels
 
 
 def _stacked(pending: Sequence[tuple[int, Any]]) -> tuple[list[int], Any]:

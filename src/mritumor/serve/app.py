@@ -42,7 +42,7 @@ from mritumor import __version__
 from mritumor.core.errors import UsageError
 from mritumor.data.dicom import is_dicom_file, pydicom_available
 from mritumor.predict.ensemble import InferOptions, Predictions, decision_threshold, infer
-from mritumor.predict.inputs import ImageInput, gather_inputs
+from mritumor.predict.inputs import ImageInput, gather_scans
 from mritumor.predict.predictor import TTA_VIEWS, Predictor
 from mritumor.serve import (
     DEFAULT_BATCH_WINDOW_MS,
@@ -180,7 +180,7 @@ def _predict(predictor: Predictor, options: InferOptions, inputs: list[ImageInpu
 
 def _gathered(uploads: Sequence[Upload]) -> tuple[list[ImageInput], dict[str, str]]:
     """The inputs of the uploads (one per DICOM frame), and each input's label in the answer."""
-    inputs, _ = gather_inputs([str(upload.path) for upload in uploads])
+    inputs = gather_scans([str(upload.path) for upload in uploads], volumes=False).images
     sent_as = {upload.path: upload.name for upload in uploads}
     # The name exactly as sent (not normalised as a Path would be), then any "#frame<k>".
     names = {item.label: sent_as[item.path] + item.label[len(str(item.path)) :] for item in inputs}

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from mritumor.core.errors import UsageError
 from mritumor.core.progress import ProgressCallback
-from mritumor.data.manifests import manifest_path, write_manifest
+from mritumor.data.manifests import MANIFEST_COLUMNS, manifest_path, write_manifest
 from mritumor.data.prepare.sources import Placement, Source
 
 
@@ -77,10 +77,13 @@ def place_files(
     source: Source,
     target: Path,
     progress: ProgressCallback | None,
+    details: Mapping[Path, Mapping[str, str]] | None = None,
 ) -> None:
     """Place ``files`` under ``target`` and write a manifest per split.
 
     Every split gets a folder for each of ``labels``, empty ones included.
+    ``details`` adds manifest columns per file (by ``PlannedFile.file``), or replaces
+    ``source``: the volume slice a file was cut from, say, and its case.
     """
     target.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".prepare-", dir=target) as staging:
@@ -92,9 +95,17 @@ def place_files(
             for label in labels:
                 Path(staging, split, label).mkdir(parents=True, exist_ok=True)
             _replace(Path(staging, split), target / split)
+    extra = details or {}
+    columns = list(MANIFEST_COLUMNS)
+    for more in extra.values():
+        columns.extend(name for name in more if name not in columns)
     for split in splits:
-        rows = [_manifest_row(planned, source) for planned in files if planned.split == split]
-        write_manifest(manifest_path(target, split), rows)
+        rows = [
+            {**_manifest_row(planned, source), **extra.get(planned.file, {})}
+            for planned in files
+            if planned.split == split
+        ]
+        write_manifest(manifest_path(target, split), rows, columns)
 
 
 def _place(file: Path, destination: Path, placement: Placement) -> None:

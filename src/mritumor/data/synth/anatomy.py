@@ -102,12 +102,20 @@ class Head:
         return distance
 
 
-def draw_head(rng: np.random.Generator, shape: tuple[int, int], max_rotation_deg: float) -> Head:
-    """A head with random size, position, rotation and proportions."""
+def draw_head(
+    rng: np.random.Generator,
+    shape: tuple[int, int],
+    max_rotation_deg: float,
+    extent: float = 1.0,
+) -> Head:
+    """A head with random size, position, rotation and proportions.
+
+    ``extent`` shrinks the head drawn (a section of a phantom volume away from its centre).
+    """
     pose = Pose(
         row=(shape[0] - 1) / 2.0 + rng.uniform(-0.04, 0.04) * shape[0],
         col=(shape[1] - 1) / 2.0 + rng.uniform(-0.04, 0.04) * shape[1],
-        scale=rng.uniform(0.76, 0.9) * min(shape) / 2.0,
+        scale=rng.uniform(0.76, 0.9) * min(shape) / 2.0 * extent,
         angle=math.radians(rng.uniform(-max_rotation_deg, max_rotation_deg)),
     )
     u, v = pose.head_coordinates(shape)

@@ -77,13 +77,61 @@ def render_slice(
     noise for every class: only the lesion differs.
     """
     shape = _checked_shape(class_name, size, domain, lesion_scale)
+    streams = SceneStreams(*rng.spawn(3))
+    canvas, lesion = _scene(streams, class_name, shape, domain, lesion_scale, 1.0)
+    return _acquire(streams.scan, canvas, _DOMAINS[domain]), lesion > 0.0
+
+
+@dataclass(frozen=True)
+class SceneStreams:
+    """The random streams of one scene: anatomy, lesion placement, and contrast then acquisition."""
+
+    anatomy: np.random.Generator
+    lesion: np.random.Generator
+    scan: np.random.Generator
+
+
+def render_section(
+    streams: SceneStreams,
+    noise: np.random.Generator,
+    class_name: str,
+    size: tuple[int, int],
+    *,
+    extent: float,
+    lesion_scale: float,
+    domain: Domain = "source",
+) -> tuple[Image, Mask]:
+    """One section of a phantom volume: :func:`render_slice` with the head shrunk to ``extent``.
+
+    Fresh ``streams`` seeded alike give every section the same head, contrast and
+    lesion placement; ``noise`` (the blur, bias field and noise) differs per section.
+    The lesion's radius in pixels is ``lesion_scale`` times a full-size head's, whatever
+    ``extent``. ``extent`` 0 gives a section of noise alone: air beyond the head.
+    """
+    shape = _checked_shape(class_name, size, domain, lesion_scale)
     style = _DOMAINS[domain]
-    anatomy_rng, lesion_rng, scan_rng = rng.spawn(3)
-    tissue = _draw_contrast(scan_rng, style)
-    head = draw_head(anatomy_rng, shape, style.rotation_deg)
-    canvas = paint_head(anatomy_rng, head, tissue)
-    lesion = paint_lesion(lesion_rng, class_name, head, tissue, canvas, lesion_scale)
-    return _acquire(scan_rng, canvas, style), lesion > 0.0
+    if extent <= 0.0:
+        empty = np.zeros(shape, np.float32)
+        return _acquire(noise, empty, style), np.zeros(shape, bool)
+    canvas, lesion = _scene(streams, class_name, shape, domain, lesion_scale / extent, extent)
+    return _acquire(noise, canvas, style), lesion > 0.0
+
+
+def _scene(
+    streams: SceneStreams,
+    class_name: str,
+    shape: tuple[int, int],
+    domain: Domain,
+    lesion_scale: float,
+    extent: float,
+) -> tuple[Field, Field]:
+    """The noiseless canvas of a head (``extent`` times its drawn size) and its lesion weight."""
+    style = _DOMAINS[domain]
+    tissue = _draw_contrast(streams.scan, style)
+    head = draw_head(streams.anatomy, shape, style.rotation_deg, extent)
+    canvas = paint_head(streams.anatomy, head, tissue)
+    lesion = paint_lesion(streams.lesion, class_name, head, tissue, canvas, lesion_scale)
+    return canvas, lesion
 
 
 def _checked_shape(

@@ -311,7 +311,7 @@ def write_synthetic_dataset(
     if workers is not None and workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     started = time.perf_counter()
-    _prepare_root(root, force=force)
+    prepare_output_root(root, force=force)
     jobs = _plan(config)
     _write_manifest(root, config, jobs, seconds=None)
     completed = 0
@@ -337,7 +337,8 @@ def _external_counts(config: SynthConfig) -> dict[str, int]:
     return dict.fromkeys((TUMOUR_LABEL, NO_TUMOUR_LABEL), config.external)
 
 
-def _prepare_root(root: Path, *, force: bool) -> None:
+def prepare_output_root(root: Path, *, force: bool) -> None:
+    """An empty folder ``root``; with ``force`` a used one, less the files its ``synth.json`` lists."""
     if root.exists() and not root.is_dir():
         raise UsageError(f"{root} is a file; give a folder for the synthetic dataset")
     if root.is_dir() and any(root.iterdir()):

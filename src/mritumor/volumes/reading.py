@@ -1,0 +1,368 @@
+"""Reading a 3-D scan: a NIfTI file, or a folder holding one DICOM series, into RAS+ voxels.
+
+Every volume is brought to the same orientation, nibabel's closest canonical
+(RAS+: the first array axis runs to the patient's right, the second anteriorly,
+the third superiorly), so a slice means the same anatomy whatever order the file
+stored its axes in. Oblique acquisitions are reordered to the nearest of those
+axes, not resampled.
+
+A DICOM series is ordered by the position of each slice along the slice normal
+(*Image Position (Patient)* projected on the cross product of the two
+*Image Orientation (Patient)* cosines), or, for files without that geometry, by
+*Instance Number*. A gap larger than 1.5 times the usual spacing is reported as
+missing slices (:attr:`Volume.notes`), not filled in. The voxel values are the
+modality values (*Rescale Slope* / *Intercept* applied); the series' first VOI
+window is kept for :mod:`.slicing`.
+
+Needs the ``volumes`` extra (nibabel, pydicom); a missing one is one
+:class:`~mritumor.core.errors.UsageError`. A file or folder that cannot be read as
+a volume is an :class:`~mritumor.data.image_errors.UnreadableImageError` naming it.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from mritumor.core.errors import UsageError
+from mritumor.data.dicom import (
+    VoiWindow,
+    is_dicom_file,
+    pydicom_available,
+    read_grey_values,
+    voi_window_of,
+)
+from mritumor.data.files import is_hidden
+from mritumor.data.image_errors import UnreadableImageError
+
+if TYPE_CHECKING:
+    from numpy.typing import NDArray
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+#: A NIfTI file named ``<case>_mask`` or ``<case>_seg`` is a lesion mask, not a scan.
+MASK_SUFFIXES = ("_mask", "_seg")
+MISSING_EXTRA = "reading 3-D volumes needs nibabel and pydicom: pip install 'mritumor[volumes]'"
+#: A step between two slices this many times the usual spacing means slices are missing.
+GAP_FACTOR = 1.5
+
+VolumeKind = Literal["nifti", "dicom"]
+
+
+@dataclass(frozen=True, eq=False)
+class Volume:
+    """A 3-D scan in RAS+ voxel order, with what is needed to cut and window it."""
+
+    source: Path
+    kind: VolumeKind
+    voxels: NDArray[np.float32]
+    """``(X, Y, Z)``: X to the patient's right, Y anterior, Z superior."""
+    spacing: tuple[float, float, float]
+    """Voxel size in mm along X, Y and Z."""
+    orientation: str
+    """The axis codes of the file as stored (``LPS``, ``RAS``, ...), before reordering."""
+    window: VoiWindow | None = None
+    """A DICOM series' own window (its first slice's), None for NIfTI or when it has none."""
+    notes: tuple[str, ...] = field(default=())
+    """What the reader found wrong but could read past: missing slices, assumed geometry."""
+
+
+def is_nifti_file(path: Path) -> bool:
+    """A visible file named ``*.nii`` or ``*.nii.gz``, in any letter case."""
+    name = path.name.lower()
+    return name.endswith(NIFTI_SUFFIXES) and not is_hidden(path.name) and path.is_file()
+
+
+def is_mask_file(path: Path) -> bool:
+    """A NIfTI file named like a lesion mask (``case-1_mask.nii.gz``, ``case-1_seg.nii``)."""
+    return is_nifti_file(path) and volume_stem(path).lower().endswith(MASK_SUFFIXES)
+
+
+def volume_stem(path: Path) -> str:
+    """The name of a volume without its suffix: ``case-1`` for ``case-1.nii.gz`` or ``case-1/``."""
+    name = path.name
+    for suffix in NIFTI_SUFFIXES[::-1]:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def dicom_files_in(folder: Path) -> list[Path]:
+    """The DICOM files directly in ``folder``, sorted by name."""
+    return sorted(path for path in folder.iterdir() if is_dicom_file(path))
+
+
+def is_dicom_series(folder: Path) -> bool:
+    """Whether ``folder`` holds one DICOM series: two or more DICOM files, all in one series.
+
+    Only the files directly in the folder count, and only their headers are read.
+    A folder of DICOM files from several series is a folder of images, each
+    predicted on its own; so is every folder when pydicom is not installed (reading
+    one of its files then names the extra).
+    """
+    if not folder.is_dir() or not pydicom_available():
+        return False
+    files = dicom_files_in(folder)
+    if len(files) < 2:
+        return False
+    try:
+        return len(_series_uids(files)) == 1
+    except UnreadableImageError:  # a damaged file: read as images, and reported as such
+        return False
+
+
+def read_volume(path: Path) -> Volume:
+    """The volume at ``path``: a NIfTI file, or a folder holding one DICOM series."""
+    if path.is_dir():
+        return read_dicom_series(path)
+    return read_nifti(path)
+
+
+def read_nifti(path: Path) -> Volume:
+    """A ``.nii`` / ``.nii.gz`` file, reordered to RAS+; a 4-D file must hold one volume."""
+    nibabel = import_nibabel()
+    try:
+        image = nibabel.load(path)
+        orientation = "".join(nibabel.aff2axcodes(image.affine))
+        canonical = nibabel.as_closest_canonical(image)
+        voxels = np.asarray(canonical.get_fdata(dtype=np.float32), dtype=np.float32)
+        zooms = canonical.header.get_zooms()
+    except Exception as error:  # nibabel raises many kinds for damaged files
+        raise UnreadableImageError(f"cannot read NIfTI file {path}: {_reason(error)}") from None
+    if voxels.ndim == 4 and voxels.shape[3] == 1:
+        voxels = voxels[..., 0]
+    if voxels.ndim != 3:
+        raise UnreadableImageError(
+            f"cannot read NIfTI file {path}: it holds an array of shape {voxels.shape}, "
+            "not one 3-D volume"
+        )
+    return Volume(
+        source=path,
+        kind="nifti",
+        voxels=np.nan_to_num(voxels, nan=0.0, posinf=0.0, neginf=0.0),
+        spacing=_positive_spacing(zooms[:3]),
+        orientation=orientation,
+    )
+
+
+@dataclass(frozen=True)
+class _Slice:
+    """One file of a series: its header, and where it lies."""
+
+    path: Path
+    header: Any
+    position: float | None
+    instance: int | None
+
+
+def read_dicom_series(folder: Path) -> Volume:
+    """The DICOM series in ``folder``, ordered along its normal, with missing slices noted."""
+    files = dicom_files_in(folder)
+    if len(files) < 2:
+        raise UnreadableImageError(
+            f"cannot read {folder} as a DICOM series: it holds {len(files)} DICOM file(s), "
+            "a series needs two or more"
+        )
+    uids = _series_uids(files)
+    if len(uids) > 1:
+        listed = ", ".join(f"{uid} ({count} files)" for uid, count in sorted(uids.items()))
+        raise UnreadableImageError(
+            f"cannot read {folder} as one DICOM series: it holds {len(uids)} series ({listed}); "
+            "put each series in a folder of its own"
+        )
+    slices, normal, notes = _ordered_slices(folder, files)
+    planes, window = _read_planes(slices)
+    voxels = np.stack([plane.T for plane in planes], axis=-1).astype(np.float32)
+    affine = _series_affine(slices, normal)
+    nibabel = import_nibabel()
+    image = nibabel.Nifti1Image(voxels, affine)
+    canonical = nibabel.as_closest_canonical(image)
+    return Volume(
+        source=folder,
+        kind="dicom",
+        voxels=np.asarray(canonical.get_fdata(dtype=np.float32), dtype=np.float32),
+        spacing=_positive_spacing(canonical.header.get_zooms()[:3]),
+        orientation="".join(nibabel.aff2axcodes(affine)),
+        window=window,
+        notes=(*notes, *_gaps(slices)),
+    )
+
+
+def import_nibabel() -> Any:
+    """nibabel, or the one-line error naming the ``volumes`` extra (which also brings pydicom)."""
+    try:
+        import nibabel
+        import pydicom  # noqa: F401  (the extra installs both; ask for it once)
+    except ImportError:
+        raise UsageError(MISSING_EXTRA) from None
+    return nibabel
+
+
+def _reason(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return "; ".join(lines) or type(error).__name__
+
+
+def _headers(files: list[Path]) -> list[Any]:
+    import_nibabel()
+    import pydicom
+
+    headers = []
+    for path in files:
+        try:
+            headers.append(pydicom.dcmread(path, stop_before_pixels=True))
+        except Exception as error:
+            raise UnreadableImageError(f"cannot read DICOM file {path}: {_reason(error)}") from None
+    return headers
+
+
+def _series_uids(files: list[Path]) -> dict[str, int]:
+    """How many of ``files`` belong to each *Series Instance UID* (``?`` when a file has none)."""
+    counts: dict[str, int] = defaultdict(int)
+    for header in _headers(files):
+        counts[str(header.get("SeriesInstanceUID", "?"))] += 1
+    return dict(counts)
+
+
+def _floats(value: Any, count: int) -> NDArray[np.float64] | None:
+    try:
+        numbers = np.asarray([float(item) for item in value], dtype=np.float64)
+    except (TypeError, ValueError):
+        return None
+    return numbers if numbers.shape == (count,) and np.all(np.isfinite(numbers)) else None
+
+
+def _instance(header: Any) -> int | None:
+    try:
+        return int(header.get("InstanceNumber"))
+    except (TypeError, ValueError):
+        return None
+
+
+def _ordered_slices(
+    folder: Path, files: list[Path]
+) -> tuple[list[_Slice], NDArray[np.float64], tuple[str, ...]]:
+    """The files in anatomical order, the slice normal, and a note when geometry was assumed."""
+    headers = _headers(files)
+    orientations = [_floats(h.get("ImageOrientationPatient"), 6) for h in headers]
+    positions = [_floats(h.get("ImagePositionPatient"), 3) for h in headers]
+    notes: tuple[str, ...] = ()
+    first = orientations[0]
+    if first is not None and all(o is not None for o in positions) and _same(orientations):
+        normal = np.cross(first[:3], first[3:])
+        slices = [
+            _Slice(path, header, float(np.dot(position, normal)), _instance(header))
+            for path, header, position in zip(files, headers, positions, strict=True)
+            if position is not None
+        ]
+        slices.sort(key=lambda item: (item.position, item.path.name))
+        stacked = [s.position for s in slices]
+        if len(set(stacked)) < len(stacked):
+            raise UnreadableImageError(
+                f"cannot read {folder} as one DICOM series: two files lie at the same position "
+                "(several echoes or phases?); put each in a folder of its own"
+            )
+        return slices, normal, notes
+    if any(_instance(header) is None for header in headers):
+        raise UnreadableImageError(
+            f"cannot order the DICOM series in {folder}: its files have neither a usable "
+            "Image Position / Orientation (Patient) nor an Instance Number"
+        )
+    notes = (
+        "no slice geometry (Image Position / Orientation): ordered by Instance Number "
+        "and taken as axial",
+    )
+    slices = [_Slice(path, h, None, _instance(h)) for path, h in zip(files, headers, strict=True)]
+    slices.sort(key=lambda item: (item.instance, item.path.name))
+    return slices, np.array([0.0, 0.0, 1.0]), notes
+
+
+def _same(orientations: list[NDArray[np.float64] | None]) -> bool:
+    first = orientations[0]
+    return first is not None and all(
+        o is not None and np.allclose(o, first, atol=1e-3) for o in orientations
+    )
+
+
+def _read_planes(slices: list[_Slice]) -> tuple[list[NDArray[np.float64]], VoiWindow | None]:
+    """Each slice's modality values, and the first VOI window of the series."""
+    planes: list[NDArray[np.float64]] = []
+    window: VoiWindow | None = None
+    for item in slices:
+        dataset, values = read_grey_values(item.path)
+        if planes and values.shape != planes[0].shape:
+            raise UnreadableImageError(
+                f"cannot read {item.path.parent} as one DICOM series: {item.path.name} is "
+                f"{values.shape[1]}x{values.shape[0]} pixels, the first slice "
+                f"{planes[0].shape[1]}x{planes[0].shape[0]}"
+            )
+        window = window or voi_window_of(dataset)
+        planes.append(values)
+    return planes, window
+
+
+def _series_affine(slices: list[_Slice], normal: NDArray[np.float64]) -> NDArray[np.float64]:
+    """The RAS affine of voxels stored ``(column, row, slice)``.
+
+    DICOM's patient coordinates are LPS; the first two rows change sign for RAS.
+    """
+    header = slices[0].header
+    cosines = _floats(header.get("ImageOrientationPatient"), 6)
+    if cosines is None:
+        cosines = np.array([1.0, 0.0, 0.0, 0.0, 1.0, 0.0])
+    pixel = _floats(header.get("PixelSpacing"), 2)
+    row_step, column_step = (1.0, 1.0) if pixel is None else (float(pixel[0]), float(pixel[1]))
+    slice_step = _usual_step(slices) or _thickness(header)
+    origin = _floats(header.get("ImagePositionPatient"), 3)
+    affine = np.eye(4)
+    affine[:3, 0] = cosines[:3] * column_step
+    affine[:3, 1] = cosines[3:] * row_step
+    affine[:3, 2] = normal * slice_step
+    affine[:3, 3] = np.zeros(3) if origin is None else origin
+    affine[:2] *= -1.0
+    return affine
+
+
+def _steps(slices: list[_Slice]) -> NDArray[np.float64]:
+    if slices[0].position is not None:
+        return np.diff([float(s.position or 0.0) for s in slices])
+    return np.diff([float(s.instance or 0) for s in slices])
+
+
+def _usual_step(slices: list[_Slice]) -> float | None:
+    """The median distance between neighbouring slices, in mm (None without positions)."""
+    if slices[0].position is None:
+        return None
+    step = float(np.median(_steps(slices)))
+    return step if step > 0 else None
+
+
+def _thickness(header: Any) -> float:
+    thickness = _floats([header.get("SliceThickness")], 1)
+    return float(thickness[0]) if thickness is not None and thickness[0] > 0 else 1.0
+
+
+def _gaps(slices: list[_Slice]) -> tuple[str, ...]:
+    """A note for each place where slices are missing: a step over GAP_FACTOR x the usual."""
+    steps = _steps(slices)
+    usual = float(np.median(steps)) if slices[0].position is not None else 1.0
+    unit = "mm" if slices[0].position is not None else "instance numbers"
+    notes = []
+    for index, step in enumerate(steps):
+        if step > GAP_FACTOR * usual:
+            missing = round(step / usual) - 1
+            before, after = slices[index], slices[index + 1]
+            notes.append(
+                f"about {missing} slice(s) missing between {before.path.name} and "
+                f"{after.path.name}: a step of {step:g} {unit} where the series steps {usual:g}"
+            )
+    return tuple(notes)
+
+
+def _positive_spacing(zooms: Any) -> tuple[float, float, float]:
+    values = [float(z) if float(z) > 0 else 1.0 for z in zooms]
+    values += [1.0] * (3 - len(values))
+    return values[0], values[1], values[2]
