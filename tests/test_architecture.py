@@ -20,6 +20,7 @@ LAYERS = (
     "core",
     "config",
     "data",
+    "volumes",
     "stats",
     "plots",
     "models",
@@ -33,9 +34,10 @@ LAYERS = (
     "cli",
 )
 
-# Modules of cli/ that the command modules share; every other cli module (but main.py, which
-# assembles the app) is one command group, and imports no other command group.
-CLI_SHARED = {"state", "ui", "options", "completion", "runs"}
+# Modules of cli/ that the command modules share, and the helpers of one command group
+# (infer_output: infer's formats; data_volumes: the volume side of data); every other cli
+# module (but main.py, which assembles the app) is one command group, and imports no other.
+CLI_SHARED = {"state", "ui", "options", "completion", "runs", "infer_output", "data_volumes"}
 
 # Modules outside the layers: the package face, ``python -m mritumor`` and the 0.1 alias.
 OUTSIDE_LAYERS = {"mritumor", "mritumor.__main__", "mritumor.registry"}

@@ -145,12 +145,13 @@ def prepare(
     listed. A stratified, seeded val split is carved when the source has none, with
     duplicate images kept in one split; file lists are written to manifests/<split>.csv.
     """
+    from mritumor.cli.data_volumes import prepare_volumes
     from mritumor.data.prepare.plan import prepare as prepare_dataset
     from mritumor.volumes.prepare import holds_volumes
 
     settings = _settings(ctx, out, val_size, seed, assignments)
     if holds_volumes(source):
-        _prepare_volumes(source, settings, force)
+        prepare_volumes(source, settings, force)
         return
     with progress_bar(f"Preparing {source.name}") as progress:
         summary = prepare_dataset(
@@ -207,12 +208,13 @@ def synth(
     with its <k>_mask.nii.gz, the labelled-volume layout `data prepare` reads (needs
     the volumes extra).
     """
+    from mritumor.cli.data_volumes import synth_volumes
     from mritumor.data.synth.writer import SynthConfig, write_synthetic_dataset
 
     settings = _settings(ctx, out, None, seed, assignments)
     if volumes:
         _refuse_split_counts(ctx, ("train", "val", "test", "external", "external_name"))
-        _synth_volumes(settings, volumes, image_size, depth, lesion_scale, force)
+        synth_volumes(settings, volumes, image_size, depth, lesion_scale, force)
         return
     try:
         config = SynthConfig(
@@ -239,40 +241,6 @@ def synth(
     console.print(f"{summary.total} images and masks in {summary.seconds:.1f} s", soft_wrap=True)
 
 
-def _prepare_volumes(source: Path, settings: Settings, force: bool) -> None:
-    """Labelled volumes: slices into the standard layout, split by case."""
-    from mritumor.predict.volumes import VolumeOptions
-    from mritumor.volumes.prepare import prepare_volumes
-
-    with progress_bar(f"Slicing the volumes of {source.name}") as progress:
-        summary = prepare_volumes(
-            source,
-            settings.paths.data_dir,
-            options=VolumeOptions.from_settings(settings).slicing,
-            val_size=settings.data.val_size,
-            seed=settings.seed,
-            force=force,
-            progress=progress,
-        )
-    print_counts(f"{summary.target} (slices of labelled volumes, split by case)", summary.counts)
-    print_counts("Cases per split", summary.cases)
-    console.print(
-        f"Left out {summary.blank} blank slice(s) and {summary.lesion_free} slice(s) of tumour "
-        "cases that show no lesion in their mask",
-        soft_wrap=True,
-    )
-    if summary.unmasked:
-        err_console.print(
-            f"[yellow]warning:[/] {len(summary.unmasked)} tumour case(s) without a mask: every "
-            "non-blank slice carries the case's class, though most do not show the tumour: "
-            + ", ".join(summary.unmasked[:5])
-            + (" ..." if len(summary.unmasked) > 5 else ""),
-            soft_wrap=True,
-        )
-    for path, reason in summary.unreadable:
-        err_console.print(f"[yellow]warning:[/] left out {escape(str(path))}: {escape(reason)}")
-
-
 def _refuse_split_counts(ctx: typer.Context, names: Sequence[str]) -> None:
     """Options of 2-D datasets given with --volumes: one line, rather than silently unused."""
     given = [
@@ -285,33 +253,6 @@ def _refuse_split_counts(ctx: typer.Context, names: Sequence[str]) -> None:
         raise UsageError(
             f"{', '.join(given)} apply to 2-D datasets; --volumes writes volumes per class only"
         )
-
-
-def _synth_volumes(
-    settings: Settings, count: int, image_size: int, depth: int, lesion_scale: float, force: bool
-) -> None:
-    from mritumor.volumes.synth import VolumeSynthConfig, write_phantom_volumes
-
-    try:
-        config = VolumeSynthConfig(
-            count=count,
-            image_size=image_size,
-            depth=depth,
-            seed=settings.seed,
-            lesion_scale=lesion_scale,
-            class_names=tuple(settings.data.class_names),
-        )
-    except ValueError as error:
-        raise UsageError(str(error)) from None
-    root = settings.paths.data_dir
-    with progress_bar("Synthesising volumes") as progress:
-        counts = write_phantom_volumes(root, config, force=force, progress=progress)
-    print_counts(f"Phantom volumes in {root}", {"volumes": counts})
-    console.print(
-        f"{sum(counts.values())} volumes of {image_size}x{image_size}x{depth}, with masks; "
-        f"`mritumor data prepare {root}` slices them into the standard layout",
-        soft_wrap=True,
-    )
 
 
 @app.command("check")
