@@ -130,6 +130,33 @@ def test_fold_metrics_and_aggregate() -> None:
     assert summary["loss"].mean == pytest.approx(0.2)
 
 
+def test_the_slices_of_one_case_share_a_fold(tmp_path: Path) -> None:
+    """Slices cut from one volume (a ``case`` column in the manifests) never straddle folds."""
+    from helpers import save, smooth_image
+    from mritumor.config.loading import load_settings
+    from mritumor.data.manifests import write_manifest
+
+    root = tmp_path / "data"
+    for split in ("train", "val"):
+        rows = []
+        for offset, name in enumerate(CLASSES):
+            for index in range(6):
+                seed = 100 * offset + index + (50 if split == "val" else 0)
+                path = save(root / split / name / f"{index}.png", smooth_image(seed, 40))
+                case = f"{name}-{split}-{index // 3}"  # two cases of three slices a class
+                rows.append({"path": path.relative_to(root).as_posix(), "label": name,
+                             "source": "", "case": case})  # fmt: skip
+        write_manifest(root / f"manifests/{split}.csv", rows, ("path", "label", "source", "case"))
+    settings = load_settings(None, {"paths": {"data_dir": root}, "seed": 3}).settings
+    pool = kfold.prepare_pool(settings, 3)
+    folds_of_case: dict[str, set[int]] = {}
+    for path, fold in zip(pool.paths, pool.folds, strict=True):
+        split, name = path.parts[-3], path.parts[-2]
+        folds_of_case.setdefault(f"{name}-{split}-{int(path.stem) // 3}", set()).add(fold)
+    assert len(folds_of_case) == 16
+    assert all(len(folds) == 1 for folds in folds_of_case.values()), folds_of_case
+
+
 def test_aggregation_imports_no_tensorflow() -> None:
     import subprocess
 

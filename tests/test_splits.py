@@ -63,3 +63,45 @@ def test_a_fresh_run_persists_cal_and_test_next_to_train_and_val(
     train, _, cal, _ = splits
     assert len(train) + len(cal) == 4 * PER_CLASS + 1
     assert set(train.paths).isdisjoint(cal.paths)
+
+
+# --------------------------------------------------------------------------- cases
+
+
+def test_join_cases_links_duplicates_and_cases_into_one_group() -> None:
+    from mritumor.data.carve import join_cases
+
+    # Files 0-1 share a duplicate group; 1 and 3 share case "a"; 4 has case "b" alone;
+    # so {0, 1, 3} is one group, then 2, then 4, numbered in order of appearance.
+    assert join_cases([7, 7, 8, 9, 10], ["", "a", "", "a", "b"]) == [0, 0, 1, 0, 2]
+    assert join_cases([5, 6, 5], []) == [0, 1, 0]
+
+
+def _with_cases(root: Path, case_of: dict[str, str]) -> None:
+    """A train manifest naming a case per file (as `data prepare` of volumes writes); the
+    class is part of the id, since one id under two classes is one patient."""
+    from mritumor.data.manifests import write_manifest
+
+    rows = [
+        {"path": path.relative_to(root).as_posix(), "label": path.parent.name, "source": "",
+         "case": f"{path.parent.name} {case_of[path.stem]}" if path.stem in case_of else ""}
+        for path in sorted((root / "train").rglob("*.png"))
+    ]  # fmt: skip
+    write_manifest(root / "manifests/train.csv", rows, ("path", "label", "source", "case"))
+
+
+def test_cal_keeps_the_slices_of_one_case_together(data_root: Path) -> None:
+    # Images 2k and 2k+1 of a class are case k: a cal of 20 % (2 images a class) takes
+    # whole cases, never one image of a case.
+    _with_cases(data_root, {str(i): f"case {i // 2}" for i in range(PER_CLASS)})
+    train = load_split(data_root, "train", CLASS_NAMES)
+    assert len(set(train.cases)) == 4 * 5 + 1  # 5 cases a class, and "" for "copy of 0"
+    rest, cal = carve_calibration_split(train, 0.2, seed=3)
+    for name in CLASS_NAMES:
+        in_cal = {
+            case for path, case in zip(cal.paths, cal.cases, strict=True) if name in path.parts
+        }
+        in_rest = {
+            case for path, case in zip(rest.paths, rest.cases, strict=True) if name in path.parts
+        }
+        assert in_cal and not (in_cal & in_rest) - {""}, name

@@ -124,3 +124,33 @@ def smallest_carvable(fraction: float) -> int:
     """The fewest images of a class of which a held-out split takes one (:func:`carved_size`)."""
     count = max(1, math.ceil(0.5 / fraction))
     return count if carved_size(count, fraction) else count + 1
+
+
+def join_cases(groups: Sequence[Hashable], cases: Sequence[str]) -> list[int]:
+    """Group ids that also join the files of one case: duplicates or one case, one group.
+
+    ``groups`` gives each file a group (duplicates share one); ``cases`` its case id
+    (``""`` for none; an empty sequence when no file has one). Two files end in one
+    group when a chain of shared groups and shared cases links them. Ids are
+    numbered from 0 in order of first appearance.
+    """
+    parent = list(range(len(groups)))
+
+    def root(item: int) -> int:
+        while parent[item] != item:
+            parent[item] = parent[parent[item]]
+            item = parent[item]
+        return item
+
+    first: dict[tuple[str, Hashable], int] = {}
+    for index, group in enumerate(groups):
+        links = [("group", group)]
+        if cases and cases[index]:
+            links.append(("case", cases[index]))
+        for key in links:
+            if key in first:
+                parent[root(index)] = root(first[key])
+            else:
+                first[key] = index
+    numbering: dict[int, int] = {}
+    return [numbering.setdefault(root(index), len(numbering)) for index in range(len(groups))]

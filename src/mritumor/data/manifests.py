@@ -2,7 +2,7 @@
 
 A manifest has a header row and one row per file: ``path`` (relative to the root,
 POSIX, or absolute) and ``label``; ``data prepare`` adds ``source``, the original
-path (:data:`MANIFEST_COLUMNS`). An external set's manifest is
+path (:data:`MANIFEST_COLUMNS`), and for slices of volumes ``case`` (:data:`CASE_COLUMN`). An external set's manifest is
 ``manifests/external/<name>.csv``. ``data prepare`` and ``kfold`` write them, the
 input pipeline reads its split from one when it exists (:func:`read_manifest`),
 and ``data check --fix`` takes the rows of quarantined files out and puts them
@@ -17,6 +17,7 @@ import io
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from mritumor.core.errors import UsageError
 from mritumor.core.fsutil import atomic_write_text
@@ -26,6 +27,8 @@ MANIFEST_DIR = "manifests"
 MANIFEST_COLUMNS = ("path", "label", "source")
 #: The columns every manifest needs.
 REQUIRED_COLUMNS = frozenset({"path", "label"})
+#: The optional column naming the case (patient) a file belongs to: its files stay in one split.
+CASE_COLUMN = "case"
 
 
 class ManifestFormatError(ValueError):
@@ -60,11 +63,20 @@ def read_table(path: Path) -> ManifestTable:
         raise ManifestFormatError(str(error)) from None
 
 
-def read_manifest(root: Path, manifest: Path) -> list[tuple[Path, str]]:
-    """The files the manifest lists, each with its label; raises UsageError naming what is wrong.
+class ManifestEntry(NamedTuple):
+    """One file of a manifest: its path, label, and case id (``""`` when it has none)."""
+
+    path: Path
+    label: str
+    case: str
+
+
+def read_manifest(root: Path, manifest: Path) -> list[ManifestEntry]:
+    """The files the manifest lists, with label and case; raises UsageError naming what is wrong.
 
     Relative paths are read against ``root``. Every file listed must exist: a split
-    is used exactly as it was written, or not at all.
+    is used exactly as it was written, or not at all. The optional ``case`` column
+    (``data prepare`` of volumes writes it) names the case, or patient, a file was cut from.
     """
     try:
         table = read_table(manifest)
@@ -78,14 +90,17 @@ def read_manifest(root: Path, manifest: Path) -> list[tuple[Path, str]]:
     ]
     if incomplete:
         raise UsageError(f"{manifest} line {incomplete[0]} lacks a path or a label")
-    pairs = [(root / row["path"], row["label"]) for row in table.rows]
-    absent = [path for path, _ in pairs if not path.is_file()]
+    entries = [
+        ManifestEntry(root / row["path"], row["label"], row.get(CASE_COLUMN) or "")
+        for row in table.rows
+    ]
+    absent = [entry.path for entry in entries if not entry.path.is_file()]
     if absent:
         raise UsageError(
             f"{manifest} lists {len(absent)} file(s) that no longer exist, first {absent[0]}; "
             "restore them or run `mritumor data prepare` again"
         )
-    return pairs
+    return entries
 
 
 def write_manifest(

@@ -32,6 +32,8 @@ class SplitFiles:
     paths: tuple[Path, ...]
     labels: tuple[int, ...]
     class_names: tuple[str, ...]
+    cases: tuple[str, ...] = ()
+    """The case (patient) of each path, ``""`` for none; empty when the split names no cases."""
 
     def counts(self) -> dict[str, int]:
         tally = Counter(self.labels)
@@ -44,8 +46,12 @@ class SplitFiles:
 def load_split(root: Path, split: str, class_names: Sequence[str]) -> SplitFiles:
     """The files of ``split`` under ``root``; raises UsageError naming what is wrong."""
     manifest = manifest_path(root, split)
-    pairs = read_manifest(root, manifest) if manifest.is_file() else _scan_split_folder(root, split)
-    return _labelled(split, pairs, class_names)
+    if not manifest.is_file():
+        return _labelled(split, _scan_split_folder(root, split), class_names)
+    entries = read_manifest(root, manifest)
+    pairs = [(entry.path, entry.label) for entry in entries]
+    cases = tuple(entry.case for entry in entries)
+    return _labelled(split, pairs, class_names, cases if any(cases) else ())
 
 
 def split_exists(root: Path, split: str) -> bool:
@@ -66,7 +72,12 @@ def _scan_split_folder(root: Path, split: str) -> list[tuple[Path, str]]:
     return pairs
 
 
-def _labelled(split: str, pairs: list[tuple[Path, str]], class_names: Sequence[str]) -> SplitFiles:
+def _labelled(
+    split: str,
+    pairs: list[tuple[Path, str]],
+    class_names: Sequence[str],
+    cases: tuple[str, ...] = (),
+) -> SplitFiles:
     index = {name: position for position, name in enumerate(class_names)}
     unknown = sorted({label for _, label in pairs} - set(index))
     if unknown:
@@ -81,6 +92,7 @@ def _labelled(split: str, pairs: list[tuple[Path, str]], class_names: Sequence[s
         paths=tuple(path for path, _ in pairs),
         labels=tuple(index[label] for _, label in pairs),
         class_names=tuple(class_names),
+        cases=cases,
     )
 
 
@@ -123,13 +135,15 @@ def carve_calibration_split(
 
     Temperature and threshold are then fitted on images that neither trained
     the model nor selected its checkpoint (val does the latter). Exact and near
-    duplicates (:func:`~mritumor.data.duplicates.groups.duplicate_groups`) go whole to one side.
+    duplicates (:func:`~mritumor.data.duplicates.groups.duplicate_groups`), and the
+    slices of one case, go whole to one side.
     """
-    from mritumor.data.carve import carve_splits
+    from mritumor.data.carve import carve_splits, join_cases
     from mritumor.data.duplicates.groups import duplicate_groups
     from mritumor.data.duplicates.hashing import image_hashes
 
-    groups = dict(zip(train.paths, duplicate_groups(image_hashes(train.paths)), strict=True))
+    duplicates = duplicate_groups(image_hashes(train.paths))
+    groups = dict(zip(train.paths, join_cases(duplicates, train.cases), strict=True))
     by_label = {
         name: [
             path for path, label in zip(train.paths, train.labels, strict=True) if label == index
@@ -142,11 +156,13 @@ def carve_calibration_split(
             f"data.cal_size={fraction} carves no image from the {len(train)} training images; "
             "raise it, or set it to 0 to calibrate on val"
         )
+    case_of = dict(zip(train.paths, train.cases, strict=True)) if train.cases else {}
     remaining, cal = (
         _labelled(
             split,
-            [(path, label) for label, paths in carved[split].items() for path in paths],
+            pairs := [(path, label) for label, paths in carved[split].items() for path in paths],
             train.class_names,
+            tuple(case_of[path] for path, _ in pairs) if case_of else (),
         )
         for split in ("train", "cal")
     )

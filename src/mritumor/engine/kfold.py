@@ -1,9 +1,10 @@
 """Grouped, stratified k-fold cross-validation over the train and val splits pooled.
 
 Fold assignment: the train and val images are pooled; exact and near duplicates
-(:func:`mritumor.data.duplicates.groups.duplicate_groups`) form groups, and scikit-learn's
-``StratifiedGroupKFold(shuffle=True, random_state=seed)`` deals the groups out
-to the folds, so a duplicate pair never straddles a fold boundary.
+(:func:`mritumor.data.duplicates.groups.duplicate_groups`) form groups, joined with the
+slices of each case where the manifests name cases (:func:`mritumor.data.carve.join_cases`),
+and scikit-learn's ``StratifiedGroupKFold(shuffle=True, random_state=seed)`` deals the
+groups out to the folds, so neither a duplicate pair nor a case straddles a fold boundary.
 
 Checkpoint selection, honestly: a fold's held-out part is never seen before it
 is scored. Inside each fold an *inner* validation part is carved from the
@@ -52,6 +53,7 @@ from numpy.typing import NDArray
 
 from mritumor.core.errors import ConfigError, UsageError
 from mritumor.core.fsutil import atomic_write_text
+from mritumor.data.carve import join_cases
 from mritumor.data.duplicates.groups import duplicate_groups
 from mritumor.data.duplicates.hashing import image_hashes
 from mritumor.data.manifests import manifest_path, write_manifest
@@ -101,7 +103,7 @@ def check_fold_count(labels: Sequence[int], groups: Sequence[int], folds: int) -
     if folds > smallest:
         raise UsageError(
             f"--folds {folds} is more than the smallest class has distinct images "
-            f"(duplicate groups): {smallest}; use --folds {smallest} or fewer"
+            f"(groups of duplicates or of one case): {smallest}; use --folds {smallest} or fewer"
         )
 
 
@@ -188,22 +190,25 @@ class KFoldObserver(Protocol):
     def on_fold_end(self, fold: int, metrics: FoldMetrics | None) -> None: ...
 
 
-def pooled_images(settings: Settings) -> tuple[list[Path], list[int]]:
-    """The train and val files of ``settings.paths.data_dir``, absolute."""
+def pooled_images(settings: Settings) -> tuple[list[Path], list[int], list[str]]:
+    """The train and val files of ``settings.paths.data_dir``, absolute, with their cases."""
     names = settings.data.class_names
     paths: list[Path] = []
     labels: list[int] = []
+    cases: list[str] = []
     for split in ("train", "val"):
         files = load_split(settings.paths.data_dir, split, names)
         paths.extend(Path(os.path.abspath(path)) for path in files.paths)  # noqa: PTH100
         labels.extend(files.labels)
-    return paths, labels
+        cases.extend(files.cases or [""] * len(files))
+    return paths, labels, cases
 
 
 def prepare_pool(settings: Settings, folds: int) -> Pool:
-    """Pool train + val, group duplicates, and assign folds (raises UsageError on bad --folds)."""
-    paths, labels = pooled_images(settings)
-    groups = duplicate_groups(image_hashes(paths))
+    """Pool train + val, group duplicates and the slices of each case, and assign folds
+    (raises UsageError on bad --folds)."""
+    paths, labels, cases = pooled_images(settings)
+    groups = join_cases(duplicate_groups(image_hashes(paths)), cases)
     fold_of = assign_folds(labels, groups, folds, settings.seed)
     return Pool(tuple(paths), tuple(labels), tuple(groups), tuple(int(f) for f in fold_of))
 
