@@ -104,3 +104,50 @@ def test_finetuning_adapts_to_the_external_domain_and_keeps_the_four_classes(
     )
     assert after["ext_holdout"]["auc"] > before["ext_holdout"]["auc"]
     assert after["test"]["accuracy"] >= before["test"]["accuracy"] - FORGETTING_BOUND
+
+
+@pytest.mark.slow
+def test_a_volume_with_a_lesion_outranks_the_same_head_without_one(
+    trained: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Phantom volumes in matched pairs: each seed renders one head with a lesion of each
+    tumour type and once without (:func:`mritumor.volumes.synth.render_volume`), so only the
+    lesion differs. Measured with this model (4 seeds x 3 types): top_k_mean and noisy_or
+    (k=3) ranked all 12 lesion volumes above their clean twins; max 11 of 12, the twelfth a
+    tie, its highest slice lying outside the lesion, where both twins are the same. With 8
+    seeds: 24, 24 and 23 of 24 (one tie)."""
+    import numpy as np
+
+    from mritumor.volumes.synth import nifti_bytes, render_volume
+    from mritumor.volumes.verdict import aggregate
+
+    _, run_dir = trained
+    folder = tmp_path / "volumes"
+    folder.mkdir()
+    for seed in range(4):
+        for name in ("glioma", "meningioma", "pituitary", "no_tumor"):
+            volume = render_volume(np.random.SeedSequence(seed), name, 64, 24, lesion_scale=2.5)
+            voxels = np.rint(volume.image * 1000).astype(np.int16)
+            (folder / f"{seed}-{name}.nii.gz").write_bytes(nifti_bytes(voxels, (1.0, 1.0, 2.7)))
+    result = CliRunner().invoke(
+        app, ["infer", str(folder), "--run", str(run_dir), "--format", "json", "-q"]
+    )
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    verdicts = {Path(v["path"]).name[: -len(".nii.gz")]: v for v in document["volumes"]}
+    assert len(verdicts) == 16 and all(v["aggregation"] == "top_k_mean" for v in verdicts.values())
+    slices: dict[str, list[float]] = {}
+    for record in document["predictions"]:
+        name = Path(record["path"].split("#")[0]).name[: -len(".nii.gz")]
+        slices.setdefault(name, []).append(record["tumour_score"])
+    for name, verdict in verdicts.items():
+        assert verdict["tumour_score"] == pytest.approx(aggregate(slices[name], "top_k_mean", 3))
+    # One pair less than measured, for run-to-run noise on other CPUs.
+    for method, floor in (("max", 10), ("top_k_mean", 11), ("noisy_or", 11)):
+        above = sum(
+            aggregate(slices[f"{seed}-{name}"], method, 3)
+            > aggregate(slices[f"{seed}-no_tumor"], method, 3)
+            for seed in range(4)
+            for name in ("glioma", "meningioma", "pituitary")
+        )
+        assert above >= floor, (method, above)
