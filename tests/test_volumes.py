@@ -429,7 +429,15 @@ def test_without_geometry_or_instance_number_it_is_unreadable(tmp_path: Path) ->
 def test_the_first_voi_window_is_kept_and_used(tmp_path: Path) -> None:
     lps = np.full((4, 4, 3), 40, np.uint16)
     lps[0, 0, 0], lps[1, 1, 1] = 0, 240
-    write_axial_series(tmp_path / "s", lps, WindowCenter=[40, 100], WindowWidth=[400, 50])
+    # The lowest slice (z = 0) is c.dcm: the first along the normal, not by name.
+    paths = write_axial_series(
+        tmp_path / "s", lps, names=["c.dcm", "a.dcm", "b.dcm"], WindowCenter=[40, 100],
+        WindowWidth=[400, 50]
+    )
+    for path in paths[1:]:  # the other slices carry another window
+        dataset = pydicom.dcmread(path)
+        dataset.WindowCenter, dataset.WindowWidth = 100, 50
+        dataset.save_as(path)
 
     volume = read_volume(tmp_path / "s")
     sliced = slice_volume(volume, SliceOptions(min_foreground=0.0))
@@ -482,19 +490,17 @@ def test_a_damaged_file_is_named(tmp_path: Path) -> None:
     assert str(damaged) in str(caught.value)
 
 
-def test_one_file_is_not_a_series(tmp_path: Path) -> None:
-    folder = tmp_path / "s"
-    folder.mkdir()
-    write_slice(folder / "a.dcm", np.ones((3, 3), np.uint16), series="1.2", position=(0, 0, 0))
-    assert not is_dicom_series(folder)
-    with pytest.raises(UnreadableImageError, match="1 DICOM file"):
-        read_volume(folder)
-
-
 def test_is_dicom_series(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     write_axial_series(tmp_path / "s", lps_object((3, 3, 3)))
     assert is_dicom_series(tmp_path / "s")
     assert not is_dicom_series(tmp_path / "s" / "slice00.dcm")  # a file, not a folder
+    one = tmp_path / "one"
+    one.mkdir()
+    write_slice(one / "a.dcm", np.ones((3, 3), np.uint16), series="1.2", position=(0, 0, 0))
+    assert not is_dicom_series(one)
+    with pytest.raises(UnreadableImageError, match="it holds 1 DICOM file") as caught:
+        read_volume(one)
+    assert str(one) in str(caught.value)
     monkeypatch.setattr(reading, "pydicom_available", lambda: False)
     assert not is_dicom_series(tmp_path / "s")
 
@@ -522,11 +528,9 @@ def test_percentile_window_over_all_voxels() -> None:
     assert flat[0] == 0.0 and flat[9] == 0.0  # below 9.9: clipped to 0
     assert flat[50] == pytest.approx((50 - 9.9) * 255 / 79.2, abs=1e-3)  # 129.11
     assert flat[99] == 255.0 and flat[90] == 255.0  # above 89.1: clipped
-
-
-def test_a_constant_volume_windows_to_zeros() -> None:
-    scaled, _ = window_voxels(flat_volume(np.full((3, 3, 3), 7.0)), SliceOptions())
-    assert not scaled.any()
+    # A constant volume has no range to map: all zeros.
+    constant, _ = window_voxels(flat_volume(np.full((3, 3, 3), 7.0)), SliceOptions())
+    assert not constant.any()
 
 
 def test_dicom_window_needs_one() -> None:
@@ -547,16 +551,13 @@ def test_blank_slices_by_foreground_share() -> None:
     assert (sliced.count, sliced.kept, sliced.blank) == (5, (2, 4), (0, 1, 3))
     assert all(p.shape == (10, 10, 1) and p.dtype == np.uint8 for p in sliced.pixels)
     assert int(sliced.pixels[0].sum()) == 5 * 255
-
-
-def test_foreground_level_is_a_tenth_of_the_scale() -> None:
-    # 0.1 * 255 = 25.5: 26 is tissue, 25 is not.
+    # The foreground level is 0.1 * 255 = 25.5: 26 is tissue, 25 is not.
     plane = np.array([[25, 26], [0, 255]], np.uint8)
     assert foreground_share(plane) == 0.5
     assert foreground_share(np.zeros((0, 3), np.uint8)) == 0.0
 
 
-def test_square_pixels_resamples_to_the_finer_spacing() -> None:
+def test_square_pixels_resample_to_the_finer_spacing() -> None:
     plane = np.tile(np.arange(4, dtype=np.float32)[:, np.newaxis] * 10, (1, 6))  # rows 0..30
     resized = square_pixels(plane, row_mm=2.0, column_mm=1.0)
     # round(4 * 2 / 1) = 8 rows, round(6 * 1 / 1) = 6 columns; bilinear keeps the ends.
@@ -564,9 +565,7 @@ def test_square_pixels_resamples_to_the_finer_spacing() -> None:
     np.testing.assert_allclose(resized[[0, -1], 0], [0.0, 30.0], atol=1e-4)
     assert (np.diff(resized[:, 0]) >= 0).all()
     assert square_pixels(plane, row_mm=1.005, column_mm=1.0) is plane  # within 1 %
-
-
-def test_side_views_of_thick_slices_are_stretched() -> None:
+    # Side views of thick slices are stretched along z, the axial view is not.
     scaled = np.zeros((4, 5, 6), np.float32)  # X=4, Y=5, Z=6 with 3 mm slices
     spacing = (1.0, 1.0, 3.0)
     assert display_plane(scaled, "axial", 0, spacing).shape == (5, 4)
@@ -598,6 +597,8 @@ def test_aggregate_by_hand(method: Any, k: int, expected: float) -> None:
 def test_top_slices_highest_first_ties_to_the_earlier() -> None:
     assert top_slices(SCORES, 3).tolist() == [1, 3, 2]
     assert top_slices(SCORES, 9).tolist() == [1, 3, 2, 0, 4]
+    # 40 scores (quicksort territory, not insertion sort): ties still go to the earlier.
+    assert top_slices([0.5] * 20 + [0.9] * 20, 4).tolist() == [20, 21, 22, 23]
     with pytest.raises(ValueError, match="at least 1"):
         top_slices(SCORES, 0)
 
@@ -616,7 +617,7 @@ def test_scores_outside_the_unit_interval_are_refused(bad: list[float]) -> None:
 def test_aggregate_refuses_2d_scores_and_unknown_methods() -> None:
     with pytest.raises(ValueError, match="1-D"):
         aggregate([[0.1, 0.2]], "max", 1)
-    with pytest.raises(ValueError, match="aggregation must be one of"):
+    with pytest.raises(ValueError, match="aggregation must be one of max, top_k_mean, noisy_or"):
         aggregate([0.1], "mean", 1)  # type: ignore[arg-type]
 
 
@@ -699,8 +700,8 @@ def test_write_phantom_volumes_layout_and_refusal(tmp_path: Path) -> None:
 def test_phantom_air_ends_are_blank(tmp_path: Path) -> None:
     config = VolumeSynthConfig(count=2, image_size=64, depth=16, seed=1, class_names=("glioma", "no_tumor"))
     write_phantom_volumes(tmp_path, config)
-    # A section is air when |2.3 * ((k + 0.5) / 16 - 0.5)| >= 0.95: k = 0, 1 (1.08, 0.93 no:
-    # k = 1 gives 2.3 * (1.5 / 16 - 0.5) = -0.934) -> only k = 0 and k = 15.
+    # A section is air when |2.3 * ((k + 0.5) / 16 - 0.5)| >= 0.95: k = 0 gives 1.078 (air),
+    # k = 1 gives 0.934 (head); by symmetry only k = 0 and k = 15 are air.
     for path in sorted(tmp_path.glob("*/*[0-9].nii.gz")):
         sliced = slice_volume(read_volume(path), SliceOptions())
         assert sliced.blank == (0, 15), path.name
@@ -746,7 +747,7 @@ def test_case_grouped_splits(phantom_root: Path, tmp_path: Path, seed: int, val_
             assert case == row["case"] and row["case"].startswith(row["label"] + "-")
             volume = phantom_root.resolve() / row["label"] / f"{case}.nii.gz"
             assert row["source"] == f"{volume}#axial{k}"
-            assert 2 <= int(k) <= 11  # 1-based; the air at 1 or 12 may be blank (never both kept)
+            assert 1 <= int(k) <= 12  # 1-based slice numbers of 12 sections
             pixels = np.asarray(Image.open(target / row["path"]))
             mask = target / "masks" / row["path"]  # every phantom case has a mask
             assert mask.is_file(), mask
@@ -794,11 +795,17 @@ def test_unreadable_volume_is_reported_and_skipped(phantom_root: Path, tmp_path:
         for path in (phantom_root / folder).glob(f"{folder}-000*"):
             (source / folder / path.name).write_bytes(path.read_bytes())
     (source / "glioma" / "broken.nii.gz").write_bytes(b"garbage")
+    (source / "glioma" / "glioma-001.nii.gz").write_bytes(
+        (phantom_root / "glioma" / "glioma-001.nii.gz").read_bytes()
+    )
+    write_nifti(source / "glioma" / "glioma-001_mask.nii.gz", np.zeros((4, 5, 6), np.uint8), np.eye(4))
 
     summary = prepare_volumes(source, tmp_path / "out", options=SliceOptions(), seed=0)
 
-    ((path, reason),) = summary.unreadable
-    assert path.name == "broken.nii.gz" and "cannot read NIfTI file" in reason
+    (broken, reason), (mismatched, why) = summary.unreadable
+    assert broken.name == "broken.nii.gz" and "cannot read NIfTI file" in reason
+    assert mismatched.name == "glioma-001.nii.gz"
+    assert "glioma-001_mask.nii.gz has (4, 5, 6) voxels, its volume (32, 32, 12)" in why
     assert sum(summary.cases[s]["glioma"] for s in ("train", "val", "test")) == 1
 
 

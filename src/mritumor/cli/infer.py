@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -152,6 +153,7 @@ def infer(
         predictions = run_inference(
             members, inputs, InferOptions.from_settings(settings), progress=progress
         )
+    predictions = replace(predictions, failures={**unreadable_volumes, **predictions.failures})
     if predictions.threshold is None:
         reason = "an ensemble needs --threshold" if len(members) > 1 else "the run has none"
         err_console.print(
@@ -166,9 +168,8 @@ def infer(
     _warn_about_volumes(found)
     if gradcam is not None:
         _explain(members[0], scans.images, sliced, gradcam, quiet, volume_options.top_k)
-    failures = {**unreadable_volumes, **predictions.failures}
-    report_unreadable(failures)
-    if failures or scans.missing:
+    report_unreadable(predictions.failures)
+    if predictions.failures or scans.missing:
         raise typer.Exit(EXIT_PARTIAL)
 
 

@@ -186,7 +186,7 @@ def _print_verdicts(verdicts: Sequence[VolumeVerdict], threshold: float | None) 
     title = f"Volumes ({first.aggregation}, k={first.top_k}, {first.axis})"
     table = Table(title=_threshold_title(title, threshold), title_justify="left")
     table.add_column("volume", overflow="fold")
-    table.add_column("slices", justify="right")
+    table.add_column("scored", justify="right")
     table.add_column("blank", justify="right")
     table.add_column("predicted")
     table.add_column("tumour score", justify="right")

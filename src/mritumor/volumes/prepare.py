@@ -44,11 +44,17 @@ from mritumor.data.image_errors import UnreadableImageError
 from mritumor.data.layout import ACCEPTED_NAMES, normalise_class_name
 from mritumor.data.manifests import manifest_path
 from mritumor.data.prepare.placement import PlannedFile, place_files, refuse_overwrite
-from mritumor.data.prepare.sources import Source, existing_source, refuse_overlap
+from mritumor.data.prepare.sources import (
+    Source,
+    existing_source,
+    refuse_overlap,
+    removed_on_failure,
+)
 from mritumor.volumes.reading import (
     MASK_SUFFIXES,
     Volume,
     dicom_files_in,
+    import_nibabel,
     is_dicom_series,
     is_mask_file,
     is_nifti_file,
@@ -158,6 +164,7 @@ def prepare_volumes(
     """Extract the slices of the labelled volumes in ``source`` into the standard layout."""
     if not 0.0 < val_size < 0.5:
         raise UsageError(f"val_size must be between 0 and 0.5 for volumes, got {val_size}")
+    import_nibabel()  # the missing extra is one line, before anything is made
     source = existing_source(source)
     target = target.expanduser().resolve()
     refuse_overlap(source, target)
@@ -166,7 +173,22 @@ def prepare_volumes(
         raise UsageError(f"no volumes in {source} (expected <class>/<case>.nii.gz)")
     splits = ("train", *_HELD_OUT)
     refuse_overwrite(target, splits, force)
-    target.mkdir(parents=True, exist_ok=True)
+    with removed_on_failure(target):
+        target.mkdir(parents=True, exist_ok=True)
+        return _prepare_cases(cases, source, target, options, val_size, seed, progress)
+
+
+def _prepare_cases(
+    cases: list[Case],
+    source: Path,
+    target: Path,
+    options: SliceOptions,
+    val_size: float,
+    seed: int,
+    progress: ProgressCallback | None,
+) -> VolumePrepareSummary:
+    """Extract, carve by case and place; the staged slices live in a hidden folder of ``target``."""
+    splits = ("train", *_HELD_OUT)
     with tempfile.TemporaryDirectory(prefix=".volumes-", dir=target) as staging:
         extracted, unreadable = _extract_all(cases, Path(staging), options, progress)
         labels = _labels(extracted, cases, unreadable)
