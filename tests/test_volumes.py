@@ -227,7 +227,11 @@ def test_anterior_right_superior_is_top_left_in_every_plane(tmp_path: Path) -> N
 
     scaled, _ = window_voxels(volume, EXACT)
     # Each plane through the voxel: axial z=9, coronal y=7, sagittal x=5.
-    for axis, index, shape in (("axial", 9, (8, 6)), ("coronal", 7, (10, 6)), ("sagittal", 5, (10, 8))):
+    for axis, index, shape in (
+        ("axial", 9, (8, 6)),
+        ("coronal", 7, (10, 6)),
+        ("sagittal", 5, (10, 8)),
+    ):
         plane = display_plane(scaled, axis, index)
         assert plane.shape == shape, axis
         assert plane[0, 0] == 255 and int(plane.sum()) == 255, axis
@@ -348,7 +352,9 @@ def test_sagittal_series_reads_as_the_axial_one(tmp_path: Path) -> None:
 def test_pixel_spacing_is_rows_then_columns(tmp_path: Path) -> None:
     lps = lps_object((4, 5, 6))
     # PixelSpacing = (between rows, between columns) = (y, x): 2 mm along y, 0.5 along x.
-    write_axial_series(tmp_path / "s", lps, z_positions=[3.0 * k for k in range(6)], pixel_spacing=(2.0, 0.5))
+    write_axial_series(
+        tmp_path / "s", lps, z_positions=[3.0 * k for k in range(6)], pixel_spacing=(2.0, 0.5)
+    )
     volume = read_volume(tmp_path / "s")
     assert volume.spacing == (0.5, 2.0, 3.0)
     # An axial plane, 5 rows (y) of 2 mm by 4 columns (x) of 0.5 mm, resampled to 0.5 mm:
@@ -372,7 +378,9 @@ def test_missing_slices_are_noted(
     # Names shuffled, so the files' order on disk is not their order along z.
     order = np.random.default_rng(9).permutation(8)
     names = [f"im{order[k]}.dcm" for k in range(8)]
-    write_axial_series(tmp_path / "s", lps, z_positions=[float(z) for z in z_positions], names=names)
+    write_axial_series(
+        tmp_path / "s", lps, z_positions=[float(z) for z in z_positions], names=names
+    )
 
     volume = read_volume(tmp_path / "s")
 
@@ -420,10 +428,42 @@ def test_without_geometry_or_instance_number_it_is_unreadable(tmp_path: Path) ->
     folder.mkdir()
     series = generate_uid()
     for name in "ab":
-        write_slice(folder / f"{name}.dcm", np.ones((3, 3), np.uint16), series=series, orientation=None)
+        write_slice(
+            folder / f"{name}.dcm", np.ones((3, 3), np.uint16), series=series, orientation=None
+        )
     with pytest.raises(UnreadableImageError, match="neither") as caught:
         read_volume(folder)
     assert str(folder) in str(caught.value)
+
+
+@pytest.mark.xfail(
+    raises=nibabel.orientations.OrientationError,
+    strict=True,
+    reason=(
+        "reading.py _ordered_slices: without Image Position the slice normal is taken as "
+        "(0, 0, 1) whatever the Image Orientation, so _series_affine builds a singular affine "
+        "for a sagittal or coronal series and nibabel's OrientationError escapes"
+    ),
+)
+def test_sagittal_series_without_positions_is_ordered_or_refused(tmp_path: Path) -> None:
+    folder = tmp_path / "s"
+    folder.mkdir()
+    series = generate_uid()
+    for k in range(4):  # sagittal cosines, Instance Numbers, no Image Position (Patient)
+        write_slice(
+            folder / f"s{k}.dcm",
+            np.full((5, 6), 10 * k, np.uint16),
+            series=series,
+            orientation=(0.0, 1.0, 0.0, 0.0, 0.0, -1.0),
+            InstanceNumber=k + 1,
+        )
+    try:
+        volume = read_volume(folder)
+    except UnreadableImageError as error:  # refusing it, naming the folder, would do
+        assert str(folder) in str(error)
+    else:  # so would reading it by Instance Number
+        assert sorted(volume.voxels.shape) == [4, 5, 6]
+        assert any("Instance Number" in note for note in volume.notes)
 
 
 def test_the_first_voi_window_is_kept_and_used(tmp_path: Path) -> None:
@@ -431,8 +471,11 @@ def test_the_first_voi_window_is_kept_and_used(tmp_path: Path) -> None:
     lps[0, 0, 0], lps[1, 1, 1] = 0, 240
     # The lowest slice (z = 0) is c.dcm: the first along the normal, not by name.
     paths = write_axial_series(
-        tmp_path / "s", lps, names=["c.dcm", "a.dcm", "b.dcm"], WindowCenter=[40, 100],
-        WindowWidth=[400, 50]
+        tmp_path / "s",
+        lps,
+        names=["c.dcm", "a.dcm", "b.dcm"],
+        WindowCenter=[40, 100],
+        WindowWidth=[400, 50],
     )
     for path in paths[1:]:  # the other slices carry another window
         dataset = pydicom.dcmread(path)
@@ -455,7 +498,9 @@ def test_two_series_in_one_folder_are_refused(tmp_path: Path) -> None:
     folder = tmp_path / "s"
     folder.mkdir()
     for k, series in enumerate(["1.2.3", "1.2.3", "1.2.4"]):
-        write_slice(folder / f"{k}.dcm", np.ones((3, 3), np.uint16), series=series, position=(0, 0, k))
+        write_slice(
+            folder / f"{k}.dcm", np.ones((3, 3), np.uint16), series=series, position=(0, 0, k)
+        )
     assert not is_dicom_series(folder)
     with pytest.raises(UnreadableImageError, match="2 series") as caught:
         read_volume(folder)
@@ -476,7 +521,7 @@ def test_slices_of_different_sizes_are_refused(tmp_path: Path) -> None:
     series = generate_uid()
     write_slice(folder / "a.dcm", np.ones((3, 4), np.uint16), series=series, position=(0, 0, 0))
     write_slice(folder / "b.dcm", np.ones((3, 5), np.uint16), series=series, position=(0, 0, 1))
-    with pytest.raises(UnreadableImageError, match="b.dcm is 5x3 pixels, the first slice 4x3"):
+    with pytest.raises(UnreadableImageError, match=r"b\.dcm is 5x3 pixels, the first slice 4x3"):
         read_volume(folder)
 
 
@@ -644,7 +689,7 @@ def test_tumour_and_healthy_phantoms_share_the_head() -> None:
         tumour = render_volume(np.random.SeedSequence(seed), "glioma", 32, 12)
         healthy = render_volume(np.random.SeedSequence(seed), "no_tumor", 32, 12)
         assert tumour.image.shape == (12, 32, 32) and tumour.image.dtype == np.float32
-        assert 0.0 <= tumour.image.min() and tumour.image.max() <= 1.0
+        assert tumour.image.min() >= 0.0 and tumour.image.max() <= 1.0
         assert tumour.mask.any() and not healthy.mask.any()
         # Sections the lesion does not reach are identical; in the others only the pixels
         # near the lesion (the blur spreads it) may differ.
@@ -669,24 +714,34 @@ def test_nifti_bytes_round_trip_to_the_display_sections(tmp_path: Path) -> None:
     low, high = float(sections.min()), float(sections.max())
     for index, section in enumerate(sections):  # each axial plane shows its section as drawn
         expected = np.rint((section - low) * 255 / (high - low)).astype(np.uint8)
-        np.testing.assert_array_equal(display_plane(scaled, "axial", index, volume.spacing), expected)
+        np.testing.assert_array_equal(
+            display_plane(scaled, "axial", index, volume.spacing), expected
+        )
 
 
 def test_write_phantom_volumes_layout_and_refusal(tmp_path: Path) -> None:
     root = tmp_path / "phantoms"
-    config = VolumeSynthConfig(count=2, image_size=32, depth=8, seed=1, class_names=("glioma", "no_tumor"))
+    config = VolumeSynthConfig(
+        count=2, image_size=32, depth=8, seed=1, class_names=("glioma", "no_tumor")
+    )
     assert write_phantom_volumes(root, config) == {"glioma": 2, "no_tumor": 2}
 
     names = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.nii.gz"))
     assert names == [
-        f"{c}/{c}-{k:03d}{m}.nii.gz" for c in ("glioma", "no_tumor") for k in (0, 1) for m in ("", "_mask")
+        f"{c}/{c}-{k:03d}{m}.nii.gz"
+        for c in ("glioma", "no_tumor")
+        for k in (0, 1)
+        for m in ("", "_mask")
     ]
     manifest = json.loads((root / "synth.json").read_text())
     assert sorted(manifest["files"]) == names and manifest["config"]["depth"] == 8
-    glioma, mask = read_volume(root / "glioma/glioma-000.nii.gz"), read_volume(root / "glioma/glioma-000_mask.nii.gz")
+    glioma, mask = (
+        read_volume(root / "glioma/glioma-000.nii.gz"),
+        read_volume(root / "glioma/glioma-000_mask.nii.gz"),
+    )
     assert glioma.voxels.shape == mask.voxels.shape == (32, 32, 8)
     assert glioma.spacing == (1.0, 1.0, 4.0)  # 32 / 8 mm sections
-    assert 0 <= glioma.voxels.min() and glioma.voxels.max() <= 1000
+    assert glioma.voxels.min() >= 0 and glioma.voxels.max() <= 1000
     assert set(np.unique(mask.voxels)) == {0.0, 1.0}
     assert not read_volume(root / "no_tumor/no_tumor-000_mask.nii.gz").voxels.any()
 
@@ -698,7 +753,9 @@ def test_write_phantom_volumes_layout_and_refusal(tmp_path: Path) -> None:
 
 
 def test_phantom_air_ends_are_blank(tmp_path: Path) -> None:
-    config = VolumeSynthConfig(count=2, image_size=64, depth=16, seed=1, class_names=("glioma", "no_tumor"))
+    config = VolumeSynthConfig(
+        count=2, image_size=64, depth=16, seed=1, class_names=("glioma", "no_tumor")
+    )
     write_phantom_volumes(tmp_path, config)
     # A section is air when |2.3 * ((k + 0.5) / 16 - 0.5)| >= 0.95: k = 0 gives 1.078 (air),
     # k = 1 gives 0.934 (head); by symmetry only k = 0 and k = 15 are air.
@@ -726,7 +783,9 @@ def read_rows(target: Path, split: str) -> tuple[list[str], list[dict[str, str]]
 
 
 @pytest.mark.parametrize(("seed", "val_size"), [(42, 0.15), (1, 0.2), (7, 0.3)])
-def test_case_grouped_splits(phantom_root: Path, tmp_path: Path, seed: int, val_size: float) -> None:
+def test_case_grouped_splits(
+    phantom_root: Path, tmp_path: Path, seed: int, val_size: float
+) -> None:
     summary = prepare_volumes(
         phantom_root, tmp_path / "out", options=SliceOptions(), val_size=val_size, seed=seed
     )
@@ -759,7 +818,9 @@ def test_case_grouped_splits(phantom_root: Path, tmp_path: Path, seed: int, val_
     assert not cases_of["train"] & cases_of["val"]
     assert not cases_of["train"] & cases_of["test"]
     assert not cases_of["val"] & cases_of["test"]
-    every = {f"{c}-{k:03d}" for c in ("glioma", "meningioma", "no_tumor", "pituitary") for k in range(5)}
+    every = {
+        f"{c}-{k:03d}" for c in ("glioma", "meningioma", "no_tumor", "pituitary") for k in range(5)
+    }
     assert cases_of["train"] | cases_of["val"] | cases_of["test"] == every
     assert all(cases_of[split] for split in ("train", "val", "test"))
     # Every section is accounted for: 20 cases x 12 sections.
@@ -768,7 +829,9 @@ def test_case_grouped_splits(phantom_root: Path, tmp_path: Path, seed: int, val_
     assert summary.unmasked == () and summary.unreadable == ()
 
 
-def test_a_case_without_mask_keeps_every_non_blank_slice(phantom_root: Path, tmp_path: Path) -> None:
+def test_a_case_without_mask_keeps_every_non_blank_slice(
+    phantom_root: Path, tmp_path: Path
+) -> None:
     source = tmp_path / "src"
     for folder in ("glioma", "no_tumor"):
         (source / folder).mkdir(parents=True)
@@ -781,7 +844,9 @@ def test_a_case_without_mask_keeps_every_non_blank_slice(phantom_root: Path, tmp
 
     assert summary.unmasked == ("glioma/glioma-000",)
     rows = [r for s in ("train", "val", "test") for r in read_rows(summary.target, s)[1]]
-    unmasked = sorted(int(r["source"].rpartition("#axial")[2]) for r in rows if r["case"] == "glioma-000")
+    unmasked = sorted(
+        int(r["source"].rpartition("#axial")[2]) for r in rows if r["case"] == "glioma-000"
+    )
     assert unmasked == [k + 1 for k in range(12) if k not in blank]  # all non-blank slices
     assert not list((summary.target / "masks").rglob("glioma-000_*"))
     masked = [r for r in rows if r["case"] == "glioma-001"]
@@ -798,7 +863,9 @@ def test_unreadable_volume_is_reported_and_skipped(phantom_root: Path, tmp_path:
     (source / "glioma" / "glioma-001.nii.gz").write_bytes(
         (phantom_root / "glioma" / "glioma-001.nii.gz").read_bytes()
     )
-    write_nifti(source / "glioma" / "glioma-001_mask.nii.gz", np.zeros((4, 5, 6), np.uint8), np.eye(4))
+    write_nifti(
+        source / "glioma" / "glioma-001_mask.nii.gz", np.zeros((4, 5, 6), np.uint8), np.eye(4)
+    )
 
     summary = prepare_volumes(source, tmp_path / "out", options=SliceOptions(), seed=0)
 
@@ -809,12 +876,37 @@ def test_unreadable_volume_is_reported_and_skipped(phantom_root: Path, tmp_path:
     assert sum(summary.cases[s]["glioma"] for s in ("train", "val", "test")) == 1
 
 
+def test_one_case_id_under_two_classes_stays_in_train(phantom_root: Path, tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    for folder in ("glioma", "no_tumor"):
+        (source / folder).mkdir(parents=True)
+        for path in (phantom_root / folder).glob(f"{folder}-*"):
+            (source / folder / path.name).write_bytes(path.read_bytes())
+    # The same patient id under no_tumor as well: one patient, two labels.
+    for suffix in ("", "_mask"):
+        (source / "no_tumor" / f"glioma-001{suffix}.nii.gz").write_bytes(
+            (phantom_root / "no_tumor" / f"no_tumor-000{suffix}.nii.gz").read_bytes()
+        )
+
+    summary = prepare_volumes(source, tmp_path / "out", options=SliceOptions(), val_size=0.3)
+
+    where = {
+        (row["label"], row["case"]): split
+        for split in ("train", "val", "test")
+        for row in read_rows(summary.target, split)[1]
+    }
+    assert where[("glioma", "glioma-001")] == where[("no_tumor", "glioma-001")] == "train"
+    assert {"val", "test"} <= set(where.values())  # the other cases are still split
+
+
 def test_prepare_refuses_bad_input(phantom_root: Path, tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="val_size"):
         prepare_volumes(phantom_root, tmp_path / "out", options=SliceOptions(), val_size=0.5)
     odd = tmp_path / "odd"
     (odd / "kittens").mkdir(parents=True)
-    (odd / "kittens" / "a.nii.gz").write_bytes((phantom_root / "glioma" / "glioma-000.nii.gz").read_bytes())
+    (odd / "kittens" / "a.nii.gz").write_bytes(
+        (phantom_root / "glioma" / "glioma-000.nii.gz").read_bytes()
+    )
     with pytest.raises(UsageError, match="unknown class folder 'kittens'"):
         prepare_volumes(odd, tmp_path / "out", options=SliceOptions())
 
@@ -853,3 +945,18 @@ def test_find_cases_and_holds_volumes(phantom_root: Path, tmp_path: Path) -> Non
     (images / "a.png").write_bytes(b"")
     assert not holds_volumes(tmp_path / "images")
     assert not holds_volumes(tmp_path / "nowhere")
+
+
+@pytest.mark.xfail(
+    raises=AssertionError,
+    strict=True,
+    reason=(
+        "synth.py promises air (blank) end sections, but Rician noise in an air section can "
+        "reach FOREGROUND_LEVEL on >= 5 % of its pixels: phantom seed 3, 32 px, 12 sections, "
+        "meningioma-000 section 1 has a foreground share of 0.054"
+    ),
+)
+def test_small_phantoms_air_ends_are_blank(phantom_root: Path) -> None:
+    for path in sorted(phantom_root.glob("*/*[0-9].nii.gz")):
+        blank = slice_volume(read_volume(path), SliceOptions()).blank
+        assert {0, 11} <= set(blank), f"{path.name}: blank {blank}"
