@@ -721,6 +721,64 @@ def zero_byte_left_out(ws: Workspace, outcome: Outcome) -> None:
     assert "empty.png" not in manifest
 
 
+# --------------------------------------------------------------------------- volumes
+
+
+def phantom_volume(ws: Workspace, name: str = "scan.nii.gz", class_name: str = "glioma") -> Path:
+    """A 32 x 32 x 12 phantom volume (NIfTI) in the workspace."""
+    from mritumor.volumes.synth import nifti_bytes, render_volume
+
+    volume = render_volume(np.random.SeedSequence(3), class_name, 32, 12)
+    path = ws.path(name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(nifti_bytes(np.rint(volume.image * 1000).astype(np.int16), (1.0, 1.0, 2.7)))
+    return path
+
+
+def garbage_volume(ws: Workspace) -> Path:
+    path = ws.path("scan.nii.gz")
+    path.write_bytes(b"not a NIfTI file" * 30)
+    return path
+
+
+def four_d_volume(ws: Workspace) -> Path:
+    import nibabel
+
+    path = ws.path("series.nii.gz")
+    nibabel.save(nibabel.Nifti1Image(np.zeros((8, 8, 4, 3), np.int16), np.eye(4)), path)
+    return path
+
+
+def blank_volume(ws: Workspace) -> list[str]:
+    from mritumor.volumes.synth import nifti_bytes
+
+    path = ws.path("air.nii.gz")
+    path.write_bytes(nifti_bytes(np.zeros((6, 32, 32), np.int16), (1.0, 1.0, 1.0)))
+    return ws.infer(path)
+
+
+def no_verdict_for_air(ws: Workspace, outcome: Outcome) -> None:
+    (verdict,) = json_document(outcome)["volumes"]
+    assert verdict["scored_slices"] == 0 and verdict["blank_slices"] == 6
+    assert verdict["tumour_score"] is None and verdict["predicted_class"] is None
+
+
+def volume_with_window(ws: Workspace) -> list[str]:
+    return [*ws.infer(phantom_volume(ws)), "--window", "dicom"]
+
+
+def prepare_volumes_from(folder: str) -> Callable[[Workspace], list[str]]:
+    def setup(ws: Workspace) -> list[str]:
+        phantom_volume(ws, f"volumes/{folder}/case-1.nii.gz")
+        return ["data", "prepare", str(ws.path("volumes")), "--out", str(ws.path("out"))]
+
+    return setup
+
+
+def nothing_prepared(ws: Workspace, outcome: Outcome) -> None:
+    assert not ws.path("out").exists(), list(ws.path("out").rglob("*"))
+
+
 # --------------------------------------------------------------------------- train
 
 
@@ -1133,6 +1191,54 @@ CASES: tuple[Case, ...] = (
         check=four_usable,
         may_write=CHECK_REPORTS,
         subprocess=True,
+    ),
+    # volumes -----------------------------------------------------------------------------
+    Case(
+        "infer-volume-not-nifti",
+        "volumes",
+        infer_beside_good(garbage_volume),
+        3,
+        ("unreadable", "cannot read NIfTI file"),
+        check=partial("good.png", "scan.nii.gz"),
+    ),
+    Case(
+        "infer-volume-4d",
+        "volumes",
+        infer_beside_good(four_d_volume),
+        3,
+        ("not one 3-D volume",),
+        check=partial("good.png", "series.nii.gz"),
+    ),
+    Case(
+        "infer-volume-all-blank",
+        "volumes",
+        blank_volume,
+        0,
+        ("no slice was scored: all 6 are blank",),
+        check=no_verdict_for_air,
+    ),
+    Case(
+        "infer-volume-window-dicom-on-nifti",
+        "volumes",
+        volume_with_window,
+        2,
+        ("--window dicom needs the series' own VOI window", "use --window percentile"),
+    ),
+    Case(
+        "prepare-volumes-unknown-class",
+        "volumes",
+        prepare_volumes_from("tumours"),
+        2,
+        ("unknown class folder 'tumours'",),
+        check=nothing_prepared,
+    ),
+    Case(
+        "prepare-volumes-too-few-cases",
+        "volumes",
+        prepare_volumes_from("glioma"),
+        0,
+        ("tumour case(s) without a mask", "val has no case of glioma (1 case(s) in all)"),
+        may_write=("out/**",),
     ),
     # data prepare ------------------------------------------------------------------------
     Case(

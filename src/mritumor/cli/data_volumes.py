@@ -44,6 +44,8 @@ def prepare_volumes(source: Path, settings: Settings, force: bool) -> None:
             + (" ..." if len(summary.unmasked) > 5 else ""),
             soft_wrap=True,
         )
+    for warning in summary.warnings:
+        err_console.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)
     for path, reason in summary.unreadable:
         err_console.print(f"[yellow]warning:[/] left out {escape(str(path))}: {escape(reason)}")
 

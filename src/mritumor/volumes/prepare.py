@@ -95,6 +95,8 @@ class VolumePrepareSummary:
     """Tumour cases without a mask: all their non-blank slices carry the label."""
     unreadable: tuple[tuple[Path, str], ...]
     manifests: tuple[Path, ...]
+    warnings: tuple[str, ...] = ()
+    """The held-out splits left without a class: too few cases of it to carve by case."""
 
 
 def holds_volumes(source: Path) -> bool:
@@ -228,6 +230,7 @@ def _prepare_cases(
         ),
         unreadable=tuple(unreadable),
         manifests=tuple(manifest_path(target, split) for split in splits),
+        warnings=_shortfalls(case_counts, val_size),
     )
 
 
@@ -330,3 +333,18 @@ def _counts(
         split: {label: len(ids) for label, ids in by_label.items()}
         for split, by_label in cases.items()
     }
+
+
+def _shortfalls(cases: dict[str, dict[str, int]], val_size: float) -> tuple[str, ...]:
+    """A warning per held-out split left without the cases of some class."""
+    warnings = []
+    for split in _HELD_OUT:
+        missing = [label for label, count in cases[split].items() if count == 0]
+        if missing:
+            held = {label: sum(cases[s][label] for s in cases) for label in missing}
+            listed = ", ".join(f"{label} ({count} case(s) in all)" for label, count in held.items())
+            warnings.append(
+                f"{split} has no case of {listed}: whole cases of a class are carved only "
+                f"when one fits in its share of val_size {val_size}"
+            )
+    return tuple(warnings)

@@ -173,10 +173,10 @@ def read_dicom_series(folder: Path) -> Volume:
             f"cannot read {folder} as one DICOM series: it holds {len(uids)} series ({listed}); "
             "put each series in a folder of its own"
         )
-    slices, normal, notes = _ordered_slices(folder, files)
+    slices, cosines, notes = _ordered_slices(folder, files)
     planes, window = _read_planes(slices)
     voxels = np.stack([plane.T for plane in planes], axis=-1).astype(np.float32)
-    affine = _series_affine(slices, normal)
+    affine = _series_affine(slices, cosines)
     nibabel = import_nibabel()
     image = nibabel.Nifti1Image(voxels, affine)
     canonical = nibabel.as_closest_canonical(image)
@@ -242,49 +242,67 @@ def _instance(header: Any) -> int | None:
         return None
 
 
+#: The cosines of an axial plane: what a series without *Image Orientation (Patient)* is taken as.
+AXIAL_COSINES = np.array([1.0, 0.0, 0.0, 0.0, 1.0, 0.0])
+
+
 def _ordered_slices(
     folder: Path, files: list[Path]
 ) -> tuple[list[_Slice], NDArray[np.float64], tuple[str, ...]]:
-    """The files in anatomical order, the slice normal, and a note when geometry was assumed."""
+    """The files in anatomical order, the orientation cosines used, and notes on what was assumed.
+
+    Files of different orientations (a localizer among the slices) are refused: they
+    are not one stack. Without positions, the *Instance Number* orders the files.
+    """
     headers = _headers(files)
     orientations = [_floats(h.get("ImageOrientationPatient"), 6) for h in headers]
     positions = [_floats(h.get("ImagePositionPatient"), 3) for h in headers]
-    notes: tuple[str, ...] = ()
-    first = orientations[0]
-    if first is not None and all(o is not None for o in positions) and _same(orientations):
-        normal = np.cross(first[:3], first[3:])
+    oriented = [o for o in orientations if o is not None]
+    if oriented and not (len(oriented) == len(orientations) and _same(oriented)):
+        raise UnreadableImageError(
+            f"cannot read {folder} as one DICOM series: its files have different (or missing) "
+            "Image Orientation (Patient), as when a localizer is among the slices"
+        )
+    cosines = oriented[0] if oriented else AXIAL_COSINES
+    if oriented and all(position is not None for position in positions):
+        normal = np.cross(cosines[:3], cosines[3:])
         slices = [
             _Slice(path, header, float(np.dot(position, normal)), _instance(header))
             for path, header, position in zip(files, headers, positions, strict=True)
             if position is not None
         ]
         slices.sort(key=lambda item: (item.position, item.path.name))
-        stacked = [s.position for s in slices]
-        if len(set(stacked)) < len(stacked):
-            raise UnreadableImageError(
-                f"cannot read {folder} as one DICOM series: two files lie at the same position "
-                "(several echoes or phases?); put each in a folder of its own"
-            )
-        return slices, normal, notes
+        _refuse_repeats(folder, [s.position for s in slices], "lie at the same position")
+        return slices, cosines, ()
     if any(_instance(header) is None for header in headers):
         raise UnreadableImageError(
             f"cannot order the DICOM series in {folder}: its files have neither a usable "
-            "Image Position / Orientation (Patient) nor an Instance Number"
+            "Image Position (Patient) nor an Instance Number"
         )
-    notes = (
-        "no slice geometry (Image Position / Orientation): ordered by Instance Number "
-        "and taken as axial",
-    )
     slices = [_Slice(path, h, None, _instance(h)) for path, h in zip(files, headers, strict=True)]
     slices.sort(key=lambda item: (item.instance, item.path.name))
-    return slices, np.array([0.0, 0.0, 1.0]), notes
-
-
-def _same(orientations: list[NDArray[np.float64] | None]) -> bool:
-    first = orientations[0]
-    return first is not None and all(
-        o is not None and np.allclose(o, first, atol=1e-3) for o in orientations
+    _refuse_repeats(folder, [s.instance for s in slices], "share an Instance Number")
+    assumed = "its orientation" if oriented else "taken as axial"
+    return (
+        slices,
+        cosines,
+        (
+            f"no Image Position (Patient): ordered by Instance Number, {assumed}, spacing from "
+            "Slice Thickness",
+        ),
     )
+
+
+def _refuse_repeats(folder: Path, keys: list[float | int | None], what: str) -> None:
+    if len(set(keys)) < len(keys):
+        raise UnreadableImageError(
+            f"cannot read {folder} as one DICOM series: two files {what} "
+            "(several echoes or phases?); put each in a folder of its own"
+        )
+
+
+def _same(orientations: list[NDArray[np.float64]]) -> bool:
+    return all(np.allclose(o, orientations[0], atol=1e-3) for o in orientations)
 
 
 def _read_planes(slices: list[_Slice]) -> tuple[list[NDArray[np.float64]], VoiWindow | None]:
@@ -304,15 +322,12 @@ def _read_planes(slices: list[_Slice]) -> tuple[list[NDArray[np.float64]], VoiWi
     return planes, window
 
 
-def _series_affine(slices: list[_Slice], normal: NDArray[np.float64]) -> NDArray[np.float64]:
+def _series_affine(slices: list[_Slice], cosines: NDArray[np.float64]) -> NDArray[np.float64]:
     """The RAS affine of voxels stored ``(column, row, slice)``.
 
     DICOM's patient coordinates are LPS; the first two rows change sign for RAS.
     """
     header = slices[0].header
-    cosines = _floats(header.get("ImageOrientationPatient"), 6)
-    if cosines is None:
-        cosines = np.array([1.0, 0.0, 0.0, 0.0, 1.0, 0.0])
     pixel = _floats(header.get("PixelSpacing"), 2)
     row_step, column_step = (1.0, 1.0) if pixel is None else (float(pixel[0]), float(pixel[1]))
     slice_step = _usual_step(slices) or _thickness(header)
@@ -320,7 +335,7 @@ def _series_affine(slices: list[_Slice], normal: NDArray[np.float64]) -> NDArray
     affine = np.eye(4)
     affine[:3, 0] = cosines[:3] * column_step
     affine[:3, 1] = cosines[3:] * row_step
-    affine[:3, 2] = normal * slice_step
+    affine[:3, 2] = np.cross(cosines[:3], cosines[3:]) * slice_step
     affine[:3, 3] = np.zeros(3) if origin is None else origin
     affine[:2] *= -1.0
     return affine

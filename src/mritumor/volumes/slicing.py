@@ -16,8 +16,9 @@ slices keep their brightness relative to each other (a slice of air stays dark):
 ``percentile`` maps the volume's ``low`` and ``high`` percentiles to 0 and 255;
 ``dicom`` uses the series' own VOI window; ``auto`` is ``dicom`` when the series has
 a window, else ``percentile``. A slice is blank when less than ``min_foreground`` of
-its pixels reach :data:`FOREGROUND_LEVEL` of the window: air above the vertex, the
-empty ends of the field of view. Blank slices are counted, not scored.
+its pixels reach :data:`FOREGROUND_LEVEL` of the window after a 3 x 3 median
+filter (so isolated noisy pixels do not count): air above the vertex, the empty ends of the field of view. Blank
+slices are counted, not scored.
 """
 
 from __future__ import annotations
@@ -149,7 +150,16 @@ def square_pixels(
 
 
 def foreground_share(plane: NDArray[np.uint8]) -> float:
-    """The share of the plane's pixels at or above :data:`FOREGROUND_LEVEL` of the 0-255 scale."""
+    """The share of the plane's pixels at or above :data:`FOREGROUND_LEVEL` of the 0-255 scale,
+    after a 3 x 3 median filter.
+
+    Tissue is contiguous and noise is not: a pixel counts when most of its 3 x 3
+    neighbourhood is bright, so isolated bright pixels (the noise of air, spikes)
+    do not pass for tissue, and a region of tissue loses only its corners.
+    """
+    from scipy import ndimage
+
     if plane.size == 0:
         return 0.0
-    return float(np.mean(plane >= FOREGROUND_LEVEL * 255.0))
+    filtered = ndimage.median_filter(plane, size=3, mode="nearest")
+    return float(np.mean(filtered >= FOREGROUND_LEVEL * 255.0))
