@@ -15,7 +15,7 @@ three ways, each in a fresh Python process:
 * ``mritumor``: :class:`mritumor.predict.predictor.Predictor` construction (reading
   ``bundle.json`` and ``keras.saving.load_model`` in safe mode) is timed as the
   model load, after TensorFlow and Keras are imported (timed apart); then
-  :func:`gather_inputs` on the folder and ``Predictor.predict(inputs,
+  :func:`gather_scans` on the folder and ``Predictor.predict(inputs,
   batch_size=...)`` (Pillow decode, resize, batching, the model) are timed
   together, ``--passes`` times (default 2). The input pipeline alone (decode,
   resize and batching with no model, as ``Predictor`` builds it) is then timed
@@ -176,20 +176,21 @@ def measure_mritumor(args: argparse.Namespace) -> dict[str, Any]:
         import_tensorflow()
         import keras  # noqa: F401
 
-        from mritumor.predict.inputs import gather_inputs
+        from mritumor.predict.inputs import gather_scans
         from mritumor.predict.predictor import Predictor
     with Span() as load:
         predictor = Predictor(args.run)
     passes = []
     for _ in range(args.passes):
         with Span() as span:
-            inputs, missing = gather_inputs([str(args.folder)])
+            scans = gather_scans([str(args.folder)])
+            inputs, missing = scans.images, scans.missing
             logits = predictor.predict(inputs, batch_size=args.batch_size)
         if missing or logits.failures or len(logits.kept) != len(inputs):
             raise SystemExit(f"unexpected: missing {missing}, failures {logits.failures}")
         passes.append(span.record(len(logits.kept)))
     with Span() as gather:
-        inputs, _ = gather_inputs([str(args.folder)])
+        inputs = gather_scans([str(args.folder)]).images
     with Span() as decode:
         pipeline = pipeline_for(predictor.bundle, [item.path for item in inputs], args.batch_size)
         built = time.perf_counter() - decode.begin
@@ -214,7 +215,7 @@ def measure_bare(args: argparse.Namespace) -> dict[str, Any]:
     import numpy as np
 
     from mritumor.core.environment import import_tensorflow
-    from mritumor.predict.inputs import gather_inputs
+    from mritumor.predict.inputs import gather_scans
     from mritumor.run.bundle import read_bundle
     from mritumor.run.layout import MODEL_FILE
 
@@ -224,7 +225,7 @@ def measure_bare(args: argparse.Namespace) -> dict[str, Any]:
     bundle = read_bundle(args.run)
     with Span() as load:
         model = keras.saving.load_model(args.run / MODEL_FILE, safe_mode=True, compile=False)
-    inputs, _ = gather_inputs([str(args.folder)])
+    inputs = gather_scans([str(args.folder)]).images
     pipeline = pipeline_for(bundle, [item.path for item in inputs], args.batch_size)
     x = np.concatenate([batch[0] for batch in pipeline.dataset.as_numpy_iterator()])
     x = np.ascontiguousarray(x, dtype=np.float32)
@@ -416,11 +417,11 @@ def report(args: argparse.Namespace, results: dict[tuple[str, str], dict[str, An
             ("mritumor: model load (Predictor)", ours["load"])
         ]
         spans += [
-            (f"mritumor: gather_inputs + predict, pass {i}{tag(i, ours['passes'])}", row)
+            (f"mritumor: gather_scans + predict, pass {i}{tag(i, ours['passes'])}", row)
             for i, row in enumerate(ours["passes"], 1)
         ]
         spans += [
-            ("mritumor: gather_inputs alone", ours["gather"]),
+            ("mritumor: gather_scans alone", ours["gather"]),
             (
                 f"mritumor: input pipeline alone, no model (built in {pipeline['build_seconds']:.2f}"
                 f" s, first batch at {pipeline['first_batch_seconds']:.2f} s)",

@@ -93,14 +93,14 @@ def measure_infer(args: argparse.Namespace) -> None:
 
     import_tensorflow()
     from mritumor.predict.ensemble import InferOptions, infer
-    from mritumor.predict.inputs import gather_inputs
+    from mritumor.predict.inputs import gather_scans
     from mritumor.predict.predictor import Predictor
 
     predictor = Predictor(args.run)
     passes = []
     for _ in range(args.passes):
         begin = time.perf_counter()
-        inputs, _ = gather_inputs([str(args.folder)])
+        inputs = gather_scans([str(args.folder)]).images
         predictions = infer([predictor], inputs, InferOptions(batch_size=args.batch_size))
         passes.append(time.perf_counter() - begin)
         if predictions.failures or len(predictions.labels) != len(inputs):

@@ -20,7 +20,7 @@ from mritumor.core.classes import CLASS_NAMES
 from mritumor.core.errors import EXIT_PARTIAL
 from mritumor.evaluation import reports
 from mritumor.predict.ensemble import NO_TUMOUR, REVIEW, TUMOUR, triage
-from mritumor.predict.inputs import ImageInput, gather_inputs
+from mritumor.predict.inputs import ImageInput, gather_scans
 from mritumor.predict.predictor import Predictor
 from mritumor.run.bundle import update_bundle
 
@@ -83,7 +83,7 @@ def test_tta_1_is_plain_inference_and_tta_2_averages_the_flip(
     runs: tuple[Path, ...], data_root: Path
 ) -> None:
     predictor = Predictor(runs[0])
-    inputs, _ = gather_inputs([str(data_root / "test" / "glioma")])
+    inputs = gather_scans([str(data_root / "test" / "glioma")]).images
     plain = predictor.predict(inputs).samples
     np.testing.assert_array_equal(predictor.predict(inputs, tta=1).samples, plain)
     from mritumor.data.images import read_image
@@ -119,7 +119,7 @@ def test_mc_dropout_varies_and_keeps_batchnorm_in_inference_mode(
     runs: tuple[Path, ...], data_root: Path
 ) -> None:
     predictor = Predictor(runs[2])
-    inputs, _ = gather_inputs([str(data_root / "test")])
+    inputs = gather_scans([str(data_root / "test")]).images
     plain = predictor.predict(inputs).samples[0]
     samples = predictor.predict(inputs, mc_samples=30, seed=4).samples
     assert samples.shape == (30, 12, 4)
@@ -156,7 +156,7 @@ def test_an_ensemble_reports_its_spread_and_needs_an_explicit_threshold(
     records = json.loads(decided.stdout)["predictions"]
     first = Predictor(runs[0])
     second = Predictor(runs[1])
-    inputs, _ = gather_inputs([str(data_root / "test")])
+    inputs = gather_scans([str(data_root / "test")]).images
     p1 = first.probabilities(first.predict(inputs).logits)
     p2 = second.probabilities(second.predict(inputs).logits)
     scores = 1.0 - (p1 + p2)[:, CLASS_NAMES.index("no_tumor")] / 2
@@ -292,9 +292,11 @@ def test_a_missing_run_is_one_clear_error(data_root: Path, tmp_path: Path) -> No
 def test_inputs_are_gathered_once_from_files_folders_and_globs(data_root: Path) -> None:
     glioma = data_root / "test" / "glioma"
     first = sorted(glioma.iterdir())[0]
-    inputs, missing = gather_inputs(
+    scans = gather_scans(
         [str(first), str(glioma), str(data_root / "test" / "*" / "*00000*"), "absent/*.png"]
     )
+    inputs, missing = scans.images, scans.missing
+    assert scans.volumes == []
     paths = [item.path for item in inputs]
     assert len(paths) == len(set(paths)) == 3 + 3
     assert paths[0] == first

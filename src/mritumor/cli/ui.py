@@ -105,7 +105,9 @@ def image_inputs(paths: list[str]) -> Scans:
     for spec in scans.missing:
         err_console.print(f"[yellow]warning:[/] no image matches {escape(spec)}", soft_wrap=True)
     if not scans.images and not scans.volumes:
-        raise UsageError(f"no images or volumes found in {', '.join(paths)}")
+        raise UsageError(
+            f"no images found in {', '.join(paths)} (nor NIfTI volumes or DICOM series)"
+        )
     return scans
 
 
