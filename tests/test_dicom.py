@@ -13,9 +13,9 @@ import pytest
 
 pydicom = pytest.importorskip("pydicom")
 
-from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
-from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid  # noqa: E402
+from pydicom.dataset import Dataset  # noqa: E402
 
+from helpers import write_dicom  # noqa: E402
 from mritumor.core.errors import UsageError  # noqa: E402
 from mritumor.data.dicom import (  # noqa: E402
     DICOM_SUFFIXES,
@@ -26,63 +26,12 @@ from mritumor.data.dicom import (  # noqa: E402
 from mritumor.data.image_errors import ImageTooLargeError, UnreadableImageError  # noqa: E402
 from mritumor.data.images import read_image  # noqa: E402
 
-MR_IMAGE_STORAGE = UID("1.2.840.10008.5.1.4.1.1.4")
 RAMP = np.arange(1001, dtype=np.uint16).reshape(1, 1001)  # stored values 0..1000
 
 
 def noise(seed: int) -> np.ndarray:
     """A 40-row, 48-column frame of stored values 0..1000, different for every seed."""
     return np.random.default_rng(seed).integers(0, 1001, (40, 48), dtype=np.uint16)
-
-
-def write_dicom(
-    path: Path, pixels: np.ndarray, photometric: str = "MONOCHROME2", **attributes: Any
-) -> Path:
-    """Write ``pixels`` as an uncompressed DICOM file.
-
-    ``pixels`` is (rows, cols) or (frames, rows, cols) for grey, (rows, cols, 3)
-    or (frames, rows, cols, 3) for colour; uint8, uint16 or int16. Extra
-    keyword arguments become data elements (``WindowCenter=500``, ...).
-    """
-    colour = photometric in ("RGB", "YBR_FULL")
-    frame_ndim = 3 if colour else 2
-    frames = pixels.shape[0] if pixels.ndim > frame_ndim else 1
-    rows, columns = pixels.shape[-3:-1] if colour else pixels.shape[-2:]
-    bits = pixels.dtype.itemsize * 8
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = MR_IMAGE_STORAGE
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.preamble = b"\0" * 128
-    ds.SOPClassUID = MR_IMAGE_STORAGE
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "MR"
-    ds.SamplesPerPixel = 3 if colour else 1
-    ds.PhotometricInterpretation = photometric
-    if colour:
-        ds.PlanarConfiguration = 0
-    ds.Rows, ds.Columns = rows, columns
-    ds.BitsAllocated = bits
-    ds.BitsStored = bits
-    ds.HighBit = bits - 1
-    ds.PixelRepresentation = 1 if pixels.dtype.kind == "i" else 0
-    if frames > 1:
-        ds.NumberOfFrames = frames
-    for keyword, value in attributes.items():
-        setattr(ds, keyword, value)
-    ds.PixelData = np.ascontiguousarray(pixels).astype(pixels.dtype.newbyteorder("<")).tobytes()
-
-    if int(pydicom.__version__.split(".")[0]) >= 3:
-        ds.save_as(path, enforce_file_format=True)
-    else:
-        ds.is_little_endian = True
-        ds.is_implicit_VR = False
-        ds.save_as(path, write_like_original=False)
-    return path
 
 
 def linear_window(x: np.ndarray, center: float, width: float) -> np.ndarray:

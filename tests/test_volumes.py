@@ -23,9 +23,9 @@ from PIL import Image
 nibabel = pytest.importorskip("nibabel")
 pydicom = pytest.importorskip("pydicom")
 
-from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
-from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid  # noqa: E402
+from pydicom.uid import generate_uid  # noqa: E402
 
+from helpers import write_dicom  # noqa: E402
 from mritumor.core.errors import UsageError  # noqa: E402
 from mritumor.data.dicom import VoiWindow  # noqa: E402
 from mritumor.data.image_errors import UnreadableImageError  # noqa: E402
@@ -63,7 +63,6 @@ from mritumor.volumes.synth import (  # noqa: E402
 )
 from mritumor.volumes.verdict import aggregate, top_slices  # noqa: E402
 
-MR_IMAGE_STORAGE = UID("1.2.840.10008.5.1.4.1.1.4")
 AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 #: Every slice kept, the full value range windowed: exact pixels to compare.
 EXACT = SliceOptions(percentiles=(0.0, 100.0), min_foreground=0.0)
@@ -92,34 +91,18 @@ def write_slice(
     pixel_spacing: tuple[float, float] = (1.0, 1.0),
     **attributes: Any,
 ) -> Path:
-    """One grey single-frame MR slice, ``pixels`` ``(rows, columns)`` uint16."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = MR_IMAGE_STORAGE
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.preamble = b"\0" * 128
-    ds.SOPClassUID = MR_IMAGE_STORAGE
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.SeriesInstanceUID = series
-    ds.Modality = "MR"
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.BitsAllocated = ds.BitsStored = 16
-    ds.HighBit = 15
-    ds.PixelRepresentation = 0
-    ds.PixelSpacing = list(pixel_spacing)
+    """One grey single-frame MR slice of a series, ``pixels`` ``(rows, columns)`` as uint16."""
     if orientation is not None:
-        ds.ImageOrientationPatient = list(orientation)
+        attributes["ImageOrientationPatient"] = list(orientation)
     if position is not None:
-        ds.ImagePositionPatient = list(position)
-    for keyword, value in attributes.items():
-        setattr(ds, keyword, value)
-    ds.PixelData = np.ascontiguousarray(pixels, dtype="<u2").tobytes()
-    ds.save_as(path, enforce_file_format=True)
-    return path
+        attributes["ImagePositionPatient"] = list(position)
+    return write_dicom(
+        path,
+        np.asarray(pixels, dtype=np.uint16),
+        SeriesInstanceUID=series,
+        PixelSpacing=list(pixel_spacing),
+        **attributes,
+    )
 
 
 def write_axial_series(

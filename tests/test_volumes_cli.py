@@ -22,7 +22,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from helpers import PREDICT_DATA, BuiltRuns, SyntheticData
+from helpers import PREDICT_DATA, BuiltRuns, SyntheticData, write_dicom
 from mritumor.cli.main import app
 from mritumor.core.errors import EXIT_PARTIAL
 from mritumor.predict.ensemble import NO_TUMOUR, REVIEW
@@ -30,8 +30,7 @@ from mritumor.predict.ensemble import NO_TUMOUR, REVIEW
 nibabel = pytest.importorskip("nibabel")
 pydicom = pytest.importorskip("pydicom")
 
-from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
-from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid  # noqa: E402
+from pydicom.uid import generate_uid  # noqa: E402
 
 from mritumor.volumes.synth import nifti_bytes, render_volume  # noqa: E402
 
@@ -40,7 +39,6 @@ SIZE = 32
 DEPTH = 12
 #: 1 mm in-plane, SIZE / DEPTH mm thick, as ``data synth --volumes`` writes them.
 SPACING = (1.0, 1.0, SIZE / DEPTH)
-MR_IMAGE_STORAGE = UID("1.2.840.10008.5.1.4.1.1.4")
 MISSING_EXTRA = "mritumor[volumes]"
 
 
@@ -60,36 +58,6 @@ def phantom(class_name: str = "glioma", seed: int = 1, depth: int = DEPTH) -> np
 def write_phantom(path: Path, class_name: str = "glioma", seed: int = 1) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(nifti_bytes(phantom(class_name, seed), SPACING))
-    return path
-
-
-def write_dicom_slice(path: Path, pixels: np.ndarray, **attributes: Any) -> Path:
-    """One uncompressed single-frame MR slice of uint16 ``pixels`` with ``attributes``."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = MR_IMAGE_STORAGE
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.preamble = b"\0" * 128
-    ds.SOPClassUID = MR_IMAGE_STORAGE
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "MR"
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.BitsAllocated = ds.BitsStored = 16
-    ds.HighBit = 15
-    ds.PixelRepresentation = 0
-    for keyword, value in attributes.items():
-        setattr(ds, keyword, value)
-    ds.PixelData = np.ascontiguousarray(pixels, dtype="<u2").tobytes()
-    if int(pydicom.__version__.split(".")[0]) >= 3:
-        ds.save_as(path, enforce_file_format=True)
-    else:  # pragma: no cover - pydicom 2.x
-        ds.is_little_endian = True
-        ds.is_implicit_VR = False
-        ds.save_as(path, write_like_original=False)
     return path
 
 
@@ -248,7 +216,7 @@ def test_a_dicom_series_with_a_missing_slice_is_one_volume(run_dir: Path, tmp_pa
     for k in range(9):
         if k == 4:  # a slice lost on the way: positions step 2.5 mm, then 5 mm here
             continue
-        write_dicom_slice(
+        write_dicom(
             series / f"IM{8 - k:02d}.dcm",  # names in the opposite order to the positions
             sections[k],
             SeriesInstanceUID=uid,
