@@ -144,7 +144,7 @@ def test_a_multi_frame_dicom_file_is_one_record_per_frame(
     pytest.importorskip("pydicom")
     import numpy as np
 
-    from test_dicom import write_dicom
+    from helpers import write_dicom
 
     frames = np.random.default_rng(3).integers(0, 1001, (3, 40, 48), dtype=np.uint16)
     scan = write_dicom(tmp_path / "scan.dcm", frames)
