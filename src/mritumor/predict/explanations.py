@@ -8,7 +8,7 @@ classified. Panels show that model input (resized, padded as in training).
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -77,19 +77,10 @@ def write_panels(
     batches, failures = predictor.batches(inputs, batch_size)
     written: list[Path] = []
     done = 0
-    for positions, images in batches:
-        pixels = np.asarray(images, dtype=np.float32)
-        classes = None if target is None else [target] * len(positions)
-        found = explain(
-            predictor.model,
-            pixels,
-            layer=chosen_layer,
-            class_indices=classes,
-            method=method,
-            temperature=predictor.temperature,
-            batch_size=batch_size,
-        )
-        for position, image, explanation in zip(positions, pixels, found, strict=True):
+    for found in _explained(
+        predictor, batches, _same_class(target), chosen_layer, method, batch_size
+    ):
+        for position, image, explanation in found:
             written.append(
                 _write_panel(predictor, image, explanation, out_dir / f"{names[position]}.png")
             )
@@ -97,10 +88,45 @@ def write_panels(
                 path = out_dir / f"{names[position]}.npy"
                 _save_map(path, explanation.heatmap)
                 written.append(path)
-        done += len(positions)
+        done += len(found)
         if progress is not None:
             progress(done + len(failures), len(inputs))
     return Panels(written, chosen_layer, dict(failures))
+
+
+_Explained = list[tuple[int, "NDArray[np.float32]", "Explanation"]]
+
+
+def _explained(
+    predictor: Predictor,
+    batches: Iterator[tuple[list[int], Any]],
+    targets: Callable[[list[int]], list[int] | None],
+    layer: str,
+    method: Method,
+    batch_size: int,
+) -> Iterator[_Explained]:
+    """Each batch's ``(input position, model input, explanation)`` triples.
+
+    ``targets`` gives the classes to explain for a batch's input positions, or None
+    for each image's predicted class.
+    """
+    for positions, images in batches:
+        pixels = np.asarray(images, dtype=np.float32)
+        found = explain(
+            predictor.model,
+            pixels,
+            layer=layer,
+            class_indices=targets(positions),
+            method=method,
+            temperature=predictor.temperature,
+            batch_size=batch_size,
+        )
+        yield list(zip(positions, pixels, found, strict=True))
+
+
+def _same_class(target: int | None) -> Callable[[list[int]], list[int] | None]:
+    """Explain ``target`` for every image, or each image's predicted class when it is None."""
+    return lambda positions: None if target is None else [target] * len(positions)
 
 
 def _write_panel(
@@ -196,19 +222,11 @@ def write_montages(
         images: list[NDArray[np.uint8]] = []
         overlays: list[NDArray[np.uint8]] = []
         titles: list[str] = []
-        for positions, batch in batches:
-            pixels = np.asarray(batch, dtype=np.float32)
-            classes = None if target is None else [target] * len(positions)
-            found = explain(
-                predictor.model,
-                pixels,
-                layer=chosen_layer,
-                class_indices=classes,
-                method=method,
-                temperature=predictor.temperature,
-                batch_size=batch_size,
-            )
-            for position, image, explanation in zip(positions, pixels, found, strict=True):
+        explained = _explained(
+            predictor, batches, _same_class(target), chosen_layer, method, batch_size
+        )
+        for found in explained:
+            for position, image, explanation in found:
                 shown = np.clip(np.round(image), 0, 255).astype(np.uint8)
                 images.append(shown)
                 overlays.append(overlay(shown, explanation.heatmap))
@@ -281,17 +299,12 @@ def localisation(
     batches, _ = predictor.batches(inputs, batch_size)
     hits: list[bool] = []
     shares: list[float] = []
-    for positions, images in batches:
-        found = explain(
-            predictor.model,
-            np.asarray(images, dtype=np.float32),
-            layer=layer,
-            class_indices=[labels[p] for p in positions],
-            method=method,
-            temperature=predictor.temperature,
-            batch_size=batch_size,
-        )
-        for position, explanation in zip(positions, found, strict=True):
+
+    def true_classes(positions: list[int]) -> list[int]:
+        return [labels[position] for position in positions]
+
+    for found in _explained(predictor, batches, true_classes, layer, method, batch_size):
+        for position, _, explanation in found:
             mask = _model_mask(predictor, masks[position])
             hits.append(pointing_game_hit(explanation.heatmap, mask))
             shares.append(energy_inside(explanation.heatmap, mask))
