@@ -168,17 +168,22 @@ def _matching(folders: list[Path], normalise: Callable[[str], str | None]) -> di
     return {folder: name for folder, name in names.items() if name is not None}
 
 
+def class_of_folder(folder: Path) -> str:
+    """The standard class a class folder stands for; a UsageError listing the accepted names."""
+    label = normalise_class_name(folder.name)
+    if label is None:
+        raise UsageError(
+            f"unknown class folder {folder.name!r} in {folder.parent}; "
+            f"accepted: {_accepted(_CLASS_ALIASES)}"
+        )
+    return label
+
+
 def _split_class_folders(splits: Mapping[Path, str]) -> dict[Path, Destination]:
     folders: dict[Path, Destination] = {}
     for split_folder, split in splits.items():
         for class_folder in subfolders(split_folder):
-            label = normalise_class_name(class_folder.name)
-            if label is None:
-                raise UsageError(
-                    f"unknown class folder {class_folder.name!r} in {split_folder}; "
-                    f"accepted: {_accepted(_CLASS_ALIASES)}"
-                )
-            folders[class_folder] = Destination(split, label)
+            folders[class_folder] = Destination(split, class_of_folder(class_folder))
     return folders
 
 

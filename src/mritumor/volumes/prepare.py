@@ -41,7 +41,7 @@ from mritumor.core.progress import ProgressCallback
 from mritumor.data.carve import carve_splits
 from mritumor.data.files import NO_TUMOUR_LABEL, is_hidden, subfolders
 from mritumor.data.image_errors import UnreadableImageError
-from mritumor.data.layout import ACCEPTED_NAMES, normalise_class_name
+from mritumor.data.layout import class_of_folder
 from mritumor.data.manifests import manifest_path
 from mritumor.data.prepare.placement import PlannedFile, place_files, refuse_overwrite
 from mritumor.data.prepare.sources import (
@@ -114,13 +114,7 @@ def find_cases(source: Path) -> list[Case]:
     """Every case under the class folders of ``source``, sorted by class then id."""
     cases: list[Case] = []
     for folder in subfolders(source):
-        label = normalise_class_name(folder.name)
-        if label is None:
-            raise UsageError(
-                f"unknown class folder {folder.name!r} in {source}; accepted: "
-                f"{ACCEPTED_NAMES['class_only']}"
-            )
-        cases.extend(_cases_in(folder, label))
+        cases.extend(_cases_in(folder, class_of_folder(folder)))
     return cases
 
 
