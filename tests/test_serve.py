@@ -265,6 +265,18 @@ def test_dicom_on_a_server_without_pydicom_is_415(
     assert "pip install 'mritumor[dicom]'" in answer.json()["detail"]
 
 
+@pytest.mark.parametrize("name", ["scan.nii.gz", "SCAN.NII"])
+def test_a_volume_is_refused_with_the_command_that_predicts_it(
+    client: TestClient, name: str
+) -> None:
+    answer = post(client, (name, b"\x1f\x8b volume"), ("a.png", b"png"))
+    assert answer.status_code == 415
+    assert answer.json()["detail"] == (
+        f"{name}: a 3-D volume; this server predicts 2-D images (PNG, JPEG, DICOM slices): "
+        "predict volumes with `mritumor infer`"
+    )
+
+
 def test_a_client_that_hangs_up_mid_upload_costs_no_traceback(client: TestClient) -> None:
     """Raw ASGI: half a body, then the disconnect a server reports when the client is gone."""
     messages = [

@@ -53,11 +53,15 @@ from mritumor.serve import (
 from mritumor.serve.batching import MicroBatcher
 from mritumor.serve.schemas import ErrorResponse, Health, ModelCard, PredictResponse, ServingLimits
 from mritumor.serve.uploads import FIELD, Upload, UploadError, UploadLimits, receive_uploads
+from mritumor.volumes.reading import NIFTI_SUFFIXES
 
 _REFUSALS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorResponse, "description": "Not a complete multipart/form-data body."},
     413: {"model": ErrorResponse, "description": "A file over the size limit, or too many files."},
-    415: {"model": ErrorResponse, "description": "DICOM sent to a server without pydicom."},
+    415: {
+        "model": ErrorResponse,
+        "description": "A 3-D volume (NIfTI), or DICOM sent to a server without pydicom.",
+    },
     422: {
         "model": ErrorResponse,
         "description": "No files, an empty file, another field name, or a file that is not a "
@@ -163,6 +167,7 @@ def create_app(
                 Path(folder),
                 limits,
             )
+            _refuse_volumes(uploads)
             _refuse_dicom_without_reader(uploads)
             inputs, names = _gathered(uploads)
             predictions = (await batcher.submit(inputs)).subset(names)
@@ -185,6 +190,17 @@ def _gathered(uploads: Sequence[Upload]) -> tuple[list[ImageInput], dict[str, st
     # The name exactly as sent (not normalised as a Path would be), then any "#frame<k>".
     names = {item.label: sent_as[item.path] + item.label[len(str(item.path)) :] for item in inputs}
     return inputs, names
+
+
+def _refuse_volumes(uploads: Sequence[Upload]) -> None:
+    """A NIfTI upload is a 3-D volume: ``infer`` predicts those, slice by slice, not the server."""
+    volumes = [upload.name for upload in uploads if upload.name.lower().endswith(NIFTI_SUFFIXES)]
+    if volumes:
+        raise UploadError(
+            415,
+            f"{volumes[0]}: a 3-D volume; this server predicts 2-D images (PNG, JPEG, DICOM "
+            "slices): predict volumes with `mritumor infer`",
+        )
 
 
 def _refuse_dicom_without_reader(uploads: Sequence[Upload]) -> None:
