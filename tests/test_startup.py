@@ -74,3 +74,18 @@ def test_completion_imports_no_heavy_library(tmp_path: Path) -> None:
     modules = imported_modules(result.stderr)
     assert "mritumor.models.registry" in modules  # the completion callback really ran
     assert heavy_imports(modules) == set()
+
+
+def test_the_volume_options_complete_their_values(tmp_path: Path) -> None:
+    result = run_mritumor(
+        [],
+        tmp_path,
+        {
+            "_MRITUMOR_COMPLETE": "complete_bash",
+            "COMP_WORDS": "mritumor infer --axis c",
+            "COMP_CWORD": "3",
+        },
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["coronal"]
+    assert heavy_imports(imported_modules(result.stderr)) == set()

@@ -7,7 +7,12 @@ from typing import Annotated
 
 import typer
 
-from mritumor.cli.completion import complete_backbone, complete_recipe
+from mritumor.cli.completion import (
+    complete_axis,
+    complete_backbone,
+    complete_recipe,
+    complete_window,
+)
 
 BackboneOption = Annotated[
     str | None,
@@ -53,13 +58,15 @@ ImagePathsArgument = Annotated[
 AxisOption = Annotated[
     str | None,
     typer.Option(
-        help="Plane volumes are cut in: axial, coronal or sagittal [default: volumes.axis]."
+        help="Plane volumes are cut in: axial, coronal or sagittal [default: volumes.axis].",
+        autocompletion=complete_axis,
     ),
 ]
 WindowOption = Annotated[
     str | None,
     typer.Option(
-        help="Volume intensity window: auto, percentile or dicom [default: volumes.window]."
+        help="Volume intensity window: auto, percentile or dicom [default: volumes.window].",
+        autocompletion=complete_window,
     ),
 ]
 TopKOption = Annotated[
