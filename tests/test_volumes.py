@@ -12,6 +12,7 @@ import csv
 import gzip
 import json
 import math
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -25,10 +26,13 @@ pydicom = pytest.importorskip("pydicom")
 
 from pydicom.uid import generate_uid  # noqa: E402
 
-from helpers import write_dicom  # noqa: E402
+from helpers import save, smooth_image, write_dicom  # noqa: E402
 from mritumor.core.errors import UsageError  # noqa: E402
 from mritumor.data.dicom import VoiWindow  # noqa: E402
 from mritumor.data.image_errors import UnreadableImageError  # noqa: E402
+from mritumor.predict.ensemble import Predictions  # noqa: E402
+from mritumor.predict.inputs import gather_scans  # noqa: E402
+from mritumor.predict.volumes import VolumeOptions, VolumeVerdict, slice_inputs, verdicts  # noqa: E402
 from mritumor.volumes import reading  # noqa: E402
 from mritumor.volumes.prepare import (  # noqa: E402
     MIN_LESION_SHARE,
@@ -49,6 +53,7 @@ from mritumor.volumes.reading import (  # noqa: E402
 )
 from mritumor.volumes.slicing import (  # noqa: E402
     SliceOptions,
+    VolumeSlices,
     display_plane,
     foreground_share,
     slice_volume,
@@ -531,6 +536,7 @@ def flat_volume(voxels: np.ndarray, **changes: Any) -> Volume:
         "source": Path("scan.nii.gz"),
         "kind": "nifti",
         "voxels": voxels.astype(np.float32),
+        "affine": np.eye(4),
         "spacing": (1.0, 1.0, 1.0),
         "orientation": "RAS",
     }
@@ -952,3 +958,134 @@ def test_two_files_with_one_instance_number_and_no_positions_are_refused(tmp_pat
                     InstanceNumber=number)  # fmt: skip
     with pytest.raises(UnreadableImageError, match="share an Instance Number"):
         read_volume(folder)
+
+
+# --------------------------------------------------------------------------- review fixes
+
+
+def test_telling_a_series_needs_pydicom_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the dicom extra but not the volumes one, folders of 2-D DICOM images still work."""
+    write_axial_series(tmp_path / "s", lps_object((3, 3, 3)))
+    monkeypatch.setitem(sys.modules, "nibabel", None)
+    assert is_dicom_series(tmp_path / "s")
+    scans = gather_scans([str(tmp_path)])
+    assert (scans.images, scans.volumes) == ([], [tmp_path / "s"])
+    with pytest.raises(UsageError, match=r"mritumor\[volumes\]"):
+        read_volume(tmp_path / "s")
+
+
+def test_files_without_a_series_uid_are_images(tmp_path: Path) -> None:
+    """Anonymised 2-D DICOM images (no Series Instance UID) are not one series."""
+    for k in range(3):
+        path = write_slice(tmp_path / f"{k}.dcm", np.full((4, 4), k, np.uint16), series="1.2",
+                           position=(0.0, 0.0, float(k)))  # fmt: skip
+        dataset = pydicom.dcmread(path)
+        del dataset.SeriesInstanceUID
+        dataset.save_as(path)
+    assert not is_dicom_series(tmp_path)
+    assert [item.path.name for item in gather_scans([str(tmp_path)]).images] == [
+        "0.dcm", "1.dcm", "2.dcm"
+    ]  # fmt: skip
+
+
+def test_a_series_folder_does_not_hide_what_lies_below_it(tmp_path: Path) -> None:
+    top = tmp_path / "top"
+    write_axial_series(top, lps_object((3, 3, 3)))
+    save(top / "extra.png", smooth_image(1, 40))
+    (top / "sub").mkdir()
+    write_nifti(top / "sub" / "v.nii.gz", ras_object(), np.eye(4))
+    write_nifti(top / "sub" / "v_mask.nii.gz", ras_object(), np.eye(4))
+    save(top / "sub" / "img.png", smooth_image(2, 40))
+    scans = gather_scans([str(top)])
+    assert scans.volumes == [top, top / "sub" / "v.nii.gz"]
+    assert sorted(item.path.name for item in scans.images) == ["extra.png", "img.png"]
+
+
+def test_globs_skip_masks_and_the_files_of_a_series(tmp_path: Path) -> None:
+    write_axial_series(tmp_path / "s", lps_object((3, 3, 3)))
+    write_nifti(tmp_path / "v.nii.gz", ras_object(), np.eye(4))
+    write_nifti(tmp_path / "v_mask.nii.gz", ras_object(), np.eye(4))
+    everything = gather_scans([f"{tmp_path}/**"])
+    assert everything.images == [] and set(everything.volumes) == {
+        tmp_path / "s",
+        tmp_path / "v.nii.gz",
+    }
+    named = gather_scans([str(tmp_path / "s"), str(tmp_path / "s" / "slice00.dcm")])
+    assert (named.images, named.volumes) == ([], [tmp_path / "s"])
+    assert gather_scans([f"{tmp_path}/*.nii.gz"]).volumes == [tmp_path / "v.nii.gz"]
+
+
+@pytest.mark.parametrize("spacing", [(0.0, 1.0), (-1.0, 1.0)])
+def test_pixel_spacing_must_be_positive(tmp_path: Path, spacing: tuple[float, float]) -> None:
+    write_axial_series(tmp_path / "s", lps_object((3, 3, 3)), pixel_spacing=spacing)
+    with pytest.raises(UnreadableImageError, match=r"Pixel Spacing .* is not two positive"):
+        read_volume(tmp_path / "s")
+
+
+def test_an_instance_numbered_series_stepping_by_two_has_no_gap(tmp_path: Path) -> None:
+    for k in range(4):  # Instance Numbers 2, 4, 6, 8: a regular series, not a gappy one
+        write_slice(tmp_path / f"{k}.dcm", np.full((4, 4), k, np.uint16), series="1.2.3",
+                    orientation=None, InstanceNumber=2 * (k + 1))  # fmt: skip
+    notes = read_volume(tmp_path).notes
+    assert len(notes) == 1 and "ordered by Instance Number" in notes[0]
+
+
+def test_window_dicom_refuses_a_window_too_narrow_to_use(tmp_path: Path) -> None:
+    write_axial_series(tmp_path / "s", lps_object((3, 3, 3)), WindowCenter=40, WindowWidth=0.5)
+    volume = read_volume(tmp_path / "s")
+    with pytest.raises(UsageError, match=r"window \(40/0.5\) is too narrow"):
+        window_voxels(volume, SliceOptions(window="dicom"))
+    assert window_voxels(volume, SliceOptions(window="auto"))[1] == "percentile 0.5-99.5"
+
+
+def test_a_mask_on_another_grid_is_refused(phantom_root: Path, tmp_path: Path) -> None:
+    """Same shape, other affine: a mask that would be read flipped against its volume."""
+    source = tmp_path / "source"
+    shutil.copytree(phantom_root, source)
+    mask = source / "glioma" / "glioma-000_mask.nii.gz"
+    image = nibabel.load(mask)
+    nibabel.save(nibabel.Nifti1Image(np.asarray(image.dataobj), np.eye(4)), mask)
+    summary = prepare_volumes(source, tmp_path / "out", options=SliceOptions(), val_size=0.2)
+    (unreadable,) = summary.unreadable
+    assert unreadable[0] == source / "glioma" / "glioma-000.nii.gz"
+    assert "does not lie on its volume's voxels" in unreadable[1]
+
+
+def test_two_volumes_of_one_case_are_refused(phantom_root: Path, tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    shutil.copytree(phantom_root, source)
+    gz = source / "glioma" / "glioma-000.nii.gz"
+    (source / "glioma" / "glioma-000.nii").write_bytes(gzip.decompress(gz.read_bytes()))
+    with pytest.raises(UsageError, match=r"two volumes of case 'glioma-000' .*glioma-000.nii, "):
+        prepare_volumes(source, tmp_path / "out", options=SliceOptions())
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_class_follows_the_decision() -> None:
+    """max over slices says tumour while the top slices' mean favours no_tumor: the class is
+    then the likeliest tumour class; below the threshold it is the negative class."""
+    names = ("glioma", "meningioma", "no_tumor", "pituitary")
+    probabilities = np.array(
+        [[0.50, 0.40, 0.05, 0.05], [0.05, 0.05, 0.85, 0.05], [0.05, 0.05, 0.85, 0.05]]
+    )
+    sliced = VolumeSlices(
+        Path("v.nii.gz"), (), "axial", 3, (0, 1, 2), (np.zeros((2, 2, 1)),) * 3, (), ""
+    )
+    labels = tuple(item.label for item in slice_inputs(sliced))
+
+    def verdict(threshold: float | None) -> VolumeVerdict:
+        predictions = Predictions(
+            labels=labels, class_names=names, probabilities=probabilities,
+            tumour_score=1 - probabilities[:, 2], entropy=np.zeros(3), score_std=None,
+            disagreement=None, threshold=threshold, decision=None, triage=None, failures={},
+        )  # fmt: skip
+        options = VolumeOptions(aggregation="max", top_k=3)
+        (found,) = verdicts(predictions, [sliced], options, band=0.0, negative_class="no_tumor")
+        return found
+
+    # Mean over the 3 slices: glioma 0.2, meningioma 0.167, no_tumor 0.583; score max = 0.95.
+    assert verdict(0.5).decision == "tumour" and verdict(0.5).predicted_class == "glioma"
+    assert verdict(0.99).decision == "no tumour" and verdict(0.99).predicted_class == "no_tumor"
+    assert verdict(None).predicted_class == "no_tumor"

@@ -401,6 +401,29 @@ def test_synth_refuses_2d_counts_with_volumes(tmp_path: Path) -> None:
     assert not out.exists()
 
 
+def test_options_that_would_do_nothing_are_refused(glioma: Path, tmp_path: Path) -> None:
+    """Image-only options of `data prepare` on volumes, `--depth` without `--volumes`."""
+    source = tmp_path / "labelled"
+    (source / "glioma").mkdir(parents=True)
+    shutil.copy(glioma, source / "glioma" / glioma.name)
+    out = tmp_path / "prepared"
+    result = invoke("data", "prepare", source, "--out", out, "--name", "site-b", "--copy")
+    assert one_line_error(result) == "error: --name, --copy apply to images; volumes are sliced"
+    result = invoke("data", "synth", "--depth", "20", "--out", tmp_path / "synth")
+    assert one_line_error(result) == "error: --depth applies to --volumes only"
+    assert not out.exists() and not (tmp_path / "synth").exists()
+
+
+def test_a_blank_volume_has_empty_cells_for_its_score(run_dir: Path, tmp_path: Path) -> None:
+    air = tmp_path / "air.nii.gz"
+    air.write_bytes(nifti_bytes(np.zeros((6, 32, 32), np.int16), (1.0, 1.0, 1.0)))
+    result = invoke("infer", air, "--run", run_dir, "--format", "csv", "-q")
+    assert result.exit_code == 0, result.output
+    (row,) = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert row["kind"] == "volume" and row["tumour_score"] == "" and row["predicted_class"] == ""
+    assert "no slice was scored: all 6 are blank" in row["note"]
+
+
 @pytest.mark.parametrize("command", ["infer", "synth", "prepare"])
 def test_without_the_volumes_extra_the_message_names_it(
     command: str,

@@ -151,6 +151,9 @@ def prepare(
 
     settings = _settings(ctx, out, val_size, seed, assignments)
     if holds_volumes(source):
+        _refuse_given(
+            ctx, ("name", "copy", "group_duplicates"), "apply to images; volumes are sliced"
+        )
         prepare_volumes(source, settings, force)
         return
     with progress_bar(f"Preparing {source.name}") as progress:
@@ -213,9 +216,14 @@ def synth(
 
     settings = _settings(ctx, out, None, seed, assignments)
     if volumes:
-        _refuse_split_counts(ctx, ("train", "val", "test", "external", "external_name"))
+        _refuse_given(
+            ctx,
+            ("train", "val", "test", "external", "external_name"),
+            "apply to 2-D datasets; --volumes writes volumes per class only",
+        )
         synth_volumes(settings, volumes, image_size, depth, lesion_scale, force)
         return
+    _refuse_given(ctx, ("depth",), "applies to --volumes only")
     try:
         config = SynthConfig(
             train=train,
@@ -241,8 +249,8 @@ def synth(
     console.print(f"{summary.total} images and masks in {summary.seconds:.1f} s", soft_wrap=True)
 
 
-def _refuse_split_counts(ctx: typer.Context, names: Sequence[str]) -> None:
-    """Options of 2-D datasets given with --volumes: one line, rather than silently unused."""
+def _refuse_given(ctx: typer.Context, names: Sequence[str], why: str) -> None:
+    """Options given on the command line that would do nothing here: one line, not ignored."""
     given = [
         f"--{name.replace('_', '-')}"
         for name in names
@@ -250,9 +258,7 @@ def _refuse_split_counts(ctx: typer.Context, names: Sequence[str]) -> None:
         if getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE"
     ]
     if given:
-        raise UsageError(
-            f"{', '.join(given)} apply to 2-D datasets; --volumes writes volumes per class only"
-        )
+        raise UsageError(f"{', '.join(given)} {why}")
 
 
 @app.command("check")

@@ -161,13 +161,19 @@ def infer(
             "or pass --threshold)",
             soft_wrap=True,
         )
-    found = verdicts(predictions, sliced, volume_options, options.triage_band)
+    found = verdicts(
+        predictions,
+        sliced,
+        volume_options,
+        band=options.triage_band,
+        negative_class=members[0].bundle.negative_class,
+    )
     results = Results(predictions, found, frozenset(item.label for item in slices))
     emit(results, fmt, output)
     _warn_about_notes(predictions.notes)
     _warn_about_volumes(found)
     if gradcam is not None:
-        _explain(members[0], scans.images, sliced, gradcam, quiet, volume_options.top_k)
+        _explain(members[0], scans.images, sliced, found, gradcam, quiet)
     report_unreadable(predictions.failures)
     if predictions.failures or scans.missing:
         raise typer.Exit(EXIT_PARTIAL)
@@ -177,16 +183,17 @@ def _explain(
     predictor: Predictor,
     images: list[ImageInput],
     sliced: list[VolumeSlices],
+    found: list[VolumeVerdict],
     folder: Path,
     quiet: bool,
-    top_k: int,
 ) -> None:
-    """``--gradcam``: a panel per image, a montage of its top slices per volume."""
+    """``--gradcam``: a panel per image, and per volume a montage of its verdict's top slices."""
     from mritumor.predict.explanations import write_montages, write_panels
 
+    tops = {verdict.source: [top.number - 1 for top in verdict.top] for verdict in found}
     with optional_progress(quiet, "Explaining") as progress:
         panels = write_panels(predictor, images, folder, progress=progress)
-        montages = write_montages(predictor, sliced, folder, top_k=top_k)
+        montages = write_montages(predictor, sliced, folder, chosen=tops)
     err_console.print(
         f"Grad-CAM panels ({panels.layer}, {predictor.run_dir}) in {folder}"
         + (f", with {len(montages.written)} volume montage(s)" if montages.written else ""),

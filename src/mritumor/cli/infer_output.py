@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,7 +122,10 @@ def _csv(results: Results, records: list[dict[str, Any]]) -> str:
 
 
 def _cell(value: object) -> str:
-    return f"{value:.6f}" if isinstance(value, float) else str(value)
+    """A CSV cell: floats to six places, no number (NaN: a volume with no scored slice) empty."""
+    if isinstance(value, float):
+        return "" if math.isnan(value) else f"{value:.6f}"
+    return str(value)
 
 
 def _verdict_note(verdict: VolumeVerdict) -> str:

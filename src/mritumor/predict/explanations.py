@@ -8,7 +8,7 @@ classified. Panels show that model input (resized, padded as in training).
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -201,11 +201,13 @@ def write_montages(
     layer: str | None = None,
     method: Method = "gradcam",
     batch_size: int = 16,
+    chosen: Mapping[Path, Sequence[int]] | None = None,
 ) -> Panels:
     """A montage PNG per volume: its ``top_k`` slices by tumour score, each over its heat map.
 
-    The slices are ranked as ``infer`` ranks them with this one model (no TTA); the
-    target class is ``class_name``, else each slice's predicted class.
+    ``chosen`` gives the slices (0-based positions) to show per volume, such as the top
+    slices of ``infer``'s verdicts; a volume without them is ranked here with this one
+    model (no TTA). The target class is ``class_name``, else each slice's predicted class.
     """
     chosen_layer = layer or default_layer(predictor.model, predictor.bundle.backbone)
     target = _class_index(predictor, class_name)
@@ -215,9 +217,15 @@ def write_montages(
         inputs = slice_inputs(volume)
         if not inputs:
             continue
-        logits = predictor.predict(inputs, batch_size=batch_size)
-        scores = predictor.tumour_scores(logits.logits)
-        best = [inputs[int(logits.kept[i])] for i in top_slices(scores, top_k)]
+        if chosen is not None and volume.source in chosen:
+            by_position = {item.plane[1]: item for item in inputs if item.plane}
+            best = [by_position[position] for position in chosen[volume.source]]
+        else:
+            logits = predictor.predict(inputs, batch_size=batch_size)
+            scores = predictor.tumour_scores(logits.logits)
+            best = [inputs[int(logits.kept[i])] for i in top_slices(scores, top_k)]
+        if not best:
+            continue
         batches, _ = predictor.batches(best, batch_size)
         images: list[NDArray[np.uint8]] = []
         overlays: list[NDArray[np.uint8]] = []
@@ -235,8 +243,8 @@ def write_montages(
                     f"{plane} {index + 1}\n{predictor.class_names[explanation.class_index]} "
                     f"{explanation.probability:.2f}"
                 )
-        name = _unique(volume_stem(volume.volume.source), taken) + MONTAGE_SUFFIX
-        title = f"{volume.volume.source.name}: top {len(images)} slices ({METHOD_LABELS[method]}, {chosen_layer})"
+        name = _unique(volume_stem(volume.source), taken) + MONTAGE_SUFFIX
+        title = f"{volume.source.name}: top {len(images)} slices ({METHOD_LABELS[method]}, {chosen_layer})"
         written.append(
             plots.plot_gradcam_montage(
                 images, overlays, out_dir / f"{name}.png", titles=titles, title=title

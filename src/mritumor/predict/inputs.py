@@ -67,7 +67,9 @@ def gather_scans(specs: Iterable[str], *, volumes: bool = True) -> Scans:
     """Files, folders (recursive, case-insensitive extensions) and globs, as images and volumes.
 
     Each file comes once, in the order given; a multi-frame DICOM file becomes one
-    input per frame. ``volumes`` False reads every file as an image (``serve``).
+    input per frame. The DICOM files of a series found as a volume are not also
+    images, however they were named. ``volumes`` False reads every file as an image
+    (``serve``).
     """
     files: dict[Path, None] = {}
     found_volumes: dict[Path, None] = {}
@@ -80,6 +82,8 @@ def gather_scans(specs: Iterable[str], *, volumes: bool = True) -> Scans:
         found_volumes.update(dict.fromkeys(scans))
     inputs: list[ImageInput] = []
     for file in files:
+        if file.parent in found_volumes and is_dicom_file(file):
+            continue
         frames = _frame_count(file)
         if frames > 1:
             inputs.extend(ImageInput(file, frame) for frame in range(frames))
@@ -95,25 +99,29 @@ def _found(path: Path, volumes: bool) -> tuple[list[Path], list[Path]]:
     if path.is_file():
         return ([], [path]) if volumes and is_nifti_file(path) else ([path], [])
     matches = [Path(m) for m in sorted(glob.glob(str(path), recursive=True))]  # noqa: PTH207
-    scans = [m for m in matches if volumes and (is_nifti_file(m) or is_dicom_series(m))]
-    return [m for m in matches if is_image_file(m) and m not in scans], scans
+    scans = [m for m in matches if volumes and _is_volume(m)]
+    return [m for m in matches if is_image_file(m)], scans
+
+
+def _is_volume(path: Path) -> bool:
+    """A NIfTI file that is not a lesion mask, or a folder holding one DICOM series."""
+    return (is_nifti_file(path) and not is_mask_file(path)) or is_dicom_series(path)
 
 
 def _in_folder(folder: Path) -> tuple[list[Path], list[Path]]:
-    """The images and volumes below ``folder``: NIfTI files, and folders holding one series."""
-    if is_dicom_series(folder):
-        return [], [folder]
+    """The images and volumes in and below ``folder``: NIfTI files (not masks) and the
+    folders, ``folder`` itself included, that hold one DICOM series."""
     niftis = [
         path
         for path in sorted(folder.rglob("*"))
         if is_nifti_file(path) and not is_mask_file(path) and not _hidden_below(folder, path)
     ]
-    dicom_folders = sorted(
-        {path.parent for path in iter_image_files(folder) if is_dicom_file(path)}
-    )
+    images = list(iter_image_files(folder))
+    dicom_folders = sorted({path.parent for path in images if is_dicom_file(path)})
     series = [candidate for candidate in dicom_folders if is_dicom_series(candidate)]
-    images = [path for path in iter_image_files(folder) if path.parent not in series]
-    return images, sorted([*niftis, *series])
+    return [path for path in images if not (path.parent in series and is_dicom_file(path))], sorted(
+        [*niftis, *series]
+    )
 
 
 def _hidden_below(folder: Path, path: Path) -> bool:

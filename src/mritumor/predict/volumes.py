@@ -6,8 +6,10 @@ windowed (:mod:`mritumor.volumes.slicing`); its non-blank slices go through
 ensembles and the calibrated tumour score apply unchanged. The volume's tumour
 score is :func:`mritumor.volumes.verdict.aggregate` of its slice scores; its class
 is the one with the highest mean calibrated probability over its top ``k`` slices
-(by tumour score); its decision compares the volume score with the same threshold
-as the slices, and review applies the same band.
+(by tumour score), among the tumour classes when the decision is tumour (the
+negative class when it is not), so that class and decision agree; its decision
+compares the volume score with the same threshold as the slices, and review
+applies the same band.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from mritumor.volumes.slicing import SliceOptions, VolumeSlices, slice_volume
 from mritumor.volumes.verdict import aggregate, top_slices
 
 if TYPE_CHECKING:
+    from numpy.typing import NDArray
+
     from mritumor.config.schema import Settings
     from mritumor.predict.ensemble import Predictions
 
@@ -135,7 +139,7 @@ def read_sliced(
 def slice_inputs(sliced: VolumeSlices) -> list[ImageInput]:
     """The kept slices of a volume as inputs: pixels in hand, labelled ``<path>#<axis><k>``."""
     return [
-        ImageInput(sliced.volume.source, plane=(sliced.axis, index), pixels=pixels)
+        ImageInput(sliced.source, plane=(sliced.axis, index), pixels=pixels)
         for index, pixels in zip(sliced.kept, sliced.pixels, strict=True)
     ]
 
@@ -144,7 +148,9 @@ def verdicts(
     predictions: Predictions,
     volumes: Sequence[VolumeSlices],
     options: VolumeOptions,
+    *,
     band: float,
+    negative_class: str,
 ) -> list[VolumeVerdict]:
     """One verdict per volume from the predictions of its slices (in ``predictions``)."""
     rows = {label: i for i, label in enumerate(predictions.labels)}
@@ -153,19 +159,26 @@ def verdicts(
         scored = [
             (rows[i.label], i.plane[1]) for i in slice_inputs(sliced) if i.label in rows and i.plane
         ]
-        found.append(_verdict(predictions, dict(scored), sliced, options, band))
+        judged = _Judged(dict(scored), sliced, options, band, negative_class)
+        found.append(_verdict(predictions, judged))
     return found
 
 
-def _verdict(
-    predictions: Predictions,
-    positions: dict[int, int],
-    sliced: VolumeSlices,
-    options: VolumeOptions,
-    band: float,
-) -> VolumeVerdict:
-    """The verdict of one volume; ``positions`` maps its prediction rows to slice positions."""
-    rows = list(positions)
+@dataclass(frozen=True)
+class _Judged:
+    """One volume to judge: its prediction rows (mapped to slice positions) and the rules."""
+
+    positions: dict[int, int]
+    sliced: VolumeSlices
+    options: VolumeOptions
+    band: float
+    negative_class: str
+
+
+def _verdict(predictions: Predictions, judged: _Judged) -> VolumeVerdict:
+    """The verdict of one volume (see the module's documentation)."""
+    options, sliced = judged.options, judged.sliced
+    rows = list(judged.positions)
     scores = predictions.tumour_score[rows]
     score = aggregate(scores, options.aggregation, options.top_k)
     best = [rows[i] for i in top_slices(scores, options.top_k)] if rows else []
@@ -175,21 +188,26 @@ def _verdict(
     decision = label = None
     if threshold is not None and best:
         decision = TUMOUR if score >= threshold else NO_TUMOUR
-        label = triage(np.asarray([score]), threshold, band)[0]
-    notes = list(sliced.volume.notes)
-    if not rows:
+        label = triage(np.asarray([score]), threshold, judged.band)[0]
+    notes = list(sliced.notes)
+    failed = len(sliced.kept) - len(rows)
+    if failed:
+        notes.append(
+            f"{failed} of its {len(sliced.kept)} non-blank slice(s) could not be predicted"
+        )
+    if not sliced.kept:
         notes.append(f"no slice was scored: all {sliced.count} are blank")
     top = tuple(
         SliceScore(
             label=predictions.labels[row],
-            number=positions[row] + 1,
+            number=judged.positions[row] + 1,
             tumour_score=float(predictions.tumour_score[row]),
             predicted_class=names[int(predictions.predicted[row])],
         )
         for row in best
     )
     return VolumeVerdict(
-        source=sliced.volume.source,
+        source=sliced.source,
         axis=sliced.axis,
         slices=sliced.count,
         blank=len(sliced.blank),
@@ -199,9 +217,25 @@ def _verdict(
         top_k=options.top_k,
         tumour_score=score,
         probabilities={} if mean is None else dict(zip(names, map(float, mean), strict=True)),
-        predicted_class=None if mean is None else names[int(np.argmax(mean))],
+        predicted_class=None if mean is None else _volume_class(mean, names, judged, decision),
         decision=decision,
         triage=label,
         top=top,
         notes=tuple(notes),
     )
+
+
+def _volume_class(
+    mean: NDArray[np.float64], names: Sequence[str], judged: _Judged, decision: str | None
+) -> str:
+    """The class the decision allows with the highest mean probability over the top slices.
+
+    A tumour decision picks among the tumour classes, a no-tumour one gives the negative
+    class, so that class and decision never disagree; without a decision, any class.
+    """
+    if decision == NO_TUMOUR:
+        return judged.negative_class
+    allowed = [
+        i for i, name in enumerate(names) if decision is None or name != judged.negative_class
+    ]
+    return names[max(allowed, key=lambda i: mean[i])]

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,6 +50,7 @@ from mritumor.data.prepare.sources import (
     refuse_overlap,
     removed_on_failure,
 )
+from mritumor.data.synth.writer import MASKS_DIR
 from mritumor.volumes.reading import (
     MASK_SUFFIXES,
     Volume,
@@ -65,7 +66,6 @@ from mritumor.volumes.slicing import SliceOptions, display_plane, slice_volume
 
 #: A tumour case's slice keeps its label when its lesion covers this share of the slice.
 MIN_LESION_SHARE = 0.001
-MASKS_DIR = "masks"
 _HELD_OUT = ("val", "test")
 _NEGATIVE = {"no_tumor", NO_TUMOUR_LABEL}
 
@@ -100,7 +100,11 @@ class VolumePrepareSummary:
 
 
 def holds_volumes(source: Path) -> bool:
-    """Whether ``source`` is a folder of class folders holding volumes (NIfTI or DICOM series)."""
+    """Whether ``source`` is a folder of class folders holding volumes (NIfTI or DICOM series).
+
+    A tree of 2-D DICOM images (``Training/glioma/*.dcm``) is not: its class folders hold
+    images of many series, or without a series (:func:`~mritumor.volumes.reading.is_dicom_series`).
+    """
     if not source.is_dir():
         return False
     return any(
@@ -119,13 +123,19 @@ def find_cases(source: Path) -> list[Case]:
 
 
 def _cases_in(folder: Path, label: str) -> list[Case]:
+    """The cases of one class folder; two volumes with one case id are refused."""
     entries = [entry for entry in sorted(folder.iterdir()) if not is_hidden(entry.name)]
-    volumes = {
-        volume_stem(entry): entry
+    found = [
+        entry
         for entry in entries
         if (is_nifti_file(entry) and not is_mask_file(entry))
         or (entry.is_dir() and dicom_files_in(entry))
-    }
+    ]
+    clashes = [stem for stem, n in Counter(map(volume_stem, found)).items() if n > 1]
+    if clashes:
+        named = ", ".join(entry.name for entry in found if volume_stem(entry) == clashes[0])
+        raise UsageError(f"two volumes of case {clashes[0]!r} in {folder} ({named}); keep one")
+    volumes = {volume_stem(entry): entry for entry in found}
     masks = {volume_stem(entry): entry for entry in entries if is_mask_file(entry)}
     return [
         Case(stem, label, path, _mask_of(stem, masks)) for stem, path in sorted(volumes.items())
@@ -279,6 +289,11 @@ def _mask_planes(
         raise UnreadableImageError(
             f"the mask {case.mask} has {mask.voxels.shape} voxels, its volume {volume.voxels.shape}"
         )
+    if not np.allclose(mask.affine, volume.affine, atol=1e-3):
+        raise UnreadableImageError(
+            f"the mask {case.mask} does not lie on its volume's voxels: their affines differ "
+            f"(axis codes {mask.orientation} and {volume.orientation})"
+        )
     inside = (mask.voxels > 0).astype(np.float32) * 255.0
     return {
         index: display_plane(inside, options.axis, index, volume.spacing) > 127 for index in kept
@@ -293,10 +308,15 @@ def _labels(
     usable = {found.case.label for found in extracted if found.files}
     empty = sorted(present - usable)
     if empty:
-        example = f" ({unreadable[0][0]}: {unreadable[0][1]})" if unreadable else ""
-        raise UsageError(
-            f"no usable slices of {', '.join(empty)}: every volume is unreadable or blank{example}"
-        )
+        read = {found.case.label for found in extracted}
+        reasons = [
+            f"{label}: its slices are blank or, where it has masks, show no lesion"
+            if label in read
+            else f"{label}: every volume is unreadable"
+            + (f" (such as {unreadable[0][0]}: {unreadable[0][1]})" if unreadable else "")
+            for label in empty
+        ]
+        raise UsageError(f"no usable slices of {'; '.join(reasons)}")
     return tuple(name for name in CLASS_NAMES if name in present)
 
 

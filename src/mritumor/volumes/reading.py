@@ -60,6 +60,8 @@ class Volume:
     kind: VolumeKind
     voxels: NDArray[np.float32]
     """``(X, Y, Z)``: X to the patient's right, Y anterior, Z superior."""
+    affine: NDArray[np.float64]
+    """Voxel indices to RAS+ millimetres, for :attr:`voxels`."""
     spacing: tuple[float, float, float]
     """Voxel size in mm along X, Y and Z."""
     orientation: str
@@ -96,12 +98,13 @@ def dicom_files_in(folder: Path) -> list[Path]:
 
 
 def is_dicom_series(folder: Path) -> bool:
-    """Whether ``folder`` holds one DICOM series: two or more DICOM files, all in one series.
+    """Whether ``folder`` holds one DICOM series: two or more DICOM files, one series.
 
-    Only the files directly in the folder count, and only their headers are read.
-    A folder of DICOM files from several series is a folder of images, each
-    predicted on its own; so is every folder when pydicom is not installed (reading
-    one of its files then names the extra).
+    Only the files directly in the folder count, and only their headers are read
+    (with pydicom alone). Each must carry the same *Series Instance UID*, and where
+    it lies: *Image Position* and *Orientation (Patient)*, or an *Instance Number*.
+    Anything else (files of several series, anonymised files without a UID, a
+    damaged header, no pydicom) is a folder of 2-D images, each predicted on its own.
     """
     if not folder.is_dir() or not pydicom_available():
         return False
@@ -109,9 +112,17 @@ def is_dicom_series(folder: Path) -> bool:
     if len(files) < 2:
         return False
     try:
-        return len(_series_uids(files)) == 1
+        headers = _headers(files)
     except UnreadableImageError:  # a damaged file: read as images, and reported as such
         return False
+    uids = {str(header.get("SeriesInstanceUID") or "") for header in headers}
+    return len(uids) == 1 and "" not in uids and all(map(_placed, headers))
+
+
+def _placed(header: Any) -> bool:
+    """Whether a slice says where it lies: its position and orientation, or its number."""
+    geometry = header.get("ImagePositionPatient") and header.get("ImageOrientationPatient")
+    return bool(geometry) or _instance(header) is not None
 
 
 def read_volume(path: Path) -> Volume:
@@ -124,28 +135,20 @@ def read_volume(path: Path) -> Volume:
 def read_nifti(path: Path) -> Volume:
     """A ``.nii`` / ``.nii.gz`` file, reordered to RAS+; a 4-D file must hold one volume."""
     nibabel = import_nibabel()
+    what = f"NIfTI file {path}"
     try:
         image = nibabel.load(path)
-        orientation = "".join(nibabel.aff2axcodes(image.affine))
-        canonical = nibabel.as_closest_canonical(image)
-        voxels = np.asarray(canonical.get_fdata(dtype=np.float32), dtype=np.float32)
-        zooms = canonical.header.get_zooms()
+        shape = tuple(image.shape)
     except Exception as error:  # nibabel raises many kinds for damaged files
-        raise UnreadableImageError(f"cannot read NIfTI file {path}: {_reason(error)}") from None
-    if voxels.ndim == 4 and voxels.shape[3] == 1:
-        voxels = voxels[..., 0]
-    if voxels.ndim != 3:
+        raise UnreadableImageError(f"cannot read {what}: {_reason(error)}") from None
+    if len(shape) == 4 and shape[3] == 1:
+        image = image.slicer[..., 0]
+    elif len(shape) != 3:
         raise UnreadableImageError(
-            f"cannot read NIfTI file {path}: it holds an array of shape {voxels.shape}, "
-            "not one 3-D volume"
+            f"cannot read {what}: it holds an array of shape {shape}, not one 3-D volume"
         )
-    return Volume(
-        source=path,
-        kind="nifti",
-        voxels=np.nan_to_num(voxels, nan=0.0, posinf=0.0, neginf=0.0),
-        spacing=_positive_spacing(zooms[:3]),
-        orientation=orientation,
-    )
+    voxels, affine, spacing, orientation = _canonical(image, what)
+    return Volume(path, "nifti", voxels, affine, spacing, orientation)
 
 
 @dataclass(frozen=True)
@@ -160,6 +163,7 @@ class _Slice:
 
 def read_dicom_series(folder: Path) -> Volume:
     """The DICOM series in ``folder``, ordered along its normal, with missing slices noted."""
+    nibabel = import_nibabel()
     files = dicom_files_in(folder)
     if len(files) < 2:
         raise UnreadableImageError(
@@ -175,20 +179,32 @@ def read_dicom_series(folder: Path) -> Volume:
         )
     slices, cosines, notes = _ordered_slices(folder, files)
     planes, window = _read_planes(slices)
-    voxels = np.stack([plane.T for plane in planes], axis=-1).astype(np.float32)
-    affine = _series_affine(slices, cosines)
+    stacked = np.stack([plane.T for plane in planes], axis=-1).astype(np.float32)
+    image = nibabel.Nifti1Image(stacked, _series_affine(folder, slices, cosines))
+    voxels, affine, spacing, orientation = _canonical(image, f"the DICOM series in {folder}")
+    notes = (*notes, *_gaps(slices))
+    return Volume(folder, "dicom", voxels, affine, spacing, orientation, window, notes)
+
+
+def _canonical(
+    image: Any, what: str
+) -> tuple[NDArray[np.float32], NDArray[np.float64], tuple[float, float, float], str]:
+    """A nibabel image's voxels in RAS+, with their affine, spacing and the original axis codes.
+
+    Non-finite values become 0. Whatever nibabel cannot do with the image (a singular
+    affine, damaged data) is an :class:`UnreadableImageError` naming ``what``.
+    """
     nibabel = import_nibabel()
-    image = nibabel.Nifti1Image(voxels, affine)
-    canonical = nibabel.as_closest_canonical(image)
-    return Volume(
-        source=folder,
-        kind="dicom",
-        voxels=np.asarray(canonical.get_fdata(dtype=np.float32), dtype=np.float32),
-        spacing=_positive_spacing(canonical.header.get_zooms()[:3]),
-        orientation="".join(nibabel.aff2axcodes(affine)),
-        window=window,
-        notes=(*notes, *_gaps(slices)),
-    )
+    try:
+        orientation = "".join(nibabel.aff2axcodes(image.affine))
+        canonical = nibabel.as_closest_canonical(image)
+        voxels = np.asarray(canonical.get_fdata(dtype=np.float32), dtype=np.float32)
+        zooms = canonical.header.get_zooms()[:3]
+    except Exception as error:
+        raise UnreadableImageError(f"cannot read {what}: {_reason(error)}") from None
+    affine = np.asarray(canonical.affine, dtype=np.float64)
+    spacing = _positive_spacing(zooms)
+    return np.nan_to_num(voxels, nan=0.0, posinf=0.0, neginf=0.0), affine, spacing, orientation
 
 
 def import_nibabel() -> Any:
@@ -207,7 +223,6 @@ def _reason(error: BaseException) -> str:
 
 
 def _headers(files: list[Path]) -> list[Any]:
-    import_nibabel()
     import pydicom
 
     headers = []
@@ -265,7 +280,7 @@ def _ordered_slices(
         )
     cosines = oriented[0] if oriented else AXIAL_COSINES
     if oriented and all(position is not None for position in positions):
-        normal = np.cross(cosines[:3], cosines[3:])
+        normal = _normal(cosines)
         slices = [
             _Slice(path, header, float(np.dot(position, normal)), _instance(header))
             for path, header, position in zip(files, headers, positions, strict=True)
@@ -291,6 +306,16 @@ def _ordered_slices(
             "Slice Thickness",
         ),
     )
+
+
+def _unit(vector: NDArray[np.float64]) -> NDArray[np.float64]:
+    length = float(np.linalg.norm(vector))
+    return vector / length if length > 0 else vector
+
+
+def _normal(cosines: NDArray[np.float64]) -> NDArray[np.float64]:
+    """The unit slice normal of *Image Orientation (Patient)*: rounded cosines stay exact."""
+    return _unit(np.cross(_unit(cosines[:3]), _unit(cosines[3:])))
 
 
 def _refuse_repeats(folder: Path, keys: list[float | int | None], what: str) -> None:
@@ -322,20 +347,29 @@ def _read_planes(slices: list[_Slice]) -> tuple[list[NDArray[np.float64]], VoiWi
     return planes, window
 
 
-def _series_affine(slices: list[_Slice], cosines: NDArray[np.float64]) -> NDArray[np.float64]:
+def _series_affine(
+    folder: Path, slices: list[_Slice], cosines: NDArray[np.float64]
+) -> NDArray[np.float64]:
     """The RAS affine of voxels stored ``(column, row, slice)``.
 
     DICOM's patient coordinates are LPS; the first two rows change sign for RAS.
+    A *Pixel Spacing* that is not two positive numbers is refused: a negative one
+    would mirror the image silently.
     """
     header = slices[0].header
     pixel = _floats(header.get("PixelSpacing"), 2)
+    if pixel is not None and not np.all(pixel > 0):
+        raise UnreadableImageError(
+            f"cannot read the DICOM series in {folder}: its Pixel Spacing "
+            f"{list(map(float, pixel))} is not two positive numbers"
+        )
     row_step, column_step = (1.0, 1.0) if pixel is None else (float(pixel[0]), float(pixel[1]))
     slice_step = _usual_step(slices) or _thickness(header)
     origin = _floats(header.get("ImagePositionPatient"), 3)
     affine = np.eye(4)
-    affine[:3, 0] = cosines[:3] * column_step
-    affine[:3, 1] = cosines[3:] * row_step
-    affine[:3, 2] = np.cross(cosines[:3], cosines[3:]) * slice_step
+    affine[:3, 0] = _unit(cosines[:3]) * column_step
+    affine[:3, 1] = _unit(cosines[3:]) * row_step
+    affine[:3, 2] = _normal(cosines) * slice_step
     affine[:3, 3] = np.zeros(3) if origin is None else origin
     affine[:2] *= -1.0
     return affine
@@ -363,7 +397,7 @@ def _thickness(header: Any) -> float:
 def _gaps(slices: list[_Slice]) -> tuple[str, ...]:
     """A note for each place where slices are missing: a step over GAP_FACTOR x the usual."""
     steps = _steps(slices)
-    usual = float(np.median(steps)) if slices[0].position is not None else 1.0
+    usual = float(np.median(steps))
     unit = "mm" if slices[0].position is not None else "instance numbers"
     notes = []
     for index, step in enumerate(steps):

@@ -24,6 +24,7 @@ slices are counted, not scored.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -55,9 +56,14 @@ class SliceOptions:
 
 @dataclass(frozen=True, eq=False)
 class VolumeSlices:
-    """The slices of one volume along one axis: those kept, as pixels, and those left blank."""
+    """The slices of one volume along one axis: those kept, as pixels, and those left blank.
 
-    volume: Volume
+    The voxels are not kept: once cut, a volume costs only its kept slices' pixels.
+    """
+
+    source: Path
+    notes: tuple[str, ...]
+    """What the reader noted about the volume (:attr:`Volume.notes`)."""
     axis: Axis
     count: int
     """Slices along the axis, blank ones included."""
@@ -87,24 +93,37 @@ def slice_volume(volume: Volume, options: SliceOptions) -> VolumeSlices:
         kept.append(index)
         pixels.append(plane[..., np.newaxis])
     return VolumeSlices(
-        volume, options.axis, count, tuple(kept), tuple(pixels), tuple(blank), described
+        source=volume.source,
+        notes=volume.notes,
+        axis=options.axis,
+        count=count,
+        kept=tuple(kept),
+        pixels=tuple(pixels),
+        blank=tuple(blank),
+        window=described,
     )
 
 
 def window_voxels(volume: Volume, options: SliceOptions) -> tuple[NDArray[np.float32], str]:
-    """The voxels on a 0-255 scale (float, unrounded), and how they were windowed."""
+    """The voxels on a 0-255 scale, as float, and how they were windowed.
+
+    A DICOM window maps to whole numbers already (as DICOM viewers show it); the
+    percentile window is left unrounded until the slices are cut. ``dicom`` asked
+    for explicitly, on a volume without a usable window, is a :class:`UsageError`;
+    ``auto`` then falls back to percentiles.
+    """
     method = options.window
-    if method == "dicom" and volume.window is None:
-        what = "a NIfTI file" if volume.kind == "nifti" else "a DICOM series without one"
-        raise UsageError(
-            f"--window dicom needs the series' own VOI window, and {volume.source} is {what}; "
-            "use --window percentile"
-        )
-    if method != "percentile" and volume.window is not None:
-        window = volume.window
+    window = volume.window
+    mapped = None
+    if method != "percentile" and window is not None:
         mapped = apply_voi_window(volume.voxels.astype(np.float64), window)
-        if mapped is not None:
-            return mapped.astype(np.float32), f"DICOM {window.center:g}/{window.width:g}"
+    if mapped is not None and window is not None:
+        return mapped.astype(np.float32), f"DICOM {window.center:g}/{window.width:g}"
+    if method == "dicom":
+        raise UsageError(
+            f"--window dicom needs the series' own VOI window, and {volume.source} is "
+            f"{_without_window(volume)}; use --window percentile"
+        )
     low_share, high_share = options.percentiles
     low, high = np.percentile(volume.voxels, [low_share, high_share])
     described = f"percentile {low_share:g}-{high_share:g}"
@@ -112,6 +131,16 @@ def window_voxels(volume: Volume, options: SliceOptions) -> tuple[NDArray[np.flo
         return np.zeros(volume.voxels.shape, np.float32), described
     scaled = (volume.voxels - np.float32(low)) * np.float32(255.0 / (high - low))
     return np.clip(scaled, 0.0, 255.0).astype(np.float32), described
+
+
+def _without_window(volume: Volume) -> str:
+    """Why a volume has no usable DICOM window."""
+    if volume.kind == "nifti":
+        return "a NIfTI file"
+    if volume.window is None:
+        return "a DICOM series without one"
+    window = volume.window
+    return f"a DICOM series whose window ({window.center:g}/{window.width:g}) is too narrow"
 
 
 def display_plane(
