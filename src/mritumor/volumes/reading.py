@@ -170,14 +170,15 @@ def read_dicom_series(folder: Path) -> Volume:
             f"cannot read {folder} as a DICOM series: it holds {len(files)} DICOM file(s), "
             "a series needs two or more"
         )
-    uids = _series_uids(files)
+    headers = _headers(files)
+    uids = _series_uids(headers)
     if len(uids) > 1:
         listed = ", ".join(f"{uid} ({count} files)" for uid, count in sorted(uids.items()))
         raise UnreadableImageError(
             f"cannot read {folder} as one DICOM series: it holds {len(uids)} series ({listed}); "
             "put each series in a folder of its own"
         )
-    slices, cosines, notes = _ordered_slices(folder, files)
+    slices, cosines, notes = _ordered_slices(folder, files, headers)
     planes, window = _read_planes(slices)
     stacked = np.stack([plane.T for plane in planes], axis=-1).astype(np.float32)
     image = nibabel.Nifti1Image(stacked, _series_affine(folder, slices, cosines))
@@ -234,10 +235,10 @@ def _headers(files: list[Path]) -> list[Any]:
     return headers
 
 
-def _series_uids(files: list[Path]) -> dict[str, int]:
-    """How many of ``files`` belong to each *Series Instance UID* (``?`` when a file has none)."""
+def _series_uids(headers: list[Any]) -> dict[str, int]:
+    """How many files belong to each *Series Instance UID* (``?`` when a file has none)."""
     counts: dict[str, int] = defaultdict(int)
-    for header in _headers(files):
+    for header in headers:
         counts[str(header.get("SeriesInstanceUID", "?"))] += 1
     return dict(counts)
 
@@ -262,14 +263,13 @@ AXIAL_COSINES = np.array([1.0, 0.0, 0.0, 0.0, 1.0, 0.0])
 
 
 def _ordered_slices(
-    folder: Path, files: list[Path]
+    folder: Path, files: list[Path], headers: list[Any]
 ) -> tuple[list[_Slice], NDArray[np.float64], tuple[str, ...]]:
     """The files in anatomical order, the orientation cosines used, and notes on what was assumed.
 
     Files of different orientations (a localizer among the slices) are refused: they
     are not one stack. Without positions, the *Instance Number* orders the files.
     """
-    headers = _headers(files)
     orientations = [_floats(h.get("ImageOrientationPatient"), 6) for h in headers]
     positions = [_floats(h.get("ImagePositionPatient"), 3) for h in headers]
     oriented = [o for o in orientations if o is not None]
