@@ -17,6 +17,7 @@ Files are fingerprinted in worker processes (:func:`image_hashes`).
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
 import os
 import warnings
 from collections.abc import Iterable, Iterator
@@ -173,13 +174,18 @@ def image_hashes(
     Files go to the workers in chunks of :data:`CHUNK_SIZE`; ``progress`` is called
     with the number of files done after each chunk. ``workers=1`` hashes in this
     process, which is also what happens when there is only one chunk.
+
+    The workers are spawned, not forked: ``eval`` hashes after TensorFlow has started
+    its threads, and a fork copies whatever lock one of them held at that moment,
+    which can leave the child waiting on it for ever.
     """
     chunks = _chunks(list(paths), CHUNK_SIZE)
     total = sum(len(chunk) for chunk in chunks)
     processes = min(_worker_count(workers), len(chunks))
     if processes <= 1:
         return _collect(map(_hash_chunk, chunks), total, progress)
-    with ProcessPoolExecutor(max_workers=processes) as pool:
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=processes, mp_context=context) as pool:
         return _collect(pool.map(_hash_chunk, chunks), total, progress)
 
 
