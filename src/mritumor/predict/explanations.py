@@ -210,47 +210,56 @@ def write_montages(
     model (no TTA). The target class is ``class_name``, else each slice's predicted class.
     """
     chosen_layer = layer or default_layer(predictor.model, predictor.bundle.backbone)
-    target = _class_index(predictor, class_name)
+    targets = _same_class(_class_index(predictor, class_name))
     written: list[Path] = []
     taken: set[str] = set()
     for volume in volumes:
-        inputs = slice_inputs(volume)
-        if not inputs:
+        shown = _montage_slices(predictor, volume, top_k, chosen, batch_size)
+        if not shown:
             continue
-        if chosen is not None and volume.source in chosen:
-            by_position = {item.plane[1]: item for item in inputs if item.plane}
-            best = [by_position[position] for position in chosen[volume.source]]
-        else:
-            logits = predictor.predict(inputs, batch_size=batch_size)
-            scores = predictor.tumour_scores(logits.logits)
-            best = [inputs[int(logits.kept[i])] for i in top_slices(scores, top_k)]
-        if not best:
-            continue
-        batches, _ = predictor.batches(best, batch_size)
+        batches, _ = predictor.batches(shown, batch_size)
         images: list[NDArray[np.uint8]] = []
         overlays: list[NDArray[np.uint8]] = []
         titles: list[str] = []
-        explained = _explained(
-            predictor, batches, _same_class(target), chosen_layer, method, batch_size
-        )
-        for found in explained:
+        for found in _explained(predictor, batches, targets, chosen_layer, method, batch_size):
             for position, image, explanation in found:
-                shown = np.clip(np.round(image), 0, 255).astype(np.uint8)
-                images.append(shown)
-                overlays.append(overlay(shown, explanation.heatmap))
-                plane, index = best[position].plane or ("slice", 0)
+                pixels = np.clip(np.round(image), 0, 255).astype(np.uint8)
+                images.append(pixels)
+                overlays.append(overlay(pixels, explanation.heatmap))
+                plane, index = shown[position].plane or ("slice", 0)
                 titles.append(
                     f"{plane} {index + 1}\n{predictor.class_names[explanation.class_index]} "
                     f"{explanation.probability:.2f}"
                 )
-        name = _unique(volume_stem(volume.source), taken) + MONTAGE_SUFFIX
-        title = f"{volume.source.name}: top {len(images)} slices ({METHOD_LABELS[method]}, {chosen_layer})"
+        path = out_dir / f"{_unique(volume_stem(volume.source), taken)}{MONTAGE_SUFFIX}.png"
+        title = (
+            f"{volume.source.name}: top {len(images)} slices "
+            f"({METHOD_LABELS[method]}, {chosen_layer})"
+        )
         written.append(
-            plots.plot_gradcam_montage(
-                images, overlays, out_dir / f"{name}.png", titles=titles, title=title
-            )
+            plots.plot_gradcam_montage(images, overlays, path, titles=titles, title=title)
         )
     return Panels(written, chosen_layer)
+
+
+def _montage_slices(
+    predictor: Predictor,
+    volume: VolumeSlices,
+    top_k: int,
+    chosen: Mapping[Path, Sequence[int]] | None,
+    batch_size: int,
+) -> list[ImageInput]:
+    """The slices a volume's montage shows: those ``chosen`` for it, else its ``top_k`` by
+    this model's tumour score."""
+    inputs = slice_inputs(volume)
+    if chosen is not None and volume.source in chosen:
+        by_position = {item.plane[1]: item for item in inputs if item.plane}
+        return [by_position[position] for position in chosen[volume.source]]
+    if not inputs:
+        return []
+    logits = predictor.predict(inputs, batch_size=batch_size)
+    scores = predictor.tumour_scores(logits.logits)
+    return [inputs[int(logits.kept[i])] for i in top_slices(scores, top_k)]
 
 
 def _unique(stem: str, taken: set[str]) -> str:
