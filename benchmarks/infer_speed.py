@@ -462,6 +462,18 @@ def report(args: argparse.Namespace, results: dict[tuple[str, str], dict[str, An
         print(f"\nCLI command: {cli_rows[0]['command']}")
 
 
+def predicted_data(args: argparse.Namespace) -> SynthConfig:
+    """The synthetic data this benchmark and serve_speed.py predict, ``args.images`` rounded
+    down to whole classes (at least one image each) and written back.
+
+    The predicted folder is train/ (masks live apart, under masks/); val and test are
+    one image per class, only so that the run's splits look like a real run's.
+    """
+    per_class = max(1, args.images // len(CLASS_NAMES))
+    args.images = per_class * len(CLASS_NAMES)
+    return SynthConfig(train=per_class, val=1, test=1, image_size=args.source_size, seed=0)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -493,11 +505,7 @@ def main() -> None:
     if args.passes < 2:
         parser.error("--passes must be at least 2: the first pass is not measured")
     started = time.perf_counter()
-    per_class = max(1, args.images // len(CLASS_NAMES))
-    args.images = per_class * len(CLASS_NAMES)
-    # The predicted folder is train/ (masks live apart, under masks/); val and test are
-    # one image per class, only so that the run's splits look like a real run's.
-    config = SynthConfig(train=per_class, val=1, test=1, image_size=args.source_size, seed=0)
+    config = predicted_data(args)
     results: dict[tuple[str, str], dict[str, Any]] = {}
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="infer-speed-") as tmp:

@@ -51,11 +51,10 @@ from typing import Any
 import httpx
 import numpy as np
 from _measure import child_env, cpu_model, emit_result, run_child, usable_cores
-from infer_speed import build_run, machine_cpu_seconds
+from infer_speed import build_run, machine_cpu_seconds, predicted_data
 
-from mritumor.core.classes import CLASS_NAMES
 from mritumor.data.files import iter_image_files
-from mritumor.data.synth.writer import SynthConfig, write_synthetic_dataset
+from mritumor.data.synth.writer import write_synthetic_dataset
 
 RESULT_PREFIX = "SERVE_SPEED_RESULT "
 #: The two servers: name and the extra flags of `mritumor serve`.
@@ -305,9 +304,7 @@ def main() -> None:
     if args.passes < 2:
         parser.error("--passes must be at least 2: the first pass is not measured")
     started = time.perf_counter()
-    per_class = max(1, args.images // len(CLASS_NAMES))
-    args.images = per_class * len(CLASS_NAMES)
-    config = SynthConfig(train=per_class, val=1, test=1, image_size=args.source_size, seed=0)
+    config = predicted_data(args)
     rows: list[tuple[str, dict[str, Any]]] = []
     with tempfile.TemporaryDirectory(prefix="serve-speed-") as tmp:
         work = Path(tmp)
