@@ -55,17 +55,20 @@ def test_help_imports_no_heavy_library(tmp_path: Path) -> None:
     assert heavy_imports(modules) == set()
 
 
-def test_completion_imports_no_heavy_library(tmp_path: Path) -> None:
-    result = run_mritumor(
-        [],
-        tmp_path,
-        {
-            "_MRITUMOR_COMPLETE": "complete_bash",
-            "COMP_WORDS": "mritumor backbones list v2",
-            "COMP_CWORD": "3",
-        },
-    )
+def complete(words: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """What bash completion offers for the last of ``words`` (a child process, as a shell runs it)."""
+    environment = {
+        "_MRITUMOR_COMPLETE": "complete_bash",
+        "COMP_WORDS": words,
+        "COMP_CWORD": str(len(words.split()) - 1),
+    }
+    result = run_mritumor([], tmp_path, environment)
     assert result.returncode == 0, result.stderr[-2000:]
+    return result
+
+
+def test_completion_imports_no_heavy_library(tmp_path: Path) -> None:
+    result = complete("mritumor backbones list v2", tmp_path)
     candidates = result.stdout.split()
     assert "v2b0" in candidates
     assert "v2b1" in candidates
@@ -77,15 +80,6 @@ def test_completion_imports_no_heavy_library(tmp_path: Path) -> None:
 
 
 def test_the_volume_options_complete_their_values(tmp_path: Path) -> None:
-    result = run_mritumor(
-        [],
-        tmp_path,
-        {
-            "_MRITUMOR_COMPLETE": "complete_bash",
-            "COMP_WORDS": "mritumor infer --axis c",
-            "COMP_CWORD": "3",
-        },
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
+    result = complete("mritumor infer --axis c", tmp_path)
     assert result.stdout.split() == ["coronal"]
     assert heavy_imports(imported_modules(result.stderr)) == set()

@@ -246,7 +246,7 @@ def _window(values: NDArray[np.float64], dataset: Any, index: int) -> NDArray[np
     source = _functional_group_item(dataset, index, "FrameVOILUTSequence")
     window = voi_window_of(dataset if source is None else source)
     scaled = None if window is None else apply_voi_window(values, window)
-    return min_max_uint8(values) if scaled is None else scaled
+    return _min_max_uint8(values) if scaled is None else scaled
 
 
 @dataclass(frozen=True)
@@ -289,7 +289,7 @@ def apply_voi_window(values: NDArray[np.float64], window: VoiWindow) -> NDArray[
     return None if scaled is None else np.rint(np.clip(scaled, 0.0, 255.0)).astype(np.uint8)
 
 
-def min_max_uint8(values: NDArray[np.float64]) -> NDArray[np.uint8]:
+def _min_max_uint8(values: NDArray[np.float64]) -> NDArray[np.uint8]:
     """``values`` scaled linearly from their minimum and maximum to 0-255; constant gives zeros."""
     import numpy as np
 
