@@ -16,14 +16,14 @@ if TYPE_CHECKING:
 
 def prepare_volumes(source: Path, settings: Settings, force: bool) -> None:
     """``data prepare`` of labelled volumes: slices into the standard layout, split by case."""
-    from mritumor.predict.volumes import VolumeOptions
     from mritumor.volumes.prepare import prepare_volumes
+    from mritumor.volumes.slicing import SliceOptions
 
     with progress_bar(f"Slicing the volumes of {source.name}") as progress:
         summary = prepare_volumes(
             source,
             settings.paths.data_dir,
-            options=VolumeOptions.from_settings(settings).slicing,
+            options=SliceOptions.from_settings(settings.volumes),
             val_size=settings.data.val_size,
             seed=settings.seed,
             force=force,

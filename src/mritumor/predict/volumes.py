@@ -48,12 +48,7 @@ class VolumeOptions:
     def from_settings(cls, settings: Settings) -> VolumeOptions:
         options = settings.volumes
         return cls(
-            slicing=SliceOptions(
-                axis=options.axis,
-                window=options.window,
-                percentiles=options.percentiles,
-                min_foreground=options.min_foreground,
-            ),
+            slicing=SliceOptions.from_settings(options),
             aggregation=options.aggregation,
             top_k=options.top_k,
         )

@@ -36,6 +36,7 @@ from mritumor.data.dicom import apply_voi_window
 if TYPE_CHECKING:
     from numpy.typing import NDArray
 
+    from mritumor.config.schema import VolumeSettings
     from mritumor.volumes.reading import Volume
 
 #: The RAS+ array axis each plane is cut across.
@@ -52,6 +53,17 @@ class SliceOptions:
     window: WindowMethod = "auto"
     percentiles: tuple[float, float] = (0.5, 99.5)
     min_foreground: float = 0.05
+
+    @classmethod
+    def from_settings(cls, volumes: VolumeSettings) -> SliceOptions:
+        """The ``volumes`` settings' slicing part: what ``infer``, ``gradcam`` and ``data
+        prepare`` cut volumes with."""
+        return cls(
+            axis=volumes.axis,
+            window=volumes.window,
+            percentiles=volumes.percentiles,
+            min_foreground=volumes.min_foreground,
+        )
 
 
 @dataclass(frozen=True, eq=False)
